@@ -1,0 +1,225 @@
+"""Data sets: built-in ``digits``, a user's ``.npz``, an image folder, or ``module:function``.
+
+Every source becomes a :class:`DataSplits` of train / validation / test tensors,
+split with a fixed seed and no overlap. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from autoprune.errors import ConfigError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train, validation, test
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """Train, validation and test splits of one data set.
+
+    Attributes:
+        name: The data set's reference, as given by the user.
+        key: A short, stable identifier used to key cached checkpoints.
+        train, val, test: ``TensorDataset``s of ``(x, y)``, or user ``DataLoader``s.
+        num_classes: Number of classes.
+        input_shape: ``(C, H, W)`` of one sample.
+    """
+
+    name: str
+    key: str
+    train: object
+    val: object
+    test: object
+    num_classes: int
+    input_shape: tuple[int, int, int]
+
+    def loader(self, split: str, batch_size: int = 64, shuffle: bool | None = None, seed: int = 0) -> DataLoader:
+        """Return a ``DataLoader`` over ``split`` (``train``, ``val`` or ``test``)."""
+        ds = {"train": self.train, "val": self.val, "test": self.test}.get(split)
+        if ds is None:
+            raise ConfigError(f"unknown split {split!r}; valid: train, val, test")
+        if isinstance(ds, DataLoader):
+            return ds
+        shuffle = split == "train" if shuffle is None else shuffle
+        gen = torch.Generator().manual_seed(seed)
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen)
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        """A deterministic example input of the data's shape (for tracing and export)."""
+        return torch.randn((batch, *self.input_shape), generator=torch.Generator().manual_seed(0))
+
+    def sizes(self) -> dict[str, int]:
+        """Number of samples per split (``-1`` where a user loader hides it)."""
+        out = {}
+        for name, ds in (("train", self.train), ("val", self.val), ("test", self.test)):
+            try:
+                out[name] = len(ds.dataset) if isinstance(ds, DataLoader) else len(ds)  # type: ignore[arg-type]
+            except TypeError:
+                out[name] = -1
+        return out
+
+
+def split_indices(labels: np.ndarray, seed: int = 0, fractions=SPLIT_FRACTIONS) -> tuple[np.ndarray, ...]:
+    """Stratified, seeded, disjoint train/val/test indices covering every sample once."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[], [], []]
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        n_train = int(round(fractions[0] * len(idx)))
+        n_val = int(round(fractions[1] * len(idx)))
+        parts[0] += idx[:n_train].tolist()
+        parts[1] += idx[n_train : n_train + n_val].tolist()
+        parts[2] += idx[n_train + n_val :].tolist()
+    return tuple(np.sort(np.asarray(p, dtype=np.int64)) for p in parts)
+
+
+def _to_splits(name: str, key: str, x: np.ndarray, y: np.ndarray, seed: int) -> DataSplits:
+    x_t = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
+    y_t = torch.as_tensor(y, dtype=torch.long)
+    labels = y_t.numpy()
+    classes = np.unique(labels)
+    if classes.min() < 0 or len(classes) < 2:
+        raise ConfigError(f"data {name!r}: labels must be integers >= 0 with at least 2 classes")
+    tr, va, te = split_indices(labels, seed)
+    return DataSplits(
+        name=name,
+        key=key,
+        train=TensorDataset(x_t[tr], y_t[tr]),
+        val=TensorDataset(x_t[va], y_t[va]),
+        test=TensorDataset(x_t[te], y_t[te]),
+        num_classes=int(classes.max()) + 1,
+        input_shape=tuple(x_t.shape[1:]),  # type: ignore[arg-type]
+    )
+
+
+def _standardise(x: np.ndarray) -> np.ndarray:
+    mean = x.mean(axis=(0, 2, 3), keepdims=True)
+    std = x.std(axis=(0, 2, 3), keepdims=True) + 1e-6
+    return ((x - mean) / std).astype(np.float32)
+
+
+def load_digits(size: int = 32, seed: int = 0) -> DataSplits:
+    """scikit-learn's 1,797 real 8×8 handwritten digits, upsampled to ``size`` and 3 channels."""
+    from sklearn.datasets import load_digits as _load
+
+    bunch = _load()
+    x = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    x = _standardise(x.repeat(1, 3, 1, 1).numpy())
+    return _to_splits("digits", f"digits{size}-s{seed}", x, bunch.target, seed)
+
+
+def _as_nchw(x: np.ndarray, name: str) -> np.ndarray:
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4:
+        raise ConfigError(f"data {name!r}: x must have shape (N, H, W), (N, C, H, W) or (N, H, W, C)")
+    return x
+
+
+def load_npz(path: Path, seed: int = 0) -> DataSplits:
+    """A ``.npz`` file with arrays ``x`` (images) and ``y`` (integer labels)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "x" not in f or "y" not in f:
+                raise ConfigError(f"data file {path} must hold arrays 'x' and 'y' (has {sorted(f.files)})")
+            x, y = f["x"], f["y"]
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"data file {path} cannot be read as .npz: {exc}") from None
+    if len(x) != len(y):
+        raise ConfigError(f"data file {path}: x has {len(x)} samples but y has {len(y)}")
+    x = _as_nchw(np.asarray(x, dtype=np.float32), str(path))
+    if x.max() > 1.5:
+        x = x / 255.0
+    return _to_splits(str(path), f"npz-{_digest(path)}-s{seed}", _standardise(x), np.asarray(y), seed)
+
+
+def load_image_folder(root: Path, size: int = 32, seed: int = 0) -> DataSplits:
+    """An image folder with one sub-folder per class, read with Pillow (no torchvision)."""
+    from PIL import Image
+
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise ConfigError(f"image folder {root} needs one sub-folder per class (found {len(classes)})")
+    xs, ys = [], []
+    for label, cls in enumerate(classes):
+        for f in sorted((root / cls).iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(f) as im:
+                    arr = np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32) / 255.0
+            except OSError as exc:
+                raise ConfigError(f"image {f} cannot be read: {exc}") from None
+            xs.append(arr.transpose(2, 0, 1))
+            ys.append(label)
+    if not xs:
+        raise ConfigError(f"image folder {root} has no images ({', '.join(IMAGE_SUFFIXES)})")
+    x = _standardise(np.stack(xs))
+    return _to_splits(str(root), f"folder-{_digest(root)}-{size}-s{seed}", x, np.asarray(ys), seed)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:10]
+
+
+def _from_function(spec: str, seed: int) -> DataSplits:
+    from autoprune.models import resolve_callable
+
+    func = resolve_callable(spec, "data")
+    try:
+        out = func()
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"data function {spec!r} failed: {exc.__class__.__name__}: {exc}") from None
+    if isinstance(out, DataSplits):
+        return out
+    if isinstance(out, dict):
+        out = (out.get("train"), out.get("val"), out.get("test"))
+    if not (isinstance(out, (tuple, list)) and len(out) == 3 and all(isinstance(d, DataLoader) for d in out)):
+        raise ConfigError(f"data function {spec!r} must return (train, val, test) DataLoaders or a DataSplits")
+    x, y = next(iter(out[0]))
+    ys = torch.cat([b[1] for b in out[0]])
+    return DataSplits(spec, f"fn-{hashlib.sha256(spec.encode()).hexdigest()[:10]}-s{seed}", *out,
+                      num_classes=int(ys.max()) + 1, input_shape=tuple(x.shape[1:]))
+
+
+BUILTIN_DATA = ("digits",)
+
+
+def load_data(spec: str = "digits", *, size: int = 32, seed: int = 0) -> DataSplits:
+    """Load a data set by reference.
+
+    Args:
+        spec: ``digits``, a ``.npz`` path, an image-folder path, or ``module:function``
+            returning ``(train, val, test)`` loaders.
+        size: Square image side for ``digits`` and image folders.
+        seed: Split seed.
+
+    Raises:
+        ConfigError: For an unknown name, a missing path or unreadable data.
+    """
+    if spec == "digits":
+        return load_digits(size, seed)
+    path = Path(spec)
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise ConfigError(f"data file not found: {path}")
+        return load_npz(path, seed)
+    if path.is_dir():
+        return load_image_folder(path, size, seed)
+    if ":" in spec:
+        return _from_function(spec, seed)
+    raise ConfigError(
+        f"unknown dataset {spec!r}; valid: {', '.join(BUILTIN_DATA)}, a .npz file, an image folder, "
+        "or module:function"
+    )
