@@ -1,0 +1,1 @@
+"""One module per CLI command; each defines a :class:`~autoprune.commands.base.Command`."""
