@@ -1,0 +1,178 @@
+"""ONNX Runtime as a measuring runtime.
+
+Sessions are created with a fixed number of intra-op threads, one inter-op
+thread, sequential execution and every graph optimisation (``ORT_ENABLE_ALL``),
+so that a latency means the same thing on every call. Providers the profile asks
+for but this onnxruntime build lacks are dropped with a warning, and the fallback
+is written into ``Measurement.runtime``.
+
+Session creation is cheap (a few milliseconds for a single-layer graph), so the
+lookup-table builder can call :meth:`OnnxRuntime.measure` on hundreds of small
+graphs.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from autoprune.errors import ConfigError, ProfilingError
+from autoprune.profiling.base import RUNTIMES, Runtime, make_inputs, model_bytes, normalise_shapes
+from autoprune.profiling.protocol import DEFAULT_PROTOCOL, Measurement, ProtocolSettings, measure_callable
+from autoprune.registry import lazy_import
+
+__all__ = ["OnnxRuntime", "create_session"]
+
+log = logging.getLogger(__name__)
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
+def _resolve_providers(requested: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    ort = lazy_import("onnxruntime")
+    available = ort.get_available_providers()
+    requested = list(requested or ["CPUExecutionProvider"])
+    usable = [p for p in requested if p in available]
+    missing = [p for p in requested if p not in available]
+    if missing:
+        warnings.warn(
+            f"onnxruntime {ort.__version__} here lacks {', '.join(missing)}; "
+            f"measuring with {', '.join(usable or ['CPUExecutionProvider'])} instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    if "CPUExecutionProvider" not in usable:
+        usable.append("CPUExecutionProvider")
+    return usable, missing
+
+
+def create_session(
+    model: Any,
+    *,
+    threads: int | None = 1,
+    providers: Sequence[str] | None = None,
+    optimization: str = "all",
+):
+    """Create an ``onnxruntime.InferenceSession`` with the measuring settings.
+
+    Args:
+        model: ONNX path, serialised bytes or ``onnx.ModelProto``.
+        threads: Intra-op threads (``None``: onnxruntime's default).
+        providers: Execution providers in priority order; unavailable ones are
+            dropped with a warning and CPU is always appended as a fallback.
+        optimization: ``"all"`` (default), ``"extended"``, ``"basic"`` or ``"disable"``.
+
+    Returns:
+        ``(session, providers_used, providers_missing)``.
+
+    Raises:
+        ProfilingError: If onnxruntime rejects the model.
+    """
+    ort = lazy_import("onnxruntime")
+    levels = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }
+    if optimization not in levels:
+        raise ConfigError(f"unknown optimization level {optimization!r}; valid: {', '.join(levels)}")
+    so = ort.SessionOptions()
+    if threads is not None:
+        so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = levels[optimization]
+    so.log_severity_level = 3
+    usable, missing = _resolve_providers(providers)
+    try:
+        sess = ort.InferenceSession(model_bytes(model), sess_options=so, providers=usable)
+    except Exception as exc:
+        raise ProfilingError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
+    return sess, sess.get_providers(), missing
+
+
+@RUNTIMES.register("onnxruntime")
+class OnnxRuntime(Runtime):
+    """Measure ONNX graphs with ONNX Runtime on this machine.
+
+    Args:
+        threads: Intra-op threads (default 1: deterministic, and what the
+            per-layer tables use).
+        providers: Execution providers in priority order (default CPU).
+        optimization: Graph optimisation level (default ``"all"``).
+        protocol: Measurement protocol settings.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        *,
+        threads: int | None = 1,
+        providers: Sequence[str] | None = None,
+        optimization: str = "all",
+        protocol: ProtocolSettings = DEFAULT_PROTOCOL,
+    ) -> None:
+        super().__init__(threads=threads, protocol=protocol)
+        self.providers = list(providers or ["CPUExecutionProvider"])
+        self.optimization = optimization
+
+    def describe(self, used: Sequence[str] | None = None, missing: Sequence[str] = ()) -> str:
+        """Return ``onnxruntime-<version>/<providers used>[ (fallback: X unavailable)]``."""
+        ort = lazy_import("onnxruntime")
+        if used is None:
+            used, missing = _resolve_providers(self.providers)
+        # CPU is always appended as a fallback; name the provider that runs the graph.
+        text = f"onnxruntime-{ort.__version__}/{used[0]}"
+        if missing:
+            text += f" (fallback: {', '.join(missing)} unavailable)"
+        return text
+
+    def measure(
+        self,
+        model: Any,
+        input_shapes: dict[str, tuple[int, ...]] | tuple[int, ...] | None = None,
+        *,
+        seed: int = 0,
+        **protocol_kwargs: Any,
+    ) -> Measurement:
+        """Measure one inference of ``model`` (see :meth:`Runtime.measure`)."""
+        settings = self.settings(**protocol_kwargs)
+        sess, used, missing = create_session(
+            model, threads=self.threads, providers=self.providers, optimization=self.optimization
+        )
+        inputs = [(i.name, tuple(d if isinstance(d, int) else None for d in i.shape),
+                   _ORT_TYPES.get(i.type, "float32")) for i in sess.get_inputs()]
+        shapes = normalise_shapes(inputs, input_shapes)
+        feeds = make_inputs(inputs, shapes, seed=seed)
+        run = sess.run
+        try:
+            run(None, feeds)
+        except Exception as exc:
+            raise ProfilingError(
+                f"onnxruntime failed to run the model with shapes {shapes}: {str(exc).splitlines()[0]}"
+            ) from None
+        return measure_callable(
+            lambda: run(None, feeds),
+            warmup=settings.warmup,
+            min_time_s=settings.min_time_s,
+            min_repeats=settings.min_repeats,
+            max_repeats=settings.max_repeats,
+            max_cv=settings.max_cv,
+            retries=settings.retries,
+            timeout_s=settings.timeout_s,
+            runtime=self.describe(used, missing),
+            threads=self.threads,
+        )
