@@ -1,0 +1,52 @@
+"""The pruning engine: a plan in; a pruned, fine-tuned, evaluated, exported model out.
+
+Typical use::
+
+    groups = discover_groups(model, example_input)
+    plan = PruningPlan.uniform(groups, "channel", 0.5, criterion="l1")
+    pruned = prune_model(model, plan, example_input, calib_loader=loader)
+    finetune(pruned.module, train_loader, FinetuneConfig(steps=200), teacher=model)
+    ev = evaluate(pruned, test_loader, example_input)
+    res = export_onnx(pruned, "model.onnx", example_input)
+"""
+
+from autoprune.pruning.apply import PrunedModel, kept_count, prune_model
+from autoprune.pruning.criteria import CRITERIA, Criterion, get_criterion
+from autoprune.pruning.evaluate import Evaluation, count_macs, evaluate, size_report
+from autoprune.pruning.export import ExportResult, export_onnx
+from autoprune.pruning.finetune import (
+    FinetuneConfig,
+    FinetuneDivergedError,
+    FinetuneResult,
+    finetune,
+    regularization_loss,
+)
+from autoprune.pruning.groups import PrunableGroup, discover_groups
+from autoprune.pruning.plan import STRUCTURES, GroupPlan, PlanSettings, PruningPlan, parse_nm
+
+__all__ = [
+    "CRITERIA",
+    "STRUCTURES",
+    "Criterion",
+    "Evaluation",
+    "ExportResult",
+    "FinetuneConfig",
+    "FinetuneDivergedError",
+    "FinetuneResult",
+    "GroupPlan",
+    "PlanSettings",
+    "PrunableGroup",
+    "PrunedModel",
+    "PruningPlan",
+    "count_macs",
+    "discover_groups",
+    "evaluate",
+    "export_onnx",
+    "finetune",
+    "get_criterion",
+    "kept_count",
+    "parse_nm",
+    "prune_model",
+    "regularization_loss",
+    "size_report",
+]

@@ -1,0 +1,301 @@
+"""Apply a :class:`~autoprune.pruning.plan.PruningPlan` to a model.
+
+Channel pruning physically removes channels through Torch-Pruning's dependency
+graph, so the result is a smaller dense model. Unstructured and N:M pruning put
+zeros into the weights of exactly the group's members, kept by
+``torch.nn.utils.prune`` masks (``weight = weight_orig * weight_mask``) that stay
+enforced while fine-tuning; :meth:`PrunedModel.make_permanent` bakes them in.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from autoprune.pruning.criteria import Criterion, get_criterion
+from autoprune.pruning.groups import GroupIndex, PrunableGroup, build_index
+from autoprune.pruning.plan import PruningPlan, parse_nm
+
+
+@dataclass
+class PrunedModel:
+    """The result of :func:`prune_model`.
+
+    Attributes:
+        module: The pruned model (physically smaller for ``channel`` groups; with
+            active masks for ``unstructured``/``nm`` members until
+            :meth:`make_permanent`).
+        plan: The plan that was applied.
+        groups: The dense model's groups.
+        dense_channels: Group name → channel count before pruning.
+        kept_channels: Group name → channel count after pruning.
+        masks: Member name → boolean mask of its weight (True = kept).
+        nm_members: Member name → its ``N:M`` pattern.
+        steps_run: Number of prune steps executed (``iterative_steps`` or 1).
+    """
+
+    module: nn.Module
+    plan: PruningPlan
+    groups: tuple[PrunableGroup, ...]
+    dense_channels: dict[str, int]
+    kept_channels: dict[str, int]
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    nm_members: dict[str, str] = field(default_factory=dict)
+    steps_run: int = 1
+
+    def make_permanent(self) -> nn.Module:
+        """Bake the masks into the weights (in place) and return the module.
+
+        Afterwards the zeros are plain weight values; ``masks`` still records them.
+        """
+        _remove_masks(self.module)
+        return self.module
+
+    def weight_sparsity(self) -> float:
+        """Fraction of zeros over the masked members' weights (0.0 without masks)."""
+        total = sum(m.numel() for m in self.masks.values())
+        kept = sum(int(m.sum()) for m in self.masks.values())
+        return 0.0 if total == 0 else 1.0 - kept / total
+
+
+def kept_count(dense: int, ratio: float, round_to: int | None, min_channels: int) -> int:
+    """The channels a group keeps at ``ratio`` (see :mod:`autoprune.pruning.plan`)."""
+    keep = max(math.floor(dense * (1.0 - ratio) + 0.5), min_channels, 1)
+    if round_to and dense >= round_to:
+        keep = max(round_to, math.floor(keep / round_to + 0.5) * round_to)
+        if keep < min_channels:
+            keep = math.ceil(min_channels / round_to) * round_to
+    return min(keep, dense)
+
+
+def _masked_modules(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
+    for name, m in model.named_modules():
+        if hasattr(m, "weight_mask") and hasattr(m, "weight_orig"):
+            yield name, m
+
+
+def _remove_masks(model: nn.Module) -> None:
+    for _, m in list(_masked_modules(model)):
+        torch_prune.remove(m, "weight")
+
+
+def _nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the top-``n`` of every ``m`` consecutive weights along the input-channel dim."""
+    w = scores.movedim(1, -1)  # [O, *k, I]
+    blocks = w.reshape(-1, m)
+    keep = torch.zeros_like(blocks, dtype=torch.bool)
+    keep.scatter_(1, blocks.topk(n, dim=1).indices, True)
+    return keep.reshape(w.shape).movedim(-1, 1)
+
+
+def _topk_mask(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
+    flat = scores.flatten()
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    if n_keep > 0:
+        mask[flat.topk(min(n_keep, flat.numel())).indices] = True
+    mask = mask.view_as(scores)
+    # No output channel is ever emptied entirely: keep its best weight.
+    rows = scores.flatten(1)
+    dead = ~mask.flatten(1).any(1)
+    if dead.any():
+        best = rows.argmax(1)
+        m2 = mask.flatten(1).clone()
+        m2[dead, best[dead]] = True
+        mask = m2.view_as(scores)
+    return mask
+
+
+class _Engine:
+    """One pruning run on a private copy of the model."""
+
+    def __init__(self, model, plan, example_input, calib_loader) -> None:
+        self.model = model
+        self.plan = plan
+        self.settings = plan.settings
+        self.index: GroupIndex = build_index(model, example_input)
+        plan.validate(self.index.groups, needs_data_ok=calib_loader is not None)
+        self.gplans = {g.name: plan.get(g.name) for g in self.index.groups}
+        self.dense = {g.name: g.channels for g in self.index.groups}
+        self.batches = self._take_batches(calib_loader)
+        self.nm_members: dict[str, str] = {}
+
+    def _take_batches(self, loader):
+        needs = any(
+            gp.structure != "keep" and get_criterion(gp.criterion).needs_data for gp in self.gplans.values()
+        )
+        if not needs or loader is None:
+            return []
+        out = []
+        for i, batch in enumerate(loader):
+            if i >= self.settings.calib_batches:
+                break
+            out.append((batch[0], batch[1]))
+        return out
+
+    def _criteria(self, structure: str) -> dict[str, Criterion]:
+        """One prepared criterion per name used by groups of ``structure``."""
+        names = sorted({gp.criterion for gp in self.gplans.values() if gp.structure == structure})
+        crits = {}
+        for name in names:
+            c = get_criterion(name, seed=self.settings.seed)
+            c.dg = self.index.dg
+            if c.needs_data:
+                c.prepare(self.model, self.batches)
+            crits[name] = c
+        return crits
+
+    def _members(self, group: PrunableGroup):
+        return [(n, self.index.modules[n]) for n in group.members]
+
+    # ------------------------------------------------------------- channels
+    def channel_step(self, frac: float) -> None:
+        groups = [g for g in self.index.groups if self.gplans[g.name].structure == "channel"]
+        if not groups:
+            return
+        s = self.settings
+        crits = self._criteria("channel")
+        scores, current = {}, {}
+        for g in groups:
+            current[g.name] = self.index.current_channels(g.name)
+            crit = crits[self.gplans[g.name].criterion]
+            tp_group = self.index.tp_group(g.name)
+            scores[g.name] = crit.channel_scores(tp_group, self._members(g), current[g.name])
+        if s.allocation == "global":
+            targets = self._global_channel_targets(groups, scores, current, s.global_ratio * frac)
+        else:
+            targets = {
+                g.name: kept_count(
+                    self.dense[g.name], self.gplans[g.name].ratio * frac, s.round_to, s.min_channels
+                )
+                for g in groups
+            }
+        for g in groups:
+            n_remove = current[g.name] - targets[g.name]
+            if n_remove <= 0:
+                continue
+            idxs = torch.argsort(scores[g.name], stable=True)[:n_remove].tolist()
+            self.index.tp_group(g.name, sorted(idxs)).prune()
+
+    def _global_channel_targets(self, groups, scores, current, ratio):
+        s = self.settings
+        total_dense = sum(self.dense[g.name] for g in groups)
+        target_total = total_dense - math.floor(ratio * total_dense + 0.5)
+        n_remove = sum(current.values()) - target_total
+        removed = {g.name: 0 for g in groups}
+        if n_remove > 0:
+            pool = torch.cat([scores[g.name] for g in groups])
+            owner = [g.name for g in groups for _ in range(current[g.name])]
+            for i in torch.argsort(pool, stable=True).tolist():
+                if n_remove <= 0:
+                    break
+                name = owner[i]
+                if current[name] - removed[name] - 1 < max(1, s.min_channels):
+                    continue
+                removed[name] += 1
+                n_remove -= 1
+        targets = {}
+        for g in groups:
+            keep = current[g.name] - removed[g.name]
+            dense_ratio = 1.0 - keep / self.dense[g.name]
+            targets[g.name] = kept_count(self.dense[g.name], dense_ratio, s.round_to, s.min_channels)
+        return targets
+
+    # --------------------------------------------------------------- weights
+    def weight_step(self, frac: float, last: bool) -> None:
+        s = self.settings
+        unst = [g for g in self.index.groups if self.gplans[g.name].structure == "unstructured"]
+        nm = [g for g in self.index.groups if self.gplans[g.name].structure == "nm"] if last else []
+        masks: dict[str, torch.Tensor] = {}
+        if unst:
+            crits = self._criteria("unstructured")
+            entries = []  # (member name, module, scores)
+            for g in unst:
+                crit = crits[self.gplans[g.name].criterion]
+                for name, mod in self._members(g):
+                    sc = crit.weight_scores(name, mod).detach().float().clone()
+                    sc[mod.weight.detach() == 0] = -math.inf  # pruned weights stay pruned
+                    entries.append((g.name, name, mod, sc))
+            if s.allocation == "global":
+                numel = sum(e[3].numel() for e in entries)
+                n_keep_total = numel - math.floor(s.global_ratio * frac * numel + 0.5)
+                pool = torch.cat([e[3].flatten() for e in entries])
+                if n_keep_total < numel:
+                    thresh = pool.kthvalue(numel - n_keep_total).values
+                    for _, name, _, sc in entries:
+                        masks[name] = _topk_mask(sc, int((sc > thresh).sum()))
+                else:
+                    for _, name, _, sc in entries:
+                        masks[name] = _topk_mask(sc, int(torch.isfinite(sc).sum()))
+            else:
+                for gname, name, _, sc in entries:
+                    ratio = self.gplans[gname].ratio * frac
+                    n_keep = sc.numel() - math.floor(ratio * sc.numel() + 0.5)
+                    masks[name] = _topk_mask(sc, n_keep)
+        if nm:
+            crits = self._criteria("nm")
+            for g in nm:
+                gp = self.gplans[g.name]
+                n, m = parse_nm(gp.nm)
+                for name, mod in self._members(g):
+                    sc = crits[gp.criterion].weight_scores(name, mod).detach().float()
+                    masks[name] = _nm_mask(sc, n, m)
+                    self.nm_members[name] = gp.nm
+        for name, mask in masks.items():
+            torch_prune.custom_from_mask(self.index.modules[name], "weight", mask.to(torch.float32))
+
+
+def prune_model(
+    model: nn.Module,
+    plan: PruningPlan,
+    example_input: torch.Tensor,
+    calib_loader: Iterable | None = None,
+    finetune_fn: Callable[[nn.Module, int], None] | None = None,
+) -> PrunedModel:
+    """Apply ``plan`` to a deep copy of ``model``.
+
+    Args:
+        model: The dense model; never modified.
+        plan: The plan; validated against the model's groups before any work.
+        example_input: A tensor of the input shape (for tracing).
+        calib_loader: ``(x, y)`` batches for data-driven criteria
+            (``settings.calib_batches`` of them are used).
+        finetune_fn: For the ``iterative`` schedule, called as
+            ``finetune_fn(model, step)`` after each prune step but the last
+            (``step`` counts from 1); the final fine-tune is the caller's.
+
+    Returns:
+        A :class:`PrunedModel`.
+
+    Raises:
+        PlanError: If the plan does not fit the model (before anything is pruned).
+    """
+    work = copy.deepcopy(model)
+    work.eval()
+    engine = _Engine(work, plan, example_input, calib_loader)
+    s = plan.settings
+    steps = s.iterative_steps if s.schedule == "iterative" else 1
+    for step in range(1, steps + 1):
+        frac = step / steps
+        _remove_masks(work)  # bake: zeros from earlier steps stay zeros and are sliced with channels
+        engine.channel_step(frac)
+        engine.weight_step(frac, last=step == steps)
+        if step < steps and finetune_fn is not None:
+            finetune_fn(work, step)
+    masks = {n: m.weight_mask.detach().bool().clone() for n, m in _masked_modules(work)}
+    kept = {g.name: engine.index.current_channels(g.name) for g in engine.index.groups}
+    return PrunedModel(
+        module=work,
+        plan=plan,
+        groups=tuple(engine.index.groups),
+        dense_channels=dict(engine.dense),
+        kept_channels=kept,
+        masks=masks,
+        nm_members=dict(engine.nm_members),
+        steps_run=steps,
+    )
