@@ -187,7 +187,7 @@ def _from_function(spec: str, seed: int) -> DataSplits:
         out = (out.get("train"), out.get("val"), out.get("test"))
     if not (isinstance(out, (tuple, list)) and len(out) == 3 and all(isinstance(d, DataLoader) for d in out)):
         raise ConfigError(f"data function {spec!r} must return (train, val, test) DataLoaders or a DataSplits")
-    x, y = next(iter(out[0]))
+    x, _ = next(iter(out[0]))
     ys = torch.cat([b[1] for b in out[0]])
     return DataSplits(spec, f"fn-{hashlib.sha256(spec.encode()).hexdigest()[:10]}-s{seed}", *out,
                       num_classes=int(ys.max()) + 1, input_shape=tuple(x.shape[1:]))

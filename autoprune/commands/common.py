@@ -1,0 +1,70 @@
+"""Argument helpers shared by several commands."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a finite float in [0, 1] (accuracies)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1 (e.g. 0.97 for 97 %)")
+    return value
+
+
+def add_model_data_args(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--data``, ``--checkpoint``, ``--seed``: the dense starting point."""
+    parser.add_argument("--model", default="resnet20",
+                        help="zoo name (resnet20, resnet56, resnet18, mobilenet_v2, vgg, vgg11), "
+                        "package.module:function or file.py:function (default: resnet20)")
+    parser.add_argument("--data", default="digits",
+                        help="digits (built in), a .npz with x and y, an image folder, or module:function "
+                        "(default: digits)")
+    parser.add_argument("--input-size", type=positive_int, default=None,
+                        help="square input side for digits/image folders (default: the model's, 32 for small models)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="dense state dict to start from (loaded with weights_only=True); "
+                        "default: the cached one under results/checkpoints, trained if missing")
+    parser.add_argument("--seed", type=int, default=0, help="seed for splits, training and search (default: 0)")
+
+
+def load_model_and_data(args: argparse.Namespace, *, progress: bool = True):
+    """Resolve the dense model and data of ``args`` (training the dense model if needed)."""
+    from autoprune.data import load_data
+    from autoprune.models import ZOO
+    from autoprune.train import ensure_dense
+
+    size = args.input_size
+    if size is None:
+        size = ZOO.get(args.model).input_size if args.model in ZOO else 32
+        size = min(size, 32) if args.data == "digits" else size
+    data = load_data(args.data, size=size, seed=args.seed)
+    model, rec = ensure_dense(args.model, data, args.seed, checkpoint=args.checkpoint, progress=progress)
+    return model, data, rec

@@ -1,0 +1,37 @@
+"""``autoprune train``: train (or load) the dense baseline and cache it under results/."""
+
+from __future__ import annotations
+
+import argparse
+
+from autoprune.commands.base import Command
+from autoprune.commands.common import add_model_data_args, positive_float, positive_int
+
+
+class TrainCommand(Command):
+    """Train the dense model once; ``search`` reuses the cached checkpoint."""
+
+    name = "train"
+    help = "train the dense baseline and cache its checkpoint under results/checkpoints"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_model_data_args(parser)
+        parser.add_argument("--epochs", type=positive_int, default=15, help="training epochs (default: 15)")
+        parser.add_argument("--lr", type=positive_float, default=0.05, help="peak learning rate (default: 0.05)")
+        parser.add_argument("--retrain", action="store_true", help="train again even if a checkpoint is cached")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from autoprune.data import load_data
+        from autoprune.models import ZOO
+        from autoprune.train import TrainConfig, ensure_dense
+
+        size = args.input_size or (min(ZOO.get(args.model).input_size, 32) if args.model in ZOO else 32)
+        data = load_data(args.data, size=size, seed=args.seed)
+        cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
+        _, rec = ensure_dense(args.model, data, args.seed, checkpoint=args.checkpoint, config=cfg,
+                              retrain=args.retrain)
+        how = f"trained in {rec.train_seconds:.0f} s" if rec.train_seconds else "loaded from cache"
+        print(f"dense {args.model} on {args.data}: val accuracy {rec.val_accuracy:.4f}, "
+              f"test accuracy {rec.test_accuracy:.4f} ({how})")
+        print(f"checkpoint: {rec.path}")
+        return 0

@@ -1,0 +1,173 @@
+"""Dense baseline training, cached under ``results/checkpoints/``.
+
+A checkpoint is keyed by model, data set and seed, so ``search`` reuses the one
+``train`` made (or trains it first when it is missing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autoprune.data import DataSplits
+from autoprune.errors import AutopruneError
+from autoprune.io import atomic_write_bytes, results_dir, write_json
+from autoprune.models import build_model, load_checkpoint
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Dense training recipe (SGD + momentum, cosine LR, light shift augmentation)."""
+
+    epochs: int = 15
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DenseCheckpoint:
+    """A trained dense model on disk and how it was made.
+
+    Attributes:
+        path: The state dict (``torch.save`` of tensors only).
+        model: Model reference; data: data key; seed: training seed.
+        val_accuracy, test_accuracy: Top-1 accuracy of the dense model, in [0, 1].
+        train_seconds: Wall time of training (0 when loaded from cache).
+    """
+
+    path: str
+    model: str
+    data: str
+    seed: int
+    val_accuracy: float
+    test_accuracy: float
+    train_seconds: float
+
+
+def checkpoint_path(model: str, data: DataSplits, seed: int) -> Path:
+    """Where the dense checkpoint of ``model`` on ``data`` with ``seed`` lives."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
+    return results_dir() / "checkpoints" / f"{safe}-{data.key}-train{seed}.pt"
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, loader) -> float:
+    """Top-1 accuracy of ``model`` over ``loader``, in [0, 1]."""
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        correct += int((model(x).argmax(1) == y).sum())
+        total += int(y.numel())
+    return correct / max(total, 1)
+
+
+def _shift(x: torch.Tensor, max_px: int, gen: torch.Generator) -> torch.Tensor:
+    dx, dy = (int(v) for v in torch.randint(-max_px, max_px + 1, (2,), generator=gen))
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
+def train_dense(model: nn.Module, data: DataSplits, config: TrainConfig | None = None,
+                progress: bool = True) -> nn.Module:
+    """Train ``model`` in place on ``data``'s train split and return it.
+
+    Raises:
+        AutopruneError: If the loss becomes NaN or infinite.
+    """
+    from tqdm import tqdm
+
+    config = config or TrainConfig()
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    loader = data.loader("train", config.batch_size, seed=config.seed)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay, nesterov=True)
+    steps = config.epochs * len(loader)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps, pct_start=0.15)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
+    bar = tqdm(total=steps, desc="train dense", unit="step", disable=not progress, leave=False)
+    for _epoch in range(config.epochs):
+        model.train()
+        for x, y in loader:
+            loss = loss_fn(model(_shift(x, 2, gen)), y)
+            if not math.isfinite(loss.item()):
+                raise AutopruneError("dense training diverged (loss is NaN/inf); lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return model.eval()
+
+
+def ensure_dense(model_ref: str, data: DataSplits, seed: int = 0, *, checkpoint: str | None = None,
+                 config: TrainConfig | None = None, retrain: bool = False,
+                 progress: bool = True) -> tuple[nn.Module, DenseCheckpoint]:
+    """Return the dense model and its checkpoint record, training it if needed.
+
+    Args:
+        model_ref: Zoo name or user model reference.
+        data: The data splits.
+        seed: Training seed (part of the cache key).
+        checkpoint: A user checkpoint to load instead of the cache.
+        config: Training recipe (defaults to :class:`TrainConfig` with ``seed``).
+        retrain: Train again even if a cached checkpoint exists.
+        progress: Show a progress bar while training.
+    """
+    model = build_model(model_ref, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    _check_input(model, data)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+        model.eval()
+        rec = DenseCheckpoint(str(checkpoint), model_ref, data.key, seed, accuracy(model, data.loader("val")),
+                              accuracy(model, data.loader("test")), 0.0)
+        return model, rec
+    path = checkpoint_path(model_ref, data, seed)
+    meta_path = path.with_suffix(".json")
+    if path.is_file() and meta_path.is_file() and not retrain:
+        load_checkpoint(model, path)
+        meta = json.loads(meta_path.read_text())
+        return model.eval(), DenseCheckpoint(**{**meta, "train_seconds": 0.0})
+    config = config or TrainConfig(seed=seed)
+    t0 = time.perf_counter()
+    train_dense(model, data, config, progress)
+    seconds = time.perf_counter() - t0
+    rec = DenseCheckpoint(str(path), model_ref, data.key, seed, accuracy(model, data.loader("val")),
+                          accuracy(model, data.loader("test")), round(seconds, 2))
+    import io
+
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    atomic_write_bytes(path, buf.getvalue())
+    write_json(meta_path, {**asdict(rec), "config": asdict(config)})
+    return model, rec
+
+
+def _check_input(model: nn.Module, data: DataSplits) -> None:
+    from autoprune.errors import ConfigError
+
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(data.example_input(2))
+    except Exception as exc:  # noqa: BLE001 - any shape error from user models
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ConfigError(
+            f"input shape {tuple(data.input_shape)} does not fit the model: {first}; "
+            "pick a model for this input size or resize the data"
+        ) from None
+    if out.ndim != 2 or out.shape[1] != data.num_classes:
+        raise ConfigError(
+            f"model outputs shape {tuple(out.shape)} but the data has {data.num_classes} classes; "
+            "build the model with num_classes"
+        )
