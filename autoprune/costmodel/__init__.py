@@ -1,0 +1,58 @@
+"""The calibrated latency/energy cost model.
+
+Flow: exported ONNX graph → :func:`detect_kernels` (fusion rules, named
+:class:`KernelFeatures`) → a per-model :class:`ModelTemplate` that describes pruned
+candidates without exporting them → a :class:`CostModel` (``lut``: per-layer
+lookup tables measured by ``autoprune profile``; ``regressor``: a per-op-class
+roofline, fitted on kernels or on published figures) → :class:`CostEstimate`
+with :class:`Provenance`.
+
+The search calls one function::
+
+    cm = load_cost_model("jetson-nano", "resnet20")      # picks the best calibration
+    est = cm.predict(pruned_module)                       # < 1 ms once loaded
+    est.latency_ms, est.energy_mj, est.provenance.status
+
+Importing this package imports numpy and scipy, not torch/onnx/onnxruntime.
+"""
+
+from .base import COST_MODELS, CostEstimate, CostModel, FitSample, Provenance, get_cost_model_class
+from .calibration import (
+    calibration_path,
+    load_calibration,
+    load_cost_model,
+    published_path,
+    save_calibration,
+    template_for,
+)
+from .features import OP_CLASSES, KernelFeatures
+from .kernels import Kernel, detect_kernels
+from .lut import LutCostModel
+from .regressor import Regressor
+from .targets import TargetSpec, target_spec
+from .template import CandidateShape, ModelTemplate
+
+__all__ = [
+    "COST_MODELS",
+    "OP_CLASSES",
+    "CandidateShape",
+    "CostEstimate",
+    "CostModel",
+    "FitSample",
+    "Kernel",
+    "KernelFeatures",
+    "LutCostModel",
+    "ModelTemplate",
+    "Provenance",
+    "Regressor",
+    "TargetSpec",
+    "calibration_path",
+    "detect_kernels",
+    "get_cost_model_class",
+    "load_calibration",
+    "load_cost_model",
+    "published_path",
+    "save_calibration",
+    "target_spec",
+    "template_for",
+]

@@ -1,0 +1,288 @@
+"""The cost-model plug-in point: :class:`CostModel`, its registry and its outputs.
+
+Contract of every implementation:
+
+* :meth:`CostModel.fit` (calibration) is separate from :meth:`CostModel.predict`;
+  ``predict`` never measures anything and is deterministic.
+* Latencies are milliseconds at batch 1, energies millijoules, sizes bytes.
+* A model predicts *dense* kernel times; the base class then applies what the
+  target can exploit: the MAC-bound share of a kernel shrinks for 2:4 weights only
+  when the target lists ``nm-2:4`` in ``sparsity_support``, for unstructured zeros
+  only when it lists ``unstructured``; otherwise zeros change nothing (they are
+  still stored and multiplied). The whole-model total is ``alpha × Σ kernels +
+  overhead_ms`` (fitted on end-to-end measurements).
+* Estimates are immutable and say where their figures come from (:class:`Provenance`).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from autoprune.errors import ConfigError
+from autoprune.registry import Registry
+
+from .features import OP_CLASSES, KernelFeatures
+from .targets import TargetSpec, energy_mj
+from .template import CandidateShape, KernelArrays, ModelTemplate
+
+__all__ = ["COST_MODELS", "CostEstimate", "CostModel", "FitSample", "Provenance", "get_cost_model_class"]
+
+#: Unstructured sparse kernels spend ~1.5x the time per non-zero of a dense kernel
+#: (index decoding, irregular access), so they break even at ~67 % density.
+UNSTRUCTURED_OVERHEAD = 1.5
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a predicted figure comes from.
+
+    Attributes:
+        method: Always ``"predicted"`` for cost-model output.
+        cost_model: Implementation name (``lut``, ``regressor``).
+        target: Target the calibration describes.
+        runtime: Runtime the calibration describes (e.g. ``onnxruntime-1.31.1/CPUExecutionProvider,
+            threads=1`` or ``TensorRT 8.2 FP16, batch 1, MAXN``).
+        status: ``measured`` (profiled here), ``published`` (fitted to published
+            figures) or ``prior`` (datasheet roofline, never checked).
+        calibration_id: Identifier of the calibration.
+        calibration_path: File it was loaded from (``""`` if built in memory).
+        calibration_sha256: Its checksum.
+        heldout_mape: Measured MAPE of this calibration on held-out plans (or
+            leave-one-out models); ``None`` when never checked.
+        heldout_spearman: Spearman ρ on the same held-out set (``None`` if unknown).
+        n_heldout: Size of the held-out set.
+        note: One line on how the error was measured.
+    """
+
+    method: str = "predicted"
+    cost_model: str = ""
+    target: str = ""
+    runtime: str = ""
+    status: str = "prior"
+    calibration_id: str = ""
+    calibration_path: str = ""
+    calibration_sha256: str = ""
+    heldout_mape: float | None = None
+    heldout_spearman: float | None = None
+    n_heldout: int = 0
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """Predicted latency and energy of one candidate at batch 1.
+
+    Attributes:
+        latency_ms: Predicted latency (``sum(per_kernel_ms) + overhead_ms``).
+        energy_mj: Modelled energy (see :mod:`autoprune.costmodel.targets`).
+        per_kernel_ms: ``(module name, ms)`` per kernel, in graph order.
+        overhead_ms: Per-inference runtime overhead not attributed to a kernel.
+        macs: Multiply-accumulates of the dense-equivalent kernels.
+        dram_bytes: Bytes moved (compressed weights only where the target reads them).
+        provenance: Where the figures come from.
+    """
+
+    latency_ms: float
+    energy_mj: float
+    per_kernel_ms: tuple[tuple[str, float], ...]
+    overhead_ms: float
+    macs: int
+    dram_bytes: int
+    provenance: Provenance = field(default_factory=Provenance)
+
+
+@dataclass(frozen=True)
+class FitSample:
+    """One measurement to fit on: a set of kernels and their measured total.
+
+    Attributes:
+        features: The kernels measured together (one for an isolated kernel).
+        keys: Dense config keys of those kernels (LUT entries), same order.
+        latency_ms: Measured latency (kernel: minus the runtime's empty-call overhead).
+        kind: ``"kernel"`` (isolated) or ``"model"`` (end to end).
+    """
+
+    features: tuple[KernelFeatures, ...]
+    keys: tuple[str, ...]
+    latency_ms: float
+    kind: str = "kernel"
+
+
+COST_MODELS: Registry[type[CostModel]] = Registry("cost model")
+
+
+def get_cost_model_class(name: str) -> type[CostModel]:
+    """Return the cost-model class called ``name`` (``lut`` or ``regressor``)."""
+    from . import lut as _lut  # noqa: F401 - registers
+    from . import regressor as _regressor  # noqa: F401 - registers
+
+    return COST_MODELS.get(name)
+
+
+class CostModel(ABC):
+    """Predicts latency and energy of candidates of one model on one target.
+
+    Args:
+        target: Device facts.
+        template: The model's template (needed to predict from modules or shapes).
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, target: TargetSpec, template: ModelTemplate | None = None) -> None:
+        self.target = target
+        self.template = template
+        self.alpha = 1.0
+        self.overhead_ms = 0.0
+        self.provenance = Provenance(cost_model=self.name, target=target.name)
+        self._split: Any = None  # a Regressor used for the compute/memory split
+
+    # -- to implement -------------------------------------------------------------------
+    @abstractmethod
+    def fit(self, samples: Sequence[FitSample]) -> None:
+        """Fit kernel-level parameters on measurements (``kind == "kernel"`` samples)."""
+
+    @abstractmethod
+    def dense_kernel_ms(self, arrays: KernelArrays, cin: np.ndarray, cout: np.ndarray,
+                        keys: Sequence[str] | None) -> np.ndarray:
+        """Return the dense latency of every kernel (ms) for these channel counts."""
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """Return the fitted parameters as JSON-serialisable data."""
+
+    @abstractmethod
+    def load_params(self, params: dict[str, Any]) -> None:
+        """Restore parameters written by :meth:`params`."""
+
+    # -- shared -------------------------------------------------------------------------
+    def split_model(self):
+        """The regressor that splits kernel time into compute / memory shares."""
+        return self._split if self._split is not None else self
+
+    def fit_correction(self, shapes: Sequence[CandidateShape], measured_ms: Sequence[float]) -> None:
+        """Fit ``latency = alpha × Σ kernels + overhead_ms`` on end-to-end measurements.
+
+        One measurement fits only the overhead; two or more fit both, by least
+        squares on relative error. ``alpha`` is kept positive.
+        """
+        if not shapes:
+            return
+        sums = np.array([self._kernel_ms(s)[0].sum() for s in shapes])
+        y = np.asarray(measured_ms, dtype=float)
+        if len(y) == 1:
+            self.alpha, self.overhead_ms = 1.0, float(y[0] - sums[0])
+            return
+        from scipy.optimize import lsq_linear
+
+        w = 1.0 / y
+        a_mat = np.stack([sums * w, w], axis=1)
+        # alpha is a scale of the isolated times: bounded to a physically sane range
+        res = lsq_linear(a_mat, np.ones_like(y), bounds=([0.25, -np.inf], [4.0, np.inf]))
+        self.alpha, self.overhead_ms = float(res.x[0]), float(res.x[1])
+
+    def _arrays_for(self, candidate: Any) -> tuple[KernelArrays, CandidateShape, tuple[str, ...],
+                                                    tuple[str, ...] | None]:
+        if isinstance(candidate, CandidateShape):
+            if self.template is None:
+                raise ConfigError("this cost model has no model template; predict from an ONNX file instead")
+            return self.template.arrays, candidate, self.template.modules, self.template.keys
+        if isinstance(candidate, (str, os.PathLike, bytes, bytearray)) or type(candidate).__name__ == "ModelProto":
+            from .kernels import detect_kernels
+
+            ks = detect_kernels(candidate)
+            feats = [k.features for k in ks]
+            shape = CandidateShape(tuple(f.cin for f in feats), tuple(f.cout for f in feats),
+                                   tuple(f.weight_density for f in feats), tuple(f.nm_pattern for f in feats))
+            modules = tuple(k.module for k in ks)
+            keys = None
+            t = self.template
+            if t is not None and len(ks) == len(t.kernels) and all(
+                a.features.op == b.features.op for a, b in zip(ks, t.kernels)
+            ):
+                keys = t.keys
+                modules = t.modules
+            return KernelArrays(feats, 4), shape, modules, keys
+        if hasattr(candidate, "named_modules"):
+            if self.template is None:
+                raise ConfigError("this cost model has no model template; build it with load_cost_model(...)")
+            return self.template.arrays, self.template.describe(candidate), self.template.modules, \
+                self.template.keys
+        raise ConfigError(f"cannot predict the cost of a {type(candidate).__name__}; pass a pruned nn.Module, "
+                          "a CandidateShape or an ONNX file")
+
+    def _kernel_ms(self, shape: CandidateShape, arrays: KernelArrays | None = None,
+                   keys: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if arrays is None:
+            arrays, keys = self.template.arrays, self.template.keys  # type: ignore[union-attr]
+        cin = np.asarray(shape.cin, dtype=float)
+        cout = np.asarray(shape.cout, dtype=float)
+        dense = self.dense_kernel_ms(arrays, cin, cout, keys)
+        macs, act_b, w_b = arrays.costs(cin, cout)
+        split = self.split_model()
+        comp, mem_w, total = split.shares(arrays, macs, act_b, w_b)
+        frac_c = np.divide(comp, total, out=np.zeros_like(comp), where=total > 0)
+        frac_w = np.divide(mem_w, total, out=np.zeros_like(comp), where=total > 0)
+        support = set(self.target.sparsity_support)
+        density = np.asarray(shape.weight_density, dtype=float)
+        nm = np.array([bool(p) for p in shape.nm_pattern])
+        compute_scale = np.ones_like(dense)
+        weight_scale = np.ones_like(dense)
+        bpe = float(self.target.bytes_per_element)
+        if "nm-2:4" in support:
+            compute_scale = np.where(nm, 0.5, compute_scale)
+            weight_scale = np.where(nm, 0.5 + 0.5 * 2.0 / (8 * bpe), weight_scale)  # values + 2-bit indices
+        if "unstructured" in support:
+            uns = (density < 1.0) & ~(nm & ("nm-2:4" in support))
+            compute_scale = np.where(uns, np.minimum(1.0, UNSTRUCTURED_OVERHEAD * density), compute_scale)
+            weight_scale = np.where(uns, np.minimum(1.0, density * (1.0 + 4.0 / bpe)), weight_scale)  # CSR
+        factor = 1.0 - frac_c * (1.0 - compute_scale) - frac_w * (1.0 - weight_scale)
+        ms = dense * np.clip(factor, 0.05, 1.0)
+        moved = act_b + w_b * weight_scale
+        return ms, np.stack([macs, moved])
+
+    def predict(self, candidate: Any) -> CostEstimate:
+        """Predict the latency and energy of a candidate.
+
+        Args:
+            candidate: A pruned ``nn.Module`` of the template's model, a
+                :class:`CandidateShape`, or an exported ONNX file (path, bytes, proto).
+
+        Raises:
+            ConfigError: If the candidate cannot be described.
+        """
+        arrays, shape, modules, keys = self._arrays_for(candidate)
+        ms, extra = self._kernel_ms(shape, arrays, keys)
+        per = ms * self.alpha
+        latency = float(per.sum() + self.overhead_ms)
+        latency = max(latency, 1e-6)
+        dram = float(extra[1].sum())
+        return CostEstimate(
+            latency_ms=latency,
+            energy_mj=energy_mj(self.target, latency, dram),
+            per_kernel_ms=tuple(zip(modules, (float(x) for x in per))),
+            overhead_ms=float(self.overhead_ms),
+            macs=int(extra[0].sum()),
+            dram_bytes=int(dram),
+            provenance=self.provenance,
+        )
+
+    def predict_onnx(self, path: Any) -> CostEstimate:
+        """Predict from an exported ONNX model (path, bytes or proto)."""
+        return self.predict(path if not isinstance(path, os.PathLike) else os.fspath(path))
+
+    def shares(self, arrays: KernelArrays, macs: np.ndarray, act_b: np.ndarray,
+               w_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return (compute ms, weight-read ms, total ms) per kernel; regressors override this."""
+        raise NotImplementedError
+
+
+def class_index(name: str) -> int:
+    """Index of an op class in :data:`~autoprune.costmodel.features.OP_CLASSES`."""
+    return OP_CLASSES.index(name)

@@ -1,0 +1,226 @@
+"""Measured calibration: what ``autoprune profile`` does.
+
+1. **Kernels in isolation**: every distinct kernel configuration of the model is
+   rebuilt as a single-kernel ONNX graph (:mod:`~autoprune.costmodel.microbench`)
+   over a grid of kept ``(cin, cout)`` counts and timed with the target's runtime
+   and the shared protocol; the runtime's empty-call overhead (measured on a
+   trivial graph) is subtracted from each.
+2. **Whole models**: the dense model and ``plans`` random pruning plans (random
+   per-group channel ratios, some unstructured groups) are pruned with the pruning
+   engine, exported and timed end to end.
+3. **Fit**: the LUT and its fallback regressor on (1); the whole-model correction
+   on the dense model and the first half of the plans; the second half is held
+   out and only used to measure the error stored in the calibration.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from autoprune.errors import ProfilingError
+
+from .base import CostModel, FitSample, Provenance
+from .lut import LutCostModel, one_dimensional
+from .microbench import kernel_graph, overhead_graph
+from .targets import target_spec
+from .template import CandidateShape, ModelTemplate, export_onnx_bytes
+
+__all__ = ["DEFAULT_GRID", "CalibrationResult", "calibrate", "error_metrics", "kernel_grid", "random_plan"]
+
+#: Kept-channel fractions measured per layer.
+DEFAULT_GRID: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+KERNEL_PROTOCOL = {"warmup": 3, "min_time_s": 0.03, "min_repeats": 7, "max_cv": 0.2, "retries": 2}
+MODEL_PROTOCOL = {"warmup": 5, "min_time_s": 0.2, "min_repeats": 10, "max_cv": 0.1, "retries": 3}
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """What :func:`calibrate` produced.
+
+    Attributes:
+        model: The fitted cost model.
+        error: Held-out error block (``heldout_mape``, ``heldout_spearman``, ...).
+        runtime: Description of the runtime measured.
+        kernel_points: Isolated measurements taken.
+        seconds: Wall time of the whole calibration.
+    """
+
+    model: CostModel
+    error: dict[str, Any]
+    runtime: str
+    kernel_points: int
+    seconds: float
+
+
+def error_metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
+    """MAPE, share within ±10 %, Spearman ρ and Kendall τ of predictions."""
+    from scipy.stats import kendalltau, spearmanr
+
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    rel = np.abs(p / m - 1.0)
+    out = {"mape": float(rel.mean()), "within_10pct": float(np.mean(rel <= 0.10)), "n": len(m)}
+    if len(m) >= 3:
+        out["spearman"] = float(spearmanr(p, m)[0])
+        out["kendall"] = float(kendalltau(p, m)[0])
+    return out
+
+
+def _fixed_dims(template: ModelTemplate) -> tuple[set[int], set[int]]:
+    """Kernels whose cin is the graph input, and kernels whose cout is the graph output."""
+    consumers: dict[int, int] = {}
+    for k in template.kernels:
+        for j in k.inputs_from:
+            consumers[j] = consumers.get(j, 0) + 1
+    fixed_in = {i for i, k in enumerate(template.kernels) if not k.inputs_from}
+    last_param = max(i for i, m in enumerate(template.param_modules) if m)
+    fixed_out = {i for i in range(len(template.kernels)) if consumers.get(i, 0) == 0} | {last_param}
+    return fixed_in, fixed_out
+
+
+def kernel_grid(template: ModelTemplate, grid: Sequence[float] = DEFAULT_GRID
+                ) -> dict[str, list[tuple[Any, int, int]]]:
+    """Return ``{config key: [(features, cin, cout), ...]}`` to measure (shared configs once)."""
+    fixed_in, fixed_out = _fixed_dims(template)
+    plan: dict[str, list[tuple[Any, int, int]]] = {}
+    for i, (f, key) in enumerate(zip(template.features, template.keys)):
+        if key in plan or f.op == "reshape":
+            continue
+
+        def counts(c: int, fixed: bool) -> list[int]:
+            return [c] if fixed else sorted({max(1, round(c * g)) for g in grid})
+
+        if one_dimensional(key):
+            cs = counts(f.cout, i in fixed_out and i in fixed_in)
+            plan[key] = [(f, c, c) for c in cs]
+        else:
+            plan[key] = [(f, ci, co) for ci in counts(f.cin, i in fixed_in) for co in counts(f.cout, i in fixed_out)]
+    return plan
+
+
+def random_plan(groups: Sequence[Any], rng: np.random.Generator, *, max_ratio: float = 0.7,
+                p_unstructured: float = 0.15, p_keep: float = 0.15):
+    """A random pruning plan: per-group channel ratios, a few unstructured groups."""
+    from autoprune.pruning import GroupPlan, PruningPlan
+
+    pairs = []
+    for g in groups:
+        u = rng.random()
+        if "unstructured" in g.allowed and u < p_unstructured:
+            gp = GroupPlan("unstructured", float(rng.uniform(0.3, 0.9)), "l1")
+        elif "channel" in g.allowed and u < 1 - p_keep:
+            gp = GroupPlan("channel", float(rng.uniform(0.0, max_ratio)), "l1")
+        else:
+            gp = GroupPlan("keep", 0.0, "l1")
+        pairs.append((g.name, gp))
+    return PruningPlan(tuple(pairs))
+
+
+def prune_random(model: Any, example: Any, groups: Sequence[Any], rng: np.random.Generator, **kw: Any) -> Any:
+    """Prune ``model`` with a random plan; return the permanent pruned module."""
+    from autoprune.pruning import prune_model
+
+    return prune_model(model, random_plan(groups, rng, **kw), example).make_permanent()
+
+
+def _measure(runtime: Any, onnx_bytes: bytes, settings: dict[str, Any]) -> float:
+    try:
+        return runtime.measure(onnx_bytes, None, **settings).latency_ms
+    except ProfilingError as exc:
+        if "noisy" not in str(exc):
+            raise
+        relaxed = {**settings, "max_cv": max(0.5, settings.get("max_cv", 0.1) * 3)}
+        return runtime.measure(onnx_bytes, None, **relaxed).latency_ms
+
+
+def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, threads: int | None = 1,
+              plans: int = 8, grid: Sequence[float] = DEFAULT_GRID, seed: int = 0, num_classes: int = 10,
+              input_size: int | None = None, progress: Callable[[int, int, str], None] | None = None,
+              model: Any = None) -> CalibrationResult:
+    """Measure and fit a LUT cost model for ``model_name`` on this machine (or an RPC device).
+
+    Args:
+        model_name: Zoo model name (or a name for ``model``).
+        target: Target name whose facts (sparsity support, power) apply.
+        runtime: A :class:`~autoprune.profiling.Runtime`; default ONNX Runtime CPU with ``threads``.
+        threads: Intra-op threads of the default runtime.
+        plans: Random plans measured end to end (half fit the correction, half are held out).
+        grid: Kept-channel fractions per layer.
+        seed: Seed of the random plans.
+        num_classes: Classifier width of the zoo model.
+        input_size: Input side (defaults to the zoo model's).
+        progress: ``progress(done, total, what)`` callback (the CLI passes a tqdm bar).
+        model: An ``nn.Module`` to use instead of building ``model_name`` from the zoo.
+
+    Returns:
+        A :class:`CalibrationResult`.
+    """
+    import torch
+
+    from autoprune.models import ZOO, build_model
+    from autoprune.profiling import get_runtime
+    from autoprune.pruning import discover_groups
+
+    start = time.perf_counter()
+    if runtime is None:
+        runtime = get_runtime("onnxruntime", threads=threads)
+    size = input_size or (ZOO.get(model_name).input_size if model is None else 32)
+    dense = (model if model is not None else build_model(model_name, num_classes=num_classes)).eval()
+    example = torch.zeros(1, 3, size, size)
+    template = ModelTemplate.from_model(dense, example, model_name)
+    todo = kernel_grid(template, grid)
+    total = sum(len(v) for v in todo.values()) + 1 + 1 + plans
+    done = 0
+
+    def tick(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, what)
+
+    overhead = _measure(runtime, overhead_graph(), KERNEL_PROTOCOL)
+    tick("runtime overhead")
+    samples: list[FitSample] = []
+    for key, points in todo.items():
+        for f, ci, co in points:
+            feats = f.with_channels(ci, co)
+            graph = kernel_graph(feats, seed=seed)
+            ms = _measure(runtime, graph, KERNEL_PROTOCOL)
+            samples.append(FitSample((feats,), (key,), max(ms - overhead, 0.1 * ms), "kernel"))
+            tick(key.split("|")[0])
+    cost_model = LutCostModel(target_spec(target), template)
+    cost_model.fit(samples)
+
+    rng = np.random.default_rng(seed)
+    groups = discover_groups(dense, example)
+    shapes: list[CandidateShape] = [template.dense_shape()]
+    measured = [_measure(runtime, export_onnx_bytes(dense, example), MODEL_PROTOCOL)]
+    tick("dense model")
+    for _ in range(plans):
+        pruned = prune_random(dense, example, groups, rng)
+        shapes.append(template.describe(pruned))
+        measured.append(_measure(runtime, export_onnx_bytes(pruned, example), MODEL_PROTOCOL))
+        tick("random plan")
+    n_fit = 1 + (plans + 1) // 2
+    cost_model.fit_correction(shapes[:n_fit], measured[:n_fit])
+    held = [cost_model.predict(s).latency_ms for s in shapes[n_fit:]]
+    err = error_metrics(held, measured[n_fit:]) if held else {"n": 0}
+    error = {
+        "heldout_mape": err.get("mape"), "heldout_spearman": err.get("spearman"),
+        "heldout_within_10pct": err.get("within_10pct"), "n_heldout": err.get("n", 0),
+        "note": f"{err.get('n', 0)} held-out random plans measured end to end on {runtime.describe()} "
+                f"(correction fitted on the dense model + {n_fit - 1} other plans)",
+        "fit_points": [{"measured_ms": m, "predicted_ms": cost_model.predict(s).latency_ms, "heldout": i >= n_fit}
+                       for i, (s, m) in enumerate(zip(shapes, measured))],
+        "runtime_overhead_ms": overhead,
+    }
+    desc = f"{runtime.describe()}, threads={getattr(runtime, 'threads', threads)}"
+    cost_model.provenance = Provenance(
+        cost_model="lut", target=target, runtime=desc, status="measured", calibration_id="(unsaved)",
+        heldout_mape=error["heldout_mape"], heldout_spearman=error["heldout_spearman"],
+        n_heldout=int(error["n_heldout"]), note=error["note"])
+    return CalibrationResult(cost_model, error, desc, len(samples), time.perf_counter() - start)

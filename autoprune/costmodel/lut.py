@@ -1,0 +1,141 @@
+"""``lut``: per-layer latency lookup tables (NetAdapt-style) over kept channels.
+
+Each distinct kernel configuration (op, fused post-ops, dense channels, kernel
+size, stride, spatial sizes) gets a table of isolated measurements over a grid of
+kept ``(cin, cout)`` counts; identical layers share one table. A candidate's
+kernel time is the bilinear interpolation of its table (linear extrapolation
+below the smallest grid point, clamped above the largest). Depthwise convolutions
+and weightless kernels (pools, adds) have 1-D tables over their channel count.
+Kernels without a table fall back to a :class:`~autoprune.costmodel.regressor.Regressor`
+fitted on the same isolated measurements, which also provides the compute /
+memory split used for sparsity. The whole-model total adds the fitted correction
+of :meth:`~autoprune.costmodel.base.CostModel.fit_correction`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .base import COST_MODELS, CostModel, FitSample
+from .regressor import Regressor
+from .targets import TargetSpec
+from .template import KernelArrays, ModelTemplate
+
+__all__ = ["LutCostModel", "one_dimensional"]
+
+
+def one_dimensional(key: str) -> bool:
+    """Whether a config key's table is 1-D (depthwise conv, or a weightless kernel)."""
+    return not key.startswith(("conv", "gemm")) or "gdw|" in key
+
+
+class LutCostModel(CostModel):
+    """Lookup tables with a regressor fallback (see the module docstring)."""
+
+    name = "lut"
+
+    def __init__(self, target: TargetSpec, template: ModelTemplate | None = None) -> None:
+        super().__init__(target, template)
+        self.regressor = Regressor(target, template)
+        self._split = self.regressor
+        self.tables: dict[str, dict[str, list]] = {}
+        self._index_cache: dict[int, tuple] = {}
+
+    def fit(self, samples: Sequence[FitSample]) -> None:
+        """Build tables from isolated-kernel samples and fit the fallback regressor."""
+        self.regressor.fit(samples)
+        points: dict[str, dict[tuple[int, int], list[float]]] = {}
+        for s in samples:
+            if s.kind != "kernel" or len(s.features) != 1:
+                continue
+            f = s.features[0]
+            points.setdefault(s.keys[0], {}).setdefault((f.cin, f.cout), []).append(s.latency_ms)
+        tables = {}
+        for key, pts in points.items():
+            med = {k: float(np.median(v)) for k, v in pts.items()}
+            if one_dimensional(key):
+                by_c = {}
+                for (_, co), v in med.items():
+                    by_c.setdefault(co, []).append(v)
+                cs = sorted(by_c)
+                vals = [float(np.median(by_c[c])) for c in cs]
+                tables[key] = {"cin": [max(c for c, _ in med)] * len(cs), "cout": cs,
+                               "ms": [vals for _ in cs], "dims": 1}
+                continue
+            cins = sorted({c for c, _ in med})
+            couts = sorted({d for _, d in med})
+            grid = np.full((len(cins), len(couts)), np.nan)
+            for (c, d), v in med.items():
+                grid[cins.index(c), couts.index(d)] = v
+            if np.isnan(grid).any():  # incomplete grid (a failed measurement): fill with the mean
+                grid[np.isnan(grid)] = np.nanmean(grid)
+            tables[key] = {"cin": cins, "cout": couts, "ms": grid.tolist(), "dims": 2}
+        self.tables = tables
+        self._index_cache.clear()
+
+    def _index(self, keys: Sequence[str]) -> tuple:
+        cached = self._index_cache.get(id(keys))
+        if cached is not None and cached[0] is keys:
+            return cached[1]
+        n = len(keys)
+        g = max([max(len(t["cin"]), len(t["cout"])) for t in self.tables.values()] + [2])
+        gx = np.zeros((n, g))
+        gy = np.zeros((n, g))
+        v = np.zeros((n, g, g))
+        has = np.zeros(n, dtype=bool)
+        for i, key in enumerate(keys):
+            t = self.tables.get(key)
+            if t is None:
+                continue
+            has[i] = True
+            cx, cy, m = np.asarray(t["cin"], float), np.asarray(t["cout"], float), np.asarray(t["ms"], float)
+            px, py = g - len(cx), g - len(cy)
+            gx[i] = np.pad(cx, (0, px), mode="edge")
+            gy[i] = np.pad(cy, (0, py), mode="edge")
+            v[i] = np.pad(m, ((0, px), (0, py)), mode="edge")
+        out = (gx, gy, v, has)
+        self._index_cache[id(keys)] = (keys, out)
+        return out
+
+    @staticmethod
+    def _locate(grid: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        g = grid.shape[1]
+        j = np.clip(np.sum(grid[:, 1:g - 1] <= x[:, None], axis=1), 0, g - 2)
+        rows = np.arange(len(x))
+        lo, hi = grid[rows, j], grid[rows, j + 1]
+        den = hi - lo
+        w = np.divide(x - lo, den, out=np.zeros_like(x), where=den > 0)
+        return j, np.clip(w, -1.0, 1.0)
+
+    def dense_kernel_ms(self, arrays: KernelArrays, cin: np.ndarray, cout: np.ndarray,
+                        keys: Sequence[str] | None) -> np.ndarray:
+        reg = self.regressor.dense_kernel_ms(arrays, cin, cout, keys)
+        if not keys or not self.tables:
+            return reg
+        gx, gy, v, has = self._index(keys)
+        if not has.any():
+            return reg
+        jx, wx = self._locate(gx, cin)
+        jy, wy = self._locate(gy, cout)
+        r = np.arange(len(cin))
+        val = ((1 - wx) * (1 - wy) * v[r, jx, jy] + wx * (1 - wy) * v[r, jx + 1, jy]
+               + (1 - wx) * wy * v[r, jx, jy + 1] + wx * wy * v[r, jx + 1, jy + 1])
+        floor = 0.25 * v[:, 0, 0]
+        return np.where(has, np.maximum(val, floor), reg)
+
+    def params(self) -> dict[str, Any]:
+        return {"tables": self.tables, "regressor": self.regressor.params(),
+                "alpha": self.alpha, "overhead_ms": self.overhead_ms}
+
+    def load_params(self, params: dict[str, Any]) -> None:
+        self.tables = {k: dict(v) for k, v in params["tables"].items()}
+        self.regressor.load_params(params["regressor"])
+        self.alpha = float(params.get("alpha", 1.0))
+        self.overhead_ms = float(params.get("overhead_ms", 0.0))
+        self._index_cache.clear()
+
+
+COST_MODELS.register("lut", LutCostModel)
