@@ -82,9 +82,13 @@ def _fixed_dims(template: ModelTemplate) -> tuple[set[int], set[int]]:
     return fixed_in, fixed_out
 
 
-def kernel_grid(template: ModelTemplate, grid: Sequence[float] = DEFAULT_GRID
+def kernel_grid(template: ModelTemplate, grid: Sequence[float] = DEFAULT_GRID, round_to: int = 1
                 ) -> dict[str, list[tuple[Any, int, int]]]:
-    """Return ``{config key: [(features, cin, cout), ...]}`` to measure (shared configs once)."""
+    """Return ``{config key: [(features, cin, cout), ...]}`` to measure (shared configs once).
+
+    Counts are ``fraction × dense`` rounded to a multiple of ``round_to`` (the same
+    alignment the pruning plans use), never below ``round_to`` or above dense.
+    """
     fixed_in, fixed_out = _fixed_dims(template)
     plan: dict[str, list[tuple[Any, int, int]]] = {}
     for i, (f, key) in enumerate(zip(template.features, template.keys)):
@@ -92,7 +96,10 @@ def kernel_grid(template: ModelTemplate, grid: Sequence[float] = DEFAULT_GRID
             continue
 
         def counts(c: int, fixed: bool) -> list[int]:
-            return [c] if fixed else sorted({max(1, round(c * g)) for g in grid})
+            if fixed:
+                return [c]
+            r = max(1, round_to)
+            return sorted({min(c, max(r, round(c * g / r) * r)) for g in grid})
 
         if one_dimensional(key):
             cs = counts(f.cout, i in fixed_out and i in fixed_in)
@@ -103,9 +110,9 @@ def kernel_grid(template: ModelTemplate, grid: Sequence[float] = DEFAULT_GRID
 
 
 def random_plan(groups: Sequence[Any], rng: np.random.Generator, *, max_ratio: float = 0.7,
-                p_unstructured: float = 0.15, p_keep: float = 0.15):
+                p_unstructured: float = 0.15, p_keep: float = 0.15, round_to: int | None = None):
     """A random pruning plan: per-group channel ratios, a few unstructured groups."""
-    from autoprune.pruning import GroupPlan, PruningPlan
+    from autoprune.pruning import GroupPlan, PlanSettings, PruningPlan
 
     pairs = []
     for g in groups:
@@ -117,7 +124,7 @@ def random_plan(groups: Sequence[Any], rng: np.random.Generator, *, max_ratio: f
         else:
             gp = GroupPlan("keep", 0.0, "l1")
         pairs.append((g.name, gp))
-    return PruningPlan(tuple(pairs))
+    return PruningPlan(tuple(pairs), PlanSettings(round_to=round_to if round_to and round_to > 1 else None))
 
 
 def prune_random(model: Any, example: Any, groups: Sequence[Any], rng: np.random.Generator, **kw: Any) -> Any:
@@ -140,7 +147,7 @@ def _measure(runtime: Any, onnx_bytes: bytes, settings: dict[str, Any]) -> float
 def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, threads: int | None = 1,
               plans: int = 8, grid: Sequence[float] = DEFAULT_GRID, seed: int = 0, num_classes: int = 10,
               input_size: int | None = None, progress: Callable[[int, int, str], None] | None = None,
-              model: Any = None) -> CalibrationResult:
+              model: Any = None, round_to: int = 8) -> CalibrationResult:
     """Measure and fit a LUT cost model for ``model_name`` on this machine (or an RPC device).
 
     Args:
@@ -155,6 +162,8 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
         input_size: Input side (defaults to the zoo model's).
         progress: ``progress(done, total, what)`` callback (the CLI passes a tqdm bar).
         model: An ``nn.Module`` to use instead of building ``model_name`` from the zoo.
+        round_to: Channel alignment of the grid and of the random plans (8 = AVX2 NCHWc
+            block of ONNX Runtime's CPU kernels; unaligned counts take slower paths).
 
     Returns:
         A :class:`CalibrationResult`.
@@ -172,7 +181,7 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
     dense = (model if model is not None else build_model(model_name, num_classes=num_classes)).eval()
     example = torch.zeros(1, 3, size, size)
     template = ModelTemplate.from_model(dense, example, model_name)
-    todo = kernel_grid(template, grid)
+    todo = kernel_grid(template, grid, round_to)
     total = sum(len(v) for v in todo.values()) + 1 + 1 + plans
     done = 0
 
@@ -201,7 +210,7 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
     measured = [_measure(runtime, export_onnx_bytes(dense, example), MODEL_PROTOCOL)]
     tick("dense model")
     for _ in range(plans):
-        pruned = prune_random(dense, example, groups, rng)
+        pruned = prune_random(dense, example, groups, rng, round_to=round_to)
         shapes.append(template.describe(pruned))
         measured.append(_measure(runtime, export_onnx_bytes(pruned, example), MODEL_PROTOCOL))
         tick("random plan")
