@@ -19,6 +19,7 @@ from autoprune.pruning.finetune import (
     FinetuneDivergedError,
     FinetuneResult,
     finetune,
+    recalibrate_bn,
     regularization_loss,
 )
 from autoprune.pruning.groups import PrunableGroup, discover_groups
@@ -47,6 +48,7 @@ __all__ = [
     "kept_count",
     "parse_nm",
     "prune_model",
+    "recalibrate_bn",
     "regularization_loss",
     "size_report",
 ]

@@ -22,6 +22,8 @@ from autoprune.pruning.criteria import Criterion, get_criterion
 from autoprune.pruning.groups import GroupIndex, PrunableGroup, build_index
 from autoprune.pruning.plan import PruningPlan, parse_nm
 
+NM_ATTR = "_autoprune_nm"  # module attribute: member name -> "N:M" of its mask
+
 
 @dataclass
 class PrunedModel:
@@ -66,6 +68,8 @@ class PrunedModel:
 
 def kept_count(dense: int, ratio: float, round_to: int | None, min_channels: int) -> int:
     """The channels a group keeps at ``ratio`` (see :mod:`autoprune.pruning.plan`)."""
+    if ratio <= 0.0:
+        return dense
     keep = max(math.floor(dense * (1.0 - ratio) + 0.5), min_channels, 1)
     if round_to and dense >= round_to:
         keep = max(round_to, math.floor(keep / round_to + 0.5) * round_to)
@@ -288,6 +292,9 @@ def prune_model(
         if step < steps and finetune_fn is not None:
             finetune_fn(work, step)
     masks = {n: m.weight_mask.detach().bool().clone() for n, m in _masked_modules(work)}
+    # Travels with the module (and its deep copies) so evaluate() can size N:M weights after
+    # make_permanent().
+    setattr(work, NM_ATTR, dict(engine.nm_members))
     kept = {g.name: engine.index.current_channels(g.name) for g in engine.index.groups}
     return PrunedModel(
         module=work,

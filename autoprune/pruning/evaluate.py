@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from autoprune.pruning.apply import PrunedModel
+from autoprune.pruning.apply import NM_ATTR, PrunedModel
 from autoprune.pruning.plan import parse_nm
 
 
@@ -134,8 +134,9 @@ def evaluate(
     """Evaluate ``model`` on ``loader`` and measure its size.
 
     Args:
-        model: A module, or a :class:`PrunedModel` (then N:M members are sized in
-            N:M format).
+        model: A module or a :class:`PrunedModel`. N:M members recorded by
+            :func:`~autoprune.pruning.prune_model` (also after ``make_permanent``)
+            are sized in N:M format.
         loader: ``(x, y)`` batches.
         example_input: Input for counting MACs (use batch size 1).
 
@@ -144,8 +145,8 @@ def evaluate(
     """
     from sklearn.metrics import precision_recall_fscore_support
 
-    nm_members = model.nm_members if isinstance(model, PrunedModel) else {}
     module = model.module if isinstance(model, PrunedModel) else model
+    nm_members = model.nm_members if isinstance(model, PrunedModel) else getattr(module, NM_ATTR, {})
     was_training = module.training
     module.eval()
     preds, labels = [], []

@@ -80,7 +80,7 @@ def export_onnx(
                 output_names=["output"],
                 dynamo=False,
             )
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - torch and onnx raise many kinds
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
         raise ExportError(
             f"torch.onnx.export failed: {exc.__class__.__name__}: {first}; "
@@ -89,7 +89,7 @@ def export_onnx(
     data = buf.getvalue()
     try:
         onnx.checker.check_model(onnx.load_from_string(data))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - torch and onnx raise many kinds
         raise ExportError(f"exported ONNX graph is invalid: {exc}; try another opset") from None
     with torch.no_grad():
         ref = work(example_input)

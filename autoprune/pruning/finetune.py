@@ -14,7 +14,7 @@ from torch import nn
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.pruning.plan import REGULARIZATIONS, PlanSettings
 
-SCHEDULES = ("cosine", "one-cycle", "constant")
+LR_SCHEDULES = ("cosine", "one-cycle", "constant")
 
 
 class FinetuneDivergedError(AutopruneError):
@@ -31,13 +31,17 @@ class FinetuneConfig:
         lr: Peak learning rate (SGD with Nesterov momentum).
         momentum: SGD momentum.
         weight_decay: L2 weight decay.
-        schedule: ``cosine`` (to 0), ``one-cycle`` or ``constant``.
+        lr_schedule: ``cosine`` (to 0), ``one-cycle`` or ``constant``.
         kd_weight: Weight of the distillation term in [0, 1] (needs a teacher).
         kd_temperature: Distillation temperature (> 0).
         regularization: ``none``, ``bn-l1`` (L1 on BN scales) or ``group-lasso``
             (sum of per-output-channel L2 norms of conv/linear weights).
         reg_strength: Weight of the regularisation term.
         max_grad_norm: Clip the gradient norm to this, or None.
+        bn_recalibration_batches: After training, re-estimate BatchNorm running
+            statistics as a plain average over this many training batches (0 to
+            skip). Short fine-tunes otherwise leave running statistics dominated
+            by the first, badly-scaled steps after pruning.
         seed: Seed for data order in dropout etc.
     """
 
@@ -46,12 +50,13 @@ class FinetuneConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "cosine"
+    lr_schedule: str = "cosine"
     kd_weight: float = 0.0
     kd_temperature: float = 4.0
     regularization: str = "none"
     reg_strength: float = 0.0
     max_grad_norm: float | None = 5.0
+    bn_recalibration_batches: int = 8
     seed: int = 0
 
     @classmethod
@@ -65,8 +70,8 @@ class FinetuneConfig:
             raise ConfigError("fine-tune budget missing: set steps (>0) or epochs (>0)")
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 0):
             raise ConfigError(f"fine-tune steps must be an integer >= 0, got {self.steps!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown LR schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown LR schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
         if self.regularization not in REGULARIZATIONS:
             raise ConfigError(
                 f"unknown regularization {self.regularization!r}; valid: {', '.join(REGULARIZATIONS)}"
@@ -109,6 +114,40 @@ def regularization_loss(model: nn.Module, kind: str) -> torch.Tensor:
         elif kind == "group-lasso" and isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
             terms.append(m.weight.flatten(1).norm(dim=1).sum())
     return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int = 8) -> int:
+    """Re-estimate every BatchNorm's running statistics on ``batches`` batches.
+
+    Statistics are reset and accumulated as a plain average (momentum None);
+    weights do not change. The model is left in eval mode.
+
+    Returns:
+        The number of batches used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    model.eval()
+    saved = []
+    for bn in bns:
+        saved.append(bn.momentum)
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    used = 0
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                if used >= batches:
+                    break
+                model(batch[0])
+                used += 1
+    finally:
+        for bn, momentum in zip(bns, saved):
+            bn.momentum = momentum
+        model.eval()
+    return used
 
 
 def _cycle(loader: Iterable):
@@ -162,9 +201,9 @@ def finetune(
     opt = torch.optim.SGD(
         params, lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
     )
-    if config.schedule == "cosine":
+    if config.lr_schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
-    elif config.schedule == "one-cycle":
+    elif config.lr_schedule == "one-cycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(steps, 2))
     else:
         sched = None
@@ -199,6 +238,8 @@ def finetune(
         if sched is not None:
             sched.step()
         losses.append(float(loss.detach()))
+    if config.bn_recalibration_batches > 0:
+        recalibrate_bn(model, train_loader, config.bn_recalibration_batches)
     model.eval()
     chunks = _chunk_means(losses, 20)
     head, tail = losses[:10], losses[-10:]
