@@ -169,15 +169,15 @@ class CostModel(ABC):
     def fit_correction(self, shapes: Sequence[CandidateShape], measured_ms: Sequence[float]) -> None:
         """Fit ``latency = alpha × Σ kernels + overhead_ms`` on end-to-end measurements.
 
-        One measurement fits only the overhead; two or more fit both, by least
-        squares on relative error. ``alpha`` is kept positive.
+        Fewer than four measurements fit only the overhead (``alpha = 1``); more fit
+        both, by least squares on relative error, with ``alpha`` bounded to [0.25, 4].
         """
         if not shapes:
             return
         sums = np.array([self._kernel_ms(s)[0].sum() for s in shapes])
         y = np.asarray(measured_ms, dtype=float)
-        if len(y) == 1:
-            self.alpha, self.overhead_ms = 1.0, float(y[0] - sums[0])
+        if len(y) < 4:  # too few points to separate scale from offset robustly
+            self.alpha, self.overhead_ms = 1.0, float(np.median(y - sums))
             return
         from scipy.optimize import lsq_linear
 

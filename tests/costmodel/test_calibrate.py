@@ -36,9 +36,9 @@ def test_tiny_lut_calibration_predicts_fresh_measurement():
     from autoprune.pruning import discover_groups
 
     model = Small().eval()
-    res = calibrate("small", model=model, input_size=24, plans=2, grid=(0.5, 1.0), round_to=8)
+    res = calibrate("small", model=model, input_size=32, plans=4, grid=(0.5, 1.0), round_to=8)
     assert res.kernel_points >= 4 and res.model.provenance.status == "measured"
-    example = torch.zeros(1, 3, 24, 24)
+    example = torch.zeros(1, 3, 32, 32)
     pruned = prune_random(model, example, discover_groups(model, example), np.random.default_rng(7), round_to=8)
     measured = get_runtime("onnxruntime", threads=1).measure(
         export_onnx_bytes(pruned, example), None, min_time_s=0.2, max_cv=0.5).latency_ms
