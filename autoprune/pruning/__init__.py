@@ -10,7 +10,7 @@ Typical use::
     res = export_onnx(pruned, "model.onnx", example_input)
 """
 
-from autoprune.pruning.apply import PrunedModel, kept_count, prune_model
+from autoprune.pruning.apply import PrunedModel, kept_count, prune_model, safe_deepcopy
 from autoprune.pruning.criteria import CRITERIA, Criterion, get_criterion
 from autoprune.pruning.evaluate import Evaluation, count_macs, evaluate, size_report
 from autoprune.pruning.export import ExportResult, export_onnx
@@ -50,5 +50,6 @@ __all__ = [
     "prune_model",
     "recalibrate_bn",
     "regularization_loss",
+    "safe_deepcopy",
     "size_report",
 ]

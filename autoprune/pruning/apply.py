@@ -84,6 +84,24 @@ def _masked_modules(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
             yield name, m
 
 
+def refresh_masked_weights(model: nn.Module) -> None:
+    """Recompute every masked ``weight`` (= ``weight_orig * weight_mask``) without autograd history.
+
+    ``torch.nn.utils.prune`` leaves the last computed ``weight`` as a non-leaf tensor
+    after a forward pass with gradients, which ``copy.deepcopy`` refuses. The
+    value is unchanged; the next forward recomputes it anyway.
+    """
+    with torch.no_grad():
+        for _, m in _masked_modules(model):
+            m.weight = m.weight_orig * m.weight_mask
+
+
+def safe_deepcopy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also works on models with active pruning masks."""
+    refresh_masked_weights(model)
+    return copy.deepcopy(model)
+
+
 def _remove_masks(model: nn.Module) -> None:
     for _, m in list(_masked_modules(model)):
         torch_prune.remove(m, "weight")
@@ -279,7 +297,7 @@ def prune_model(
     Raises:
         PlanError: If the plan does not fit the model (before anything is pruned).
     """
-    work = copy.deepcopy(model)
+    work = safe_deepcopy(model)
     work.eval()
     engine = _Engine(work, plan, example_input, calib_loader)
     s = plan.settings
@@ -291,6 +309,7 @@ def prune_model(
         engine.weight_step(frac, last=step == steps)
         if step < steps and finetune_fn is not None:
             finetune_fn(work, step)
+    refresh_masked_weights(work)
     masks = {n: m.weight_mask.detach().bool().clone() for n, m in _masked_modules(work)}
     # Travels with the module (and its deep copies) so evaluate() can size N:M weights after
     # make_permanent().

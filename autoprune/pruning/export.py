@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import io
 import os
 from dataclasses import asdict, dataclass
@@ -14,7 +13,7 @@ from torch import nn
 
 from autoprune.errors import ExportError
 from autoprune.io import atomic_write_bytes
-from autoprune.pruning.apply import PrunedModel, _remove_masks
+from autoprune.pruning.apply import PrunedModel, _remove_masks, safe_deepcopy
 from autoprune.registry import lazy_import
 
 
@@ -65,7 +64,7 @@ def export_onnx(
     onnx = lazy_import("onnx")
     ort = lazy_import("onnxruntime")
     module = model.module if isinstance(model, PrunedModel) else model
-    work = copy.deepcopy(module)
+    work = safe_deepcopy(module)
     _remove_masks(work)
     work.eval()
     buf = io.BytesIO()

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoprune.errors import AutopruneError, ConfigError
+from autoprune.pruning.apply import refresh_masked_weights
 from autoprune.pruning.plan import REGULARIZATIONS, PlanSettings
 
 LR_SCHEDULES = ("cosine", "one-cycle", "constant")
@@ -241,6 +242,7 @@ def finetune(
     if config.bn_recalibration_batches > 0:
         recalibrate_bn(model, train_loader, config.bn_recalibration_batches)
     model.eval()
+    refresh_masked_weights(model)  # keeps the model deep-copyable
     chunks = _chunk_means(losses, 20)
     head, tail = losses[:10], losses[-10:]
     return FinetuneResult(

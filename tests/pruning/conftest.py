@@ -50,7 +50,8 @@ def trained_resnet20(digits):
 
     torch.manual_seed(0)
     model = build_model("resnet20", num_classes=digits.num_classes)
-    finetune(model, digits.loader("train", 64), FinetuneConfig(epochs=3, lr=0.1, weight_decay=1e-4, lr_schedule="one-cycle"))
+    config = FinetuneConfig(epochs=3, lr=0.1, weight_decay=1e-4, lr_schedule="one-cycle")
+    finetune(model, digits.loader("train", 64), config)
     return model.eval()
 
 

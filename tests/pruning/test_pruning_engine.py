@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -189,10 +190,8 @@ def test_finetune_keeps_masks_enforced(resnet20, calib):
 
 
 def test_finetune_nan_loss_is_a_clear_error(resnet20, calib):
-    model, x, _ = resnet20
+    model = resnet20[0]
     bad = [(torch.full_like(calib[0][0], float("nan")), calib[0][1])]
-    import copy
-
     with pytest.raises(FinetuneDivergedError, match="diverged"):
         finetune(copy.deepcopy(model), bad, FinetuneConfig(steps=2))
 
@@ -221,3 +220,11 @@ def test_finetuning_recovers_accuracy(trained_resnet20, digits):
     )
     after = evaluate(pruned, val, x).accuracy
     assert after > before + 0.2, (dense_acc, before, after)
+
+
+def test_masked_models_can_be_deep_copied(resnet20, calib):
+    model, x, groups = resnet20
+    pruned = prune_model(model, PruningPlan.uniform(groups, "unstructured", 0.5), x)
+    copy.deepcopy(pruned.module)  # right after pruning
+    finetune(pruned.module, calib, FinetuneConfig(steps=1, lr=1e-3))
+    copy.deepcopy(pruned.module)  # and after training

@@ -105,3 +105,24 @@ def test_groups_depthwise_and_concat(model_factory):
     model, x = model_factory("densenet")
     names = [g.name for g in discover_groups(model, x)]
     assert names == ["stem", "blocks.0.0", "blocks.1.0", "blocks.2.0", "trans", "fc"]
+
+
+class _Unexportable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return torch.histc(self.conv(x), 4)  # aten::histc has no ONNX export
+
+
+def test_export_failures_are_export_errors(model_factory, tmp_path):
+    from autoprune.errors import ExportError
+
+    with pytest.raises(ExportError, match=r"torch\.onnx\.export failed"):
+        export_onnx(_Unexportable().eval(), tmp_path / "bad.onnx", torch.randn(1, 3, 8, 8))
+    assert not (tmp_path / "bad.onnx").exists()
+    model, x = model_factory("resnet20")
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_onnx(model, tmp_path / "strict.onnx", x * 100, atol=1e-12)
+    assert not (tmp_path / "strict.onnx").exists()
