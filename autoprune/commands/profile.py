@@ -24,8 +24,8 @@ class ProfileCommand(Command):
         parser.add_argument("--rpc-tracker", metavar="HOST:PORT", help="TVM RPC tracker (with --rpc-key)")
         parser.add_argument("--rpc-key", metavar="KEY", help="device key registered with the tracker")
         parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default: 1)")
-        parser.add_argument("--plans", type=int, default=8,
-                            help="random plans measured end to end; half fit, half held out (default: 8)")
+        parser.add_argument("--plans", type=int, default=12,
+                            help="random plans measured end to end; half fit, half held out (default: 12)")
         parser.add_argument("--grid", default="0.25,0.5,0.75,1.0",
                             help="kept-channel fractions per layer (default: 0.25,0.5,0.75,1.0)")
         parser.add_argument("--seed", type=int, default=0, help="seed of the random plans")

@@ -169,14 +169,14 @@ class CostModel(ABC):
     def fit_correction(self, shapes: Sequence[CandidateShape], measured_ms: Sequence[float]) -> None:
         """Fit ``latency = alpha × Σ kernels + overhead_ms`` on end-to-end measurements.
 
-        Fewer than four measurements fit only the overhead (``alpha = 1``); more fit
-        both, by least squares on relative error, with ``alpha`` bounded to [0.25, 4].
+        Fewer than six measurements fit only the overhead (``alpha = 1``); more fit
+        both, by least squares on relative error, with ``alpha`` bounded to [0.5, 2].
         """
         if not shapes:
             return
         sums = np.array([self._kernel_ms(s)[0].sum() for s in shapes])
         y = np.asarray(measured_ms, dtype=float)
-        if len(y) < 4:  # too few points to separate scale from offset robustly
+        if len(y) < 6:  # too few points to separate scale from offset robustly
             self.alpha, self.overhead_ms = 1.0, float(np.median(y - sums))
             return
         from scipy.optimize import lsq_linear
@@ -184,7 +184,7 @@ class CostModel(ABC):
         w = 1.0 / y
         a_mat = np.stack([sums * w, w], axis=1)
         # alpha is a scale of the isolated times: bounded to a physically sane range
-        res = lsq_linear(a_mat, np.ones_like(y), bounds=([0.25, -np.inf], [4.0, np.inf]))
+        res = lsq_linear(a_mat, np.ones_like(y), bounds=([0.5, -np.inf], [2.0, np.inf]))
         self.alpha, self.overhead_ms = float(res.x[0]), float(res.x[1])
 
     def _arrays_for(self, candidate: Any) -> tuple[KernelArrays, CandidateShape, tuple[str, ...],

@@ -30,7 +30,9 @@ from .microbench import kernel_graph, overhead_graph
 from .targets import target_spec
 from .template import CandidateShape, ModelTemplate, export_onnx_bytes
 
-__all__ = ["DEFAULT_GRID", "CalibrationResult", "calibrate", "error_metrics", "kernel_grid", "random_plan"]
+__all__ = [
+    "DEFAULT_GRID", "CalibrationResult", "calibrate", "error_metrics", "kernel_grid", "measure_ms", "random_plan",
+]
 
 #: Kept-channel fractions measured per layer.
 DEFAULT_GRID: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
@@ -134,7 +136,8 @@ def prune_random(model: Any, example: Any, groups: Sequence[Any], rng: np.random
     return prune_model(model, random_plan(groups, rng, **kw), example).make_permanent()
 
 
-def _measure(runtime: Any, onnx_bytes: bytes, settings: dict[str, Any]) -> float:
+def measure_ms(runtime: Any, onnx_bytes: bytes, settings: dict[str, Any]) -> float:
+    """Measure with the shared protocol; one retry with a relaxed noise bound on a busy machine."""
     try:
         return runtime.measure(onnx_bytes, None, **settings).latency_ms
     except ProfilingError as exc:
@@ -191,14 +194,14 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
         if progress is not None:
             progress(done, total, what)
 
-    overhead = _measure(runtime, overhead_graph(), KERNEL_PROTOCOL)
+    overhead = measure_ms(runtime, overhead_graph(), KERNEL_PROTOCOL)
     tick("runtime overhead")
     samples: list[FitSample] = []
     for key, points in todo.items():
         for f, ci, co in points:
             feats = f.with_channels(ci, co)
             graph = kernel_graph(feats, seed=seed)
-            ms = _measure(runtime, graph, KERNEL_PROTOCOL)
+            ms = measure_ms(runtime, graph, KERNEL_PROTOCOL)
             samples.append(FitSample((feats,), (key,), max(ms - overhead, 0.1 * ms), "kernel"))
             tick(key.split("|")[0])
     cost_model = LutCostModel(target_spec(target), template)
@@ -207,12 +210,12 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
     rng = np.random.default_rng(seed)
     groups = discover_groups(dense, example)
     shapes: list[CandidateShape] = [template.dense_shape()]
-    measured = [_measure(runtime, export_onnx_bytes(dense, example), MODEL_PROTOCOL)]
+    measured = [measure_ms(runtime, export_onnx_bytes(dense, example), MODEL_PROTOCOL)]
     tick("dense model")
     for _ in range(plans):
         pruned = prune_random(dense, example, groups, rng, round_to=round_to)
         shapes.append(template.describe(pruned))
-        measured.append(_measure(runtime, export_onnx_bytes(pruned, example), MODEL_PROTOCOL))
+        measured.append(measure_ms(runtime, export_onnx_bytes(pruned, example), MODEL_PROTOCOL))
         tick("random plan")
     n_fit = 1 + (plans + 1) // 2
     cost_model.fit_correction(shapes[:n_fit], measured[:n_fit])
