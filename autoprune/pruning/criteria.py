@@ -81,6 +81,21 @@ class Criterion(ABC):
     def weight_scores(self, name: str, module: nn.Module) -> torch.Tensor:
         """Per-weight importance of ``module.weight`` (same shape, >= 0)."""
 
+    def __call__(self, group) -> torch.Tensor:
+        """Per-channel importance of a Torch-Pruning group over all current channels of its root.
+
+        The members are the group's conv/linear layers whose output channels it prunes.
+        """
+        dg = group._DG
+        root = group[0].dep.target.module
+        members = [
+            (dg._module2name.get(dep.target.module, str(i)), dep.target.module)
+            for i, (dep, _) in enumerate(group)
+            if isinstance(dep.target.module, (nn.modules.conv._ConvNd, nn.Linear))
+            and dg.is_out_channel_pruning_fn(dep.handler)
+        ]
+        return self.channel_scores(group, members, int(dg.get_out_channels(root)))
+
     def channel_scores(self, group, members: Iterable[tuple[str, nn.Module]], channels: int) -> torch.Tensor:
         """Per-channel importance of a Torch-Pruning ``group`` (length ``channels``, mean 1).
 

@@ -228,3 +228,18 @@ def test_masked_models_can_be_deep_copied(resnet20, calib):
     copy.deepcopy(pruned.module)  # right after pruning
     finetune(pruned.module, calib, FinetuneConfig(steps=1, lr=1e-3))
     copy.deepcopy(pruned.module)  # and after training
+
+
+@pytest.mark.parametrize("criterion", ["l1", "fpgm", "bn-scale", "random", "snip"])
+def test_criteria_are_callables_on_torch_pruning_groups(criterion, resnet20, calib):
+    from autoprune.pruning.groups import build_index
+
+    model, x, _ = resnet20
+    work = copy.deepcopy(model)
+    index = build_index(work, x)
+    crit = CRITERIA.get(criterion)()
+    crit.dg = index.dg
+    crit.prepare(work, calib)
+    scores = crit(index.tp_group("conv1"))
+    assert scores.shape == (16,) and torch.isfinite(scores).all()
+    assert abs(scores.mean().item() - 1) < 1e-4  # normalised to mean 1
