@@ -12,6 +12,7 @@ Importing this package does not import onnxruntime or tvm.
 """
 
 from autoprune.profiling import ort as _ort  # noqa: F401  (registers "onnxruntime")
+from autoprune.profiling import tvm_runtime as _tvm  # noqa: F401  (registers "tvm"; imports tvm lazily)
 from autoprune.profiling.base import RUNTIMES, Runtime, get_runtime
 from autoprune.profiling.protocol import (
     DEFAULT_PROTOCOL,

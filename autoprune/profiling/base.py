@@ -117,7 +117,7 @@ def load_onnx(model: Any):
         return onnx.load(str(path))
     except ProfilingError:
         raise
-    except Exception as exc:  # onnx raises DecodeError and friends
+    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and friends
         what = "<bytes>" if isinstance(model, (bytes, bytearray)) else model
         raise ProfilingError(f"cannot read ONNX model {what}: {exc}; re-export it") from None
 

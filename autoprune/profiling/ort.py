@@ -98,7 +98,7 @@ def create_session(
     usable, missing = _resolve_providers(providers)
     try:
         sess = ort.InferenceSession(model_bytes(model), sess_options=so, providers=usable)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - foreign library errors become ProfilingError
         raise ProfilingError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
     return sess, sess.get_providers(), missing
 
@@ -160,7 +160,7 @@ class OnnxRuntime(Runtime):
         run = sess.run
         try:
             run(None, feeds)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - foreign library errors become ProfilingError
             raise ProfilingError(
                 f"onnxruntime failed to run the model with shapes {shapes}: {str(exc).splitlines()[0]}"
             ) from None

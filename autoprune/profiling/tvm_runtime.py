@@ -1,0 +1,287 @@
+"""Apache TVM (Relax) as a measuring runtime, locally or on a remote board over RPC.
+
+The path: ``tvm.relax.frontend.onnx.from_onnx`` → ``DecomposeOpsForInference`` →
+``tvm.compile(mod, target=Target(<JSON dict>), relax_pipeline=<target's default>)``
+→ ``relax.VirtualMachine`` → ``vm.time_evaluator`` with the stateful API
+(``set_input`` + ``invoke_stateful``), whose per-repeat means go through
+:func:`~autoprune.profiling.protocol.measure_samples`.
+
+Code is untuned (no MetaSchedule: it segfaulted on the development machine), so
+absolute TVM CPU latencies are slow but real. Targets are JSON dicts, never
+strings, so that profiles stay explicit; two traps of TVM 0.27 are refused:
+
+* ``{"kind": ..., "tag": ...}``: when ``kind`` is present TVM silently ignores the
+  tag (``nvidia/jetson-nano`` would compile for sm_50 instead of sm_53); give the
+  tag alone, e.g. ``{"tag": "nvidia/jetson-nano", "host": {...}}``.
+* ``"mcpu": "native"``: crashed on the development machine; name the CPU.
+
+Over RPC the library is compiled here, exported with ``export_library`` (with
+``<triple>-g++`` as cross compiler when the target triple is not this
+machine's), uploaded, loaded and timed on the remote device.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from autoprune.errors import ConfigError, ProfilingError
+from autoprune.profiling.base import (
+    RUNTIMES,
+    Runtime,
+    graph_inputs,
+    load_onnx,
+    make_inputs,
+    normalise_shapes,
+)
+from autoprune.profiling.protocol import (
+    DEFAULT_PROTOCOL,
+    Measurement,
+    ProtocolSettings,
+    cpu_count,
+    host_description,
+    measure_samples,
+)
+from autoprune.profiling.rpc import RPCConfig, connect, run_with_watchdog
+from autoprune.registry import lazy_import
+
+__all__ = ["TvmRuntime", "make_target"]
+
+_HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+def make_target(spec: Mapping[str, Any]):
+    """Build a ``tvm.target.Target`` from a JSON dict (with an optional ``"host"`` dict).
+
+    Raises:
+        ConfigError: If ``spec`` is a string, mixes ``kind`` and ``tag``, uses
+            ``mcpu: native``, or TVM rejects it.
+    """
+    if isinstance(spec, str) or not isinstance(spec, Mapping):
+        raise ConfigError(
+            f"TVM targets must be JSON dicts, e.g. {{\"kind\": \"llvm\", \"num-cores\": 2}}; got {spec!r}"
+        )
+    for part in (spec, spec.get("host") if isinstance(spec.get("host"), Mapping) else {}):
+        if "tag" in part and "kind" in part:
+            raise ConfigError(
+                f"TVM target {dict(part)} has both 'tag' and 'kind'; TVM 0.27 then ignores the tag. "
+                "Give the tag alone, e.g. {\"tag\": \"nvidia/jetson-nano\", \"host\": {...}}"
+            )
+        if part.get("mcpu") == "native":
+            raise ConfigError(
+                "TVM target uses mcpu=native (crashed here, and is not reproducible); name the CPU"
+            )
+    tvm = lazy_import("tvm", "apache-tvm")
+    try:
+        return tvm.target.Target(dict(spec))
+    except Exception as exc:  # noqa: BLE001 - foreign library errors become ProfilingError
+        raise ConfigError(f"TVM rejects target {dict(spec)}: {str(exc).strip().splitlines()[-1]}") from None
+
+
+def _target_triple(target) -> str:
+    host = target.host or target
+    return str(host.attrs.get("mtriple", "")) if host.kind.name == "llvm" else ""
+
+
+def _cross_compiler(target):
+    """Return an ``fcompile`` for export, or ``None`` when the host compiler fits."""
+    triple = _target_triple(target)
+    arch = triple.split("-")[0] if triple else ""
+    here = _HOST_ARCH.get(platform.machine().lower(), platform.machine().lower())
+    if not arch or _HOST_ARCH.get(arch, arch) == here:
+        return None
+    prefix = "aarch64-linux-gnu" if arch in ("aarch64", "arm64") else "-".join(triple.split("-")[:3])
+    compiler = shutil.which(f"{prefix}-g++") or shutil.which(f"{prefix}-gcc")
+    if compiler is None:
+        raise ProfilingError(
+            f"target triple {triple} needs a cross compiler ({prefix}-g++) to export the library, "
+            f"and none is installed here; install one (`apt install g++-{prefix}`) or compile on the board"
+        )
+    cc = lazy_import("tvm.support.cc", "apache-tvm")
+    return cc.cross_compiler(compiler)
+
+
+@RUNTIMES.register("tvm")
+class TvmRuntime(Runtime):
+    """Measure ONNX graphs compiled by TVM Relax, here or on an RPC device.
+
+    Args:
+        target: TVM target as a JSON dict (default ``{"kind": "llvm", "num-cores": threads}``).
+        threads: Runtime threads (TVM thread pool size; default: the target's
+            ``num-cores`` or this machine's CPU count).
+        rpc: Where to run remotely; ``None`` measures on this machine.
+        protocol: Measurement settings.
+    """
+
+    name = "tvm"
+
+    def __init__(
+        self,
+        *,
+        target: Mapping[str, Any] | None = None,
+        threads: int | None = None,
+        rpc: RPCConfig | None = None,
+        protocol: ProtocolSettings = DEFAULT_PROTOCOL,
+    ) -> None:
+        super().__init__(threads=threads, protocol=protocol)
+        if target is None:
+            target = {"kind": "llvm", "num-cores": threads or cpu_count()}
+        self.target_spec = dict(target)
+        self.target = make_target(self.target_spec)
+        if self.threads is None:
+            cores = self.target.attrs.get("num-cores") if self.target.kind.name == "llvm" else None
+            self.threads = int(cores) if cores else (None if rpc else cpu_count())
+        self.rpc = rpc
+
+    def describe(self) -> str:
+        """Return ``tvm-<version>/<target kind>[:<tag or mcpu>]``."""
+        tvm = lazy_import("tvm", "apache-tvm")
+        t = self.target
+        detail = str(t.attrs.get("tag", "") or t.attrs.get("mcpu", "") or "")
+        if hasattr(t, "tag") and t.tag:
+            detail = str(t.tag)
+        return f"tvm-{tvm.__version__}/{t.kind.name}" + (f":{detail}" if detail else "") + "/untuned"
+
+    def compile(self, model: Any, input_shapes=None):
+        """Import and compile ``model``; return ``(executable, inputs, shapes)``.
+
+        Raises:
+            ProfilingError: If the frontend or the compiler rejects the model.
+        """
+        tvm = lazy_import("tvm", "apache-tvm")
+        relax = lazy_import("tvm.relax", "apache-tvm")
+        frontend = lazy_import("tvm.relax.frontend.onnx", "apache-tvm")
+        proto = load_onnx(model)
+        inputs = graph_inputs(proto)
+        shapes = normalise_shapes(inputs, input_shapes)
+        try:
+            mod = frontend.from_onnx(
+                proto, shape_dict={n: list(s) for n, s in shapes.items()},
+                dtype_dict={n: dt for n, _, dt in inputs},
+            )
+            mod = relax.transform.DecomposeOpsForInference()(mod)
+        except Exception as exc:  # noqa: BLE001 - foreign library errors become ProfilingError
+            raise ProfilingError(
+                f"TVM's ONNX frontend cannot import the model: {str(exc).strip().splitlines()[-1]}"
+            ) from None
+        try:
+            pipeline = relax.get_default_pipeline(self.target)
+        except ValueError:
+            pipeline = "default"
+        try:
+            ex = tvm.compile(mod, target=self.target, relax_pipeline=pipeline)
+        except Exception as exc:  # noqa: BLE001 - foreign library errors become ProfilingError
+            raise ProfilingError(
+                f"TVM cannot compile for {self.target_spec}: {str(exc).strip().splitlines()[-1]}"
+            ) from None
+        return ex, inputs, shapes
+
+    def measure(
+        self,
+        model: Any,
+        input_shapes: dict[str, tuple[int, ...]] | tuple[int, ...] | None = None,
+        *,
+        seed: int = 0,
+        **protocol_kwargs: Any,
+    ) -> Measurement:
+        """Measure one inference of ``model`` (see :meth:`Runtime.measure`)."""
+        settings = self.settings(**protocol_kwargs)
+        ex, inputs, shapes = self.compile(model, input_shapes)
+        feeds = make_inputs(inputs, shapes, seed=seed)
+        if self.rpc is None:
+            return self._measure_local(ex, feeds, settings)
+        return self._measure_remote(ex, feeds, settings)
+
+    # -- timing ---------------------------------------------------------------------------------
+
+    def _timer(self, vm, dev, args, settings: ProtocolSettings):
+        """Set inputs, warm up, and return a producer of per-repeat timings in ms."""
+        vm.set_input("main", *args)
+        if settings.warmup:
+            vm.time_evaluator("invoke_stateful", dev, number=settings.warmup, repeat=1)("main")
+        repeat = settings.min_repeats
+        min_repeat_ms = max(1, int(settings.min_time_s * 1e3 / repeat))
+        evaluator = vm.time_evaluator(
+            "invoke_stateful", dev, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms
+        )
+        return lambda: [r * 1e3 for r in evaluator("main").results]
+
+    def _device(self, session=None):
+        tvm = lazy_import("tvm", "apache-tvm")
+        kind = self.target.kind.name
+        kind = "cpu" if kind == "llvm" else kind
+        return session.device(kind, 0) if session is not None else tvm.device(kind, 0)
+
+    def _measure_local(self, ex, feeds, settings: ProtocolSettings) -> Measurement:
+        tvm = lazy_import("tvm", "apache-tvm")
+        relax = lazy_import("tvm.relax", "apache-tvm")
+        if self.threads:
+            tvm.get_global_func("runtime.config_threadpool")(1, self.threads)
+        dev = self._device()
+        try:
+            vm = relax.VirtualMachine(ex, dev)
+            args = [tvm.runtime.tensor(v, dev) for v in feeds.values()]
+            produce = self._timer(vm, dev, args, settings)
+        except Exception as exc:  # noqa: BLE001 - foreign library errors become ProfilingError
+            first = str(exc).strip().splitlines()[-1]
+            raise ProfilingError(f"TVM failed to run the model: {first}") from None
+        return measure_samples(
+            produce,
+            runtime=self.describe(),
+            device=host_description(),
+            threads=self.threads,
+            max_cv=settings.max_cv,
+            retries=settings.retries,
+            min_repeats=settings.min_repeats,
+            timeout_s=settings.timeout_s,
+        )
+
+    def _measure_remote(self, ex, feeds, settings: ProtocolSettings) -> Measurement:
+        tvm = lazy_import("tvm", "apache-tvm")
+        relax = lazy_import("tvm.relax", "apache-tvm")
+        rpc = self.rpc
+        fcompile = _cross_compiler(self.target)
+        with tempfile.TemporaryDirectory(prefix="autoprune-tvm-") as tmp:
+            lib_path = Path(tmp) / "model.so"
+            try:
+                if fcompile is None:
+                    ex.export_library(str(lib_path))
+                else:
+                    ex.export_library(str(lib_path), fcompile=fcompile)
+            except Exception as exc:  # noqa: BLE001 - foreign library errors become ProfilingError
+                raise ProfilingError(
+                    f"cannot export the TVM library: {str(exc).strip().splitlines()[-1]}"
+                ) from None
+            session = connect(rpc)
+            bound = min(settings.timeout_s, rpc.session_timeout_s)
+            where = rpc.describe()
+
+            def prepare():
+                session.upload(str(lib_path))
+                rlib = session.load_module(lib_path.name)
+                dev = self._device(session)
+                if self.threads:
+                    session.get_function("runtime.config_threadpool")(1, self.threads)
+                vm = relax.VirtualMachine(rlib, dev)
+                args = [tvm.runtime.tensor(v, dev) for v in feeds.values()]
+                return self._timer(vm, dev, args, settings)
+
+            produce = run_with_watchdog(prepare, bound, f"loading the model on {where}", (session,))
+
+            def produce_guarded():
+                return run_with_watchdog(produce, bound, f"timing on {where}", (session,))
+
+            return measure_samples(
+                produce_guarded,
+                runtime=self.describe(),
+                device=where,
+                threads=self.threads,
+                max_cv=settings.max_cv,
+                retries=settings.retries,
+                min_repeats=settings.min_repeats,
+                timeout_s=settings.timeout_s,
+            )
