@@ -1,0 +1,23 @@
+"""Hardware targets: validated profiles (``hw_profiles/*.yaml``) and energy readings/models."""
+
+from autoprune.hardware.profile import (
+    TARGETS,
+    CalibrationInfo,
+    DeviceFacts,
+    HardwareProfile,
+    PowerMode,
+    ProcessorFacts,
+    list_profiles,
+    load_profile,
+)
+
+__all__ = [
+    "TARGETS",
+    "CalibrationInfo",
+    "DeviceFacts",
+    "HardwareProfile",
+    "PowerMode",
+    "ProcessorFacts",
+    "list_profiles",
+    "load_profile",
+]
