@@ -13,7 +13,7 @@ Importing this package does not import onnxruntime or tvm.
 
 from autoprune.profiling import ort as _ort  # noqa: F401  (registers "onnxruntime")
 from autoprune.profiling import tvm_runtime as _tvm  # noqa: F401  (registers "tvm"; imports tvm lazily)
-from autoprune.profiling.base import RUNTIMES, Runtime, get_runtime
+from autoprune.profiling.base import RUNTIMES, Runtime, get_runtime, runtime_for_profile
 from autoprune.profiling.protocol import (
     DEFAULT_PROTOCOL,
     Measurement,
@@ -32,5 +32,6 @@ __all__ = [
     "get_runtime",
     "measure_callable",
     "measure_samples",
+    "runtime_for_profile",
     "summarize_timings",
 ]

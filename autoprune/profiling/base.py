@@ -25,7 +25,7 @@ from autoprune.profiling.protocol import DEFAULT_PROTOCOL, Measurement, Protocol
 from autoprune.registry import Registry, lazy_import
 
 __all__ = ["RUNTIMES", "Runtime", "get_runtime", "graph_inputs", "load_onnx", "make_inputs", "model_bytes",
-           "normalise_shapes"]
+           "normalise_shapes", "runtime_for_profile"]
 
 #: Runtime name → class. Populated by :mod:`autoprune.profiling`'s submodules.
 RUNTIMES: Registry[type[Runtime]] = Registry("runtime")
@@ -97,6 +97,27 @@ def get_runtime(name: str, **options: Any) -> Runtime:
         UnknownNameError: If no such runtime exists (the message lists them).
     """
     return RUNTIMES.get(name)(**options)
+
+
+def runtime_for_profile(profile: Any, name: str, **overrides: Any) -> Runtime:
+    """Instantiate runtime ``name`` with a hardware profile's options for it.
+
+    Args:
+        profile: A :class:`~autoprune.hardware.profile.HardwareProfile` or a target name.
+        name: ``"onnxruntime"`` or ``"tvm"``.
+        **overrides: Options that replace the profile's (e.g. ``threads=1``, ``rpc=RPCConfig(...)``);
+            ``None`` values are ignored.
+
+    Raises:
+        UnknownNameError: If the profile does not configure that runtime.
+    """
+    if isinstance(profile, str):
+        from autoprune.hardware.profile import load_profile
+
+        profile = load_profile(profile)
+    options = profile.runtime_options(name)
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    return get_runtime(name, **options)
 
 
 def load_onnx(model: Any):

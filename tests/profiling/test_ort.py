@@ -50,3 +50,14 @@ def test_bad_model_is_a_profiling_error(tmp_path):
         rt.measure(tmp_path / "missing.onnx")
     with pytest.raises(ProfilingError, match="cannot load"):
         rt.measure(b"not an onnx model")
+
+
+def test_runtime_for_profile_uses_profile_options(tiny_onnx):
+    from autoprune.profiling import runtime_for_profile
+
+    rt = runtime_for_profile("local", "onnxruntime", threads=1)
+    assert rt.threads == 1 and rt.providers == ["CPUExecutionProvider"]
+    nano = runtime_for_profile("jetson-nano", "onnxruntime")
+    assert nano.providers[0] == "CUDAExecutionProvider" and nano.threads == 4
+    with pytest.raises(UnknownNameError, match="no 'tensorrt' runtime"):
+        runtime_for_profile("local", "tensorrt")
