@@ -137,7 +137,8 @@ def ensure_dense(model_ref: str, data: DataSplits, seed: int = 0, *, checkpoint:
     if path.is_file() and meta_path.is_file() and not retrain:
         load_checkpoint(model, path)
         meta = json.loads(meta_path.read_text())
-        return model.eval(), DenseCheckpoint(**{**meta, "train_seconds": 0.0})
+        known = {k: meta[k] for k in DenseCheckpoint.__dataclass_fields__ if k in meta}
+        return model.eval(), DenseCheckpoint(**{**known, "train_seconds": 0.0})
     config = config or TrainConfig(seed=seed)
     t0 = time.perf_counter()
     train_dense(model, data, config, progress)

@@ -25,7 +25,7 @@ from .cifar_resnet import resnet20, resnet56
 from .imagenet import mobilenet_v2, resnet18
 from .vgg import vgg11, vgg_small
 
-__all__ = ["ModelSpec", "ZOO", "build_model", "load_checkpoint", "model_names", "resolve_callable"]
+__all__ = ["ZOO", "ModelSpec", "build_model", "load_checkpoint", "model_names", "resolve_callable"]
 
 
 @dataclass(frozen=True)

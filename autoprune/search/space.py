@@ -202,11 +202,10 @@ class SearchSpace:
                 rr = self.range_for(g)
                 if rr.high > rr.low:
                     params[f"r:{g.name}"] = rr.snap(min(max(ratio, rr.low), rr.high))
-            for key, choices in (("criterion", self.criteria), ("allocation", ("local",) if "local" in
-                                 self.allocation else self.allocation), ("schedule", self.schedule),
-                                 ("nm", self.nm_patterns)):
-                if len(getattr(self, key if key != "nm" else "nm_patterns")) > 1:
-                    params[key] = choices[0]
+            for key, choices in (("criterion", self.criteria), ("allocation", self.allocation),
+                                 ("schedule", self.schedule), ("nm", self.nm_patterns)):
+                if len(choices) > 1:
+                    params[key] = "local" if key == "allocation" and "local" in choices else choices[0]
             if "global" in self.allocation:
                 params["global_ratio"] = self.ratio.snap(ratio)
             if len(self.distillation) > 1:
@@ -240,7 +239,9 @@ def plan_from_params(space: SearchSpace, groups, params: dict[str, Any], seed: i
         structs = space.structures_for(g)
         structure = params.get(f"s:{g.name}", structs[0])
         ratio = float(params.get(f"r:{g.name}", space.range_for(g).low))
-        if structure == "keep" or (structure == "channel" and ratio == 0.0):
+        if allocation == "global" and structure != "keep":
+            ratio = float(params.get("global_ratio", 0.0))  # one threshold decides; per-group ratio unused
+        elif structure == "keep" or ratio == 0.0:
             structure, ratio = "keep", 0.0
         if structure == "nm":
             n, m = (int(v) for v in nm.split(":"))

@@ -13,6 +13,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -296,6 +297,9 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], dict[str,
     from optuna.trial import TrialState
     from tqdm import tqdm
 
+    # The ask/tell loop records heartbeats itself (see _Heartbeat); Optuna warns for any non-optimize use.
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     counts = {"completed": 0, "failed": 0, "surplus": 0}
     t_start = time.monotonic()
     done0 = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))

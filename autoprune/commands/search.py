@@ -1,0 +1,127 @@
+"""``autoprune search``: run (or resume) a hardware-aware pruning search."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from autoprune.commands.base import Command
+from autoprune.commands.common import add_model_data_args, fraction, positive_float, positive_int
+
+_DEFAULTS = {"model": "resnet20", "data": "digits", "seed": 0, "target": "jetson-nano", "space": "default",
+             "objectives": "accuracy,latency", "sampler": "tpe", "trials": 40}
+
+
+class SearchCommand(Command):
+    """Search per-group pruning plans for the accuracy/latency(/energy/size) Pareto front."""
+
+    name = "search"
+    help = "search pruning plans for the Pareto front of accuracy vs latency/energy on a target"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_model_data_args(parser)
+        for action in parser._actions:  # None = "not given", so a resume can tell what the user asked for
+            if action.dest in ("model", "data", "seed"):
+                action.default = None
+        parser.add_argument("--target", default=None, help="target profile (see `autoprune targets`; "
+                            "default: jetson-nano)")
+        parser.add_argument("--space", default=None,
+                            help="search space: default, structured-only, sparse, or a .yaml path (default: default)")
+        parser.add_argument("--objectives", default=None,
+                            help="comma list from accuracy, latency, energy, size (default: accuracy,latency)")
+        parser.add_argument("--max-latency-ms", type=positive_float, default=None, help="latency constraint")
+        parser.add_argument("--min-accuracy", type=fraction, default=None, help="accuracy floor, e.g. 0.97")
+        parser.add_argument("--max-size-mb", type=positive_float, default=None, help="model size constraint")
+        parser.add_argument("--sampler", default=None, help="tpe (default), nsga2, gp or random")
+        parser.add_argument("--trials", type=positive_int, default=None,
+                            help="new study: completed trials to run (default: 40); resume: this many more")
+        parser.add_argument("--timeout", type=positive_float, default=None, help="time budget in seconds")
+        parser.add_argument("--finetune-epochs", type=int, default=None,
+                            help="fine-tuning epochs per candidate (default: the space's)")
+        parser.add_argument("--study", default=None,
+                            help="study name; an existing study resumes with no other arguments")
+        parser.add_argument("--storage", default=None,
+                            help="Optuna storage URL (default: sqlite:///results/autoprune.db; "
+                            "postgresql://... or journal:///path.log for several workers)")
+        parser.add_argument("--backend", choices=("optuna", "ray"), default="optuna",
+                            help="optuna (this process) or ray (Ray Tune workers)")
+        parser.add_argument("--address", default=None, help="Ray cluster address (with --backend ray)")
+        parser.add_argument("--workers", type=positive_int, default=1, help="concurrent Ray trials")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from autoprune.errors import ConfigError
+        from autoprune.search.report import provenance_line, table
+        from autoprune.search.storage import default_storage_url, redact_url
+        from autoprune.search.study import SearchConfig, default_study_name
+
+        if args.finetune_epochs is not None and args.finetune_epochs < 0:
+            raise ConfigError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+        given = {
+            "model": args.model, "data": args.data, "input_size": args.input_size, "checkpoint": args.checkpoint,
+            "target": args.target, "space": args.space, "seed": args.seed,
+            "objectives": tuple(o.strip() for o in args.objectives.split(",")) if args.objectives else None,
+            "max_latency_ms": args.max_latency_ms, "min_accuracy": args.min_accuracy,
+            "max_size_mb": args.max_size_mb, "sampler": args.sampler, "finetune_epochs": args.finetune_epochs,
+        }
+        _validate_early(given)
+        filled = {k: (v if v is not None else _DEFAULTS.get(k)) for k, v in given.items()}
+        filled["objectives"] = filled["objectives"] if isinstance(filled["objectives"], tuple) else \
+            tuple(filled["objectives"].split(","))
+        config = SearchConfig(**filled, trials=args.trials or _DEFAULTS["trials"])
+        resume_only = args.study is not None and all(v is None for v in given.values())
+        study_name = args.study or default_study_name(config)
+        storage = args.storage or default_storage_url()
+        from autoprune.search.runner import run_search
+
+        t0 = time.perf_counter()
+        out = run_search(None if resume_only else config, study_name=study_name, storage_url=storage,
+                         given={k: v for k, v in given.items() if v is not None},
+                         more_trials=args.trials if study_exists(storage, study_name) else None,
+                         timeout_s=args.timeout, progress=not args.no_progress, backend=args.backend,
+                         workers=args.workers, address=args.address)
+        minutes = (time.perf_counter() - t0) / 60
+        c = out["counts"]
+        print(f"\nstudy {study_name!r} in {redact_url(storage)}: {c['completed']} trials completed here, "
+              f"{c['failed']} failed, {c.get('stale_retried', 0)} stale retried, in {minutes:.1f} min "
+              f"({c['completed'] / max(minutes, 1e-9):.1f} trials/min)")
+        print(f"target {out['config'].target}; dense accuracy {out['dense'].val_accuracy:.4f} (val)")
+        if not out["front"]:
+            print("no feasible point: no completed trial meets the constraints "
+                  f"(max latency {out['config'].max_latency_ms} ms, min accuracy {out['config'].min_accuracy}, "
+                  f"max size {out['config'].max_size_mb} MB); relax them and resume with --trials")
+            return 0
+        print(table(out["front"], out["dense"]))
+        print(provenance_line(out["rows"]))
+        print(f"front written to {out['dir']}/pareto.{{csv,json,png,html}}; watch or resume: "
+              f"`autoprune dashboard --study {study_name}`, `autoprune search --study {study_name}`")
+        return 0
+
+
+def study_exists(storage: str, study_name: str) -> bool:
+    """True if ``study_name`` already exists in ``storage``."""
+    import optuna
+
+    from autoprune.search.storage import make_storage
+
+    try:
+        names = {s.study_name for s in optuna.get_all_study_summaries(make_storage(storage), False)}
+    except Exception:  # noqa: BLE001 - open_study reports storage errors clearly
+        return False
+    return study_name in names
+
+
+def _validate_early(given: dict) -> None:
+    """Check names before any work (training, storage writes) is done."""
+    from autoprune.models import ZOO
+
+    if given["model"] is not None and ":" not in given["model"]:
+        ZOO.get(given["model"])
+    if given["target"] is not None:
+        from autoprune.hardware import load_profile
+
+        load_profile(given["target"])
+    if given["space"] is not None:
+        from autoprune.search.space import SearchSpace
+
+        SearchSpace.load(given["space"])

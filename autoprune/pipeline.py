@@ -1,0 +1,202 @@
+"""The whole flow for one candidate, top to bottom.
+
+search space → candidate plan → prune → fine-tune/evaluate → export ONNX →
+cost model (calibrated by profilers) → objectives.
+
+:class:`Pipeline` is built once per study (dense model, data, prunable groups,
+cost model) and :meth:`Pipeline.run` turns one :class:`~autoprune.pruning.PruningPlan`
+into a :class:`CandidateResult`. The search (:mod:`autoprune.search.study`) and
+the export of a picked point (:mod:`autoprune.search.deploy`) both use it.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.data import DataSplits
+from autoprune.errors import AutopruneError
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """Everything measured or predicted about one pruned candidate.
+
+    Accuracy figures are fractions in [0, 1] on the validation split (or test split
+    at export). ``latency_ms`` and ``energy_mj`` are *predicted* by the cost model
+    whose provenance is given; ``measured_latency_ms`` is *measured* (on this
+    machine, with ``measured_runtime``) and only set where the target is ``local``.
+    """
+
+    plan: dict[str, Any]
+    accuracy: float
+    precision_macro: float
+    recall_macro: float
+    f1_macro: float
+    params: int
+    macs: int
+    size_bytes: int
+    sparse_size_bytes: int
+    latency_ms: float
+    energy_mj: float
+    latency_provenance: dict[str, Any]
+    energy_method: str
+    per_layer_ms: tuple[tuple[str, float], ...]
+    measured_latency_ms: float | None = None
+    measured_runtime: str | None = None
+    onnx: dict[str, Any] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return asdict(self)
+
+
+class Pipeline:
+    """Prune, fine-tune, evaluate and score candidates of one dense model on one target.
+
+    Args:
+        dense: The trained dense model (never modified).
+        data: Data splits; validation for search, test only at export.
+        target: Target name (a profile in ``hw_profiles/``).
+        model_ref: The model's reference (names the calibration).
+        finetune_epochs: Fine-tuning budget per candidate.
+        finetune_steps: Optional step budget (overrides epochs).
+        lr: Peak fine-tuning learning rate.
+        lr_schedule: ``cosine`` or ``one-cycle``.
+        batch_size: Fine-tuning batch size.
+        kd_temperature, kd_weight: Knowledge-distillation settings when enabled.
+        measure: Also measure end-to-end latency with ONNX Runtime here (``local`` target).
+        seed: Seed for fine-tuning.
+    """
+
+    def __init__(self, dense: nn.Module, data: DataSplits, target: str, model_ref: str, *,
+                 finetune_epochs: int = 2, finetune_steps: int | None = None, lr: float = 0.02,
+                 lr_schedule: str = "cosine", batch_size: int = 64, kd_temperature: float = 4.0,
+                 kd_weight: float = 0.7, measure: bool | None = None, seed: int = 0) -> None:
+        from autoprune.costmodel import load_cost_model
+        from autoprune.pruning import discover_groups
+
+        self.dense = dense.eval()
+        self.data = data
+        self.target = target
+        self.model_ref = model_ref
+        self.example = data.example_input(1)
+        self.groups = discover_groups(self.dense, self.example)
+        self.finetune_epochs = finetune_epochs
+        self.finetune_steps = finetune_steps
+        self.lr = lr
+        self.lr_schedule = lr_schedule
+        self.batch_size = batch_size
+        self.kd_temperature = kd_temperature
+        self.kd_weight = kd_weight
+        self.seed = seed
+        self.measure = (target == "local") if measure is None else measure
+        self.cost_model = load_cost_model(target, self.dense, tuple(data.input_shape),
+                                          model_name=model_ref.replace(":", "_").replace("/", "_"))
+
+    # -- stages ----------------------------------------------------------------------------------
+    def prune(self, plan):
+        """Stage 1: apply ``plan`` to a copy of the dense model (physically, or by masks)."""
+        from autoprune.pruning import prune_model
+
+        plan.validate(self.groups)
+        calib = self.data.loader("train", self.batch_size, seed=self.seed)
+        steps_total = max(1, plan.settings.iterative_steps) if plan.settings.schedule == "iterative" else 1
+        between = None
+        if steps_total > 1:
+            def between(model: nn.Module, step: int) -> None:
+                self._finetune(model, plan, epochs_scale=1.0 / steps_total, kd=False)
+        return prune_model(self.dense, plan, self.example, calib_loader=calib, finetune_fn=between)
+
+    def _finetune(self, model: nn.Module, plan, *, epochs_scale: float = 1.0, kd: bool = False,
+                  epochs: int | None = None):
+        from autoprune.pruning import FinetuneConfig, finetune
+
+        ep = self.finetune_epochs if epochs is None else epochs
+        steps = self.finetune_steps
+        if steps is None:
+            steps = max(1, round(ep * epochs_scale * len(self.data.loader("train", self.batch_size))))
+        cfg = FinetuneConfig(
+            steps=steps, lr=self.lr, lr_schedule=self.lr_schedule,
+            kd_temperature=self.kd_temperature, kd_weight=self.kd_weight if kd else 0.0,
+            regularization=plan.settings.regularization, reg_strength=plan.settings.reg_strength,
+            seed=self.seed,
+        )
+        return finetune(model, self.data.loader("train", self.batch_size, seed=self.seed), cfg,
+                        teacher=self.dense if kd else None)
+
+    def run(self, plan, *, kd: bool = False, split: str = "val", epochs: int | None = None,
+            onnx_path: str | Path | None = None) -> CandidateResult:
+        """Run the whole flow for one plan and return its result.
+
+        Args:
+            plan: The candidate's pruning plan.
+            kd: Distil from the dense teacher during fine-tuning.
+            split: ``val`` during search; ``test`` at export.
+            epochs: Fine-tuning epochs (defaults to the study's budget).
+            onnx_path: Where to keep the exported ONNX (a temporary file otherwise).
+
+        Raises:
+            AutopruneError: A bad plan, a diverging fine-tune or a failed export.
+        """
+        from autoprune.pruning import evaluate, export_onnx
+
+        t: dict[str, float] = {}
+        t0 = time.perf_counter()
+        pruned = self.prune(plan)
+        t["prune_s"] = time.perf_counter() - t0
+        is_dense = all(gp.structure == "keep" for _, gp in plan.groups) and plan.settings.allocation == "local"
+        t0 = time.perf_counter()
+        if not is_dense:
+            self._finetune(pruned.module, plan, kd=kd, epochs=epochs)
+        t["finetune_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        module = pruned.make_permanent()
+        ev = evaluate(module, self.data.loader(split, 256), self.example)
+        t["evaluate_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        cost = self.cost_model.predict(module)
+        t["cost_model_s"] = time.perf_counter() - t0
+        measured = runtime = onnx = None
+        if self.measure or onnx_path is not None:
+            t0 = time.perf_counter()
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(onnx_path) if onnx_path is not None else Path(tmp) / "candidate.onnx"
+                exp = export_onnx(copy.deepcopy(module), path, self.example)
+                onnx = {"path": str(path) if onnx_path is not None else None, "file_bytes": exp.file_bytes,
+                        "opset": exp.opset, "max_abs_diff": exp.max_abs_diff, "atol": exp.atol}
+                if self.measure:
+                    m = measure_onnx_local(path, tuple(self.example.shape))
+                    measured, runtime = m.latency_ms, f"{m.runtime} on {m.device}"
+            t["export_measure_s"] = time.perf_counter() - t0
+        return CandidateResult(
+            plan=plan.to_dict(),
+            accuracy=ev.accuracy, precision_macro=ev.precision_macro, recall_macro=ev.recall_macro,
+            f1_macro=ev.f1_macro, params=ev.params, macs=ev.macs, size_bytes=ev.size_bytes,
+            sparse_size_bytes=ev.sparse_size_bytes,
+            latency_ms=cost.latency_ms, energy_mj=cost.energy_mj,
+            latency_provenance=asdict(cost.provenance),
+            energy_method="modelled: the target profile's active power x predicted latency + data movement",
+            per_layer_ms=tuple((str(n), round(float(v), 5)) for n, v in cost.per_kernel_ms),
+            measured_latency_ms=measured, measured_runtime=runtime, onnx=onnx,
+            seconds={k: round(v, 3) for k, v in t.items()},
+        )
+
+
+def measure_onnx_local(path: str | Path, input_shape: tuple[int, ...], threads: int | None = None):
+    """Measure an ONNX file end to end on this machine with ONNX Runtime (the profiling protocol)."""
+    from autoprune.profiling import get_runtime
+
+    runtime = get_runtime("onnxruntime", threads=threads or max(1, torch.get_num_threads()))
+    return runtime.measure(str(path), input_shape)
+
+
+__all__ = ["AutopruneError", "CandidateResult", "Pipeline", "measure_onnx_local"]
