@@ -1,0 +1,390 @@
+"""The Ray Tune backend of ``autoprune search``: trials on a Ray cluster, one Optuna study.
+
+The driver (this process) runs Ray Tune with an :class:`ray.tune.search.optuna.OptunaSearch`
+on the *same* Optuna storage and study as the plain backend, so a study can be started
+on Ray and resumed in-process (or the other way round), and ``autoprune pareto`` /
+``autoprune dashboard`` see every trial alike.
+
+* **Driver**: the searcher asks the study for trials (the configured sampler, the study's
+  enqueued anchors first), and on completion writes the candidate's record as trial user
+  attributes and its plan as an artifact, then tells the study. Only the driver touches
+  the storage, so SQLite works too.
+* **Workers**: a function trainable rebuilds the :class:`~autoprune.pipeline.Pipeline`
+  once per worker process (actors are reused), turns the sampled parameters into a plan,
+  runs it and reports the objectives plus the record (as JSON).
+
+A failed candidate (bad plan, diverging fine-tune, failed export) is reported as such
+and told FAIL with its reason; a crashed worker is retried by Ray
+(``FailureConfig(max_failures=2)``). No Optuna trial is left RUNNING: after the run,
+any trial this driver asked for and did not finish is failed with a reason and its
+parameters are enqueued again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from autoprune.errors import AutopruneError
+from autoprune.io import results_dir
+from autoprune.registry import lazy_import
+from autoprune.search.study import (
+    SAMPLERS,
+    SearchConfig,
+    constraint_values,
+    objective_values,
+    set_constraints,
+)
+
+#: Result key of the candidate record (a JSON string) reported by a worker.
+RECORD_KEY = "autoprune_record"
+#: Result key of a candidate's failure reason reported by a worker.
+ERROR_KEY = "autoprune_error"
+#: Config key carrying the Optuna trial number to the worker (not a search parameter).
+TRIAL_KEY = "autoprune_trial"
+#: CPUs per trial.
+CPUS_PER_TRIAL = 1
+#: Ray retries of a trial whose worker crashed.
+MAX_FAILURES = 2
+#: Tuner rounds at most (a round ends when Ray runs out of samples; failed trials leave budget).
+MAX_ROUNDS = 5
+
+# Per worker process: the spec key and its (config, space, pipeline).
+_WORKER_CACHE: dict[str, tuple[Any, Any, Any]] = {}
+
+
+# -- driver --------------------------------------------------------------------------------------
+def run_ray(study, config: SearchConfig, storage_url: str, *, workers: int = 1, address: str | None = None,
+            timeout_s: float | None = None, progress: bool = False) -> dict[str, int]:
+    """Run the study's remaining trials as Ray Tune trials and return trial counts.
+
+    Args:
+        study: The Optuna study (created or resumed by :func:`~autoprune.search.study.open_study`,
+            anchors already enqueued).
+        config: The study's configuration (budget, objectives, sampler, constraints).
+        storage_url: The study's Optuna storage URL (the searcher opens its own storage).
+        workers: Trials run at once (``max_concurrent_trials``), one CPU each.
+        address: A Ray cluster (``host:port``); ``None`` starts a local Ray on loopback.
+        timeout_s: Stop starting trials after this many seconds.
+        progress: Let Ray Tune print its progress table.
+
+    Returns:
+        ``completed``, ``failed`` (candidates or workers that failed), ``surplus``
+        (trials stopped or left unstarted: failed here and enqueued again).
+
+    Raises:
+        MissingDependencyError: Ray Tune is not installed.
+        AutopruneError: Ray cannot be reached at ``address``.
+    """
+    from optuna.trial import TrialState
+
+    ray = lazy_import("ray", "ray[tune]")
+    lazy_import("ray.tune", "ray[tune]")
+
+    counts = {"completed": 0, "failed": 0, "surplus": 0}
+    started_here = _connect(ray, address)
+    t_start = time.monotonic()
+    asked: dict[int, int] = {}  # Optuna trial number -> trial id, over all rounds
+    try:
+        for _ in range(MAX_ROUNDS):
+            remaining = config.trials - _count(study, TrialState.COMPLETE)
+            left_s = None if timeout_s is None else timeout_s - (time.monotonic() - t_start)
+            if remaining <= 0 or (left_s is not None and left_s <= 0):
+                break
+            round_counts = _run_round(study, config, storage_url, remaining, workers, left_s, progress, asked)
+            for k in counts:
+                counts[k] += round_counts[k]
+            if round_counts["completed"] == 0:
+                break  # every trial of the round failed: do not loop on a broken setup
+    finally:
+        counts["surplus"] += _fail_stragglers(study, asked)
+        if started_here:
+            ray.shutdown()
+    return counts
+
+
+def _connect(ray, address: str | None) -> bool:
+    """Connect to ``address`` or start a local Ray on loopback; True if this call started it."""
+    if ray.is_initialized():
+        return False
+    env = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
+    if "AUTOPRUNE_RESULTS" in os.environ:
+        env["AUTOPRUNE_RESULTS"] = str(Path(os.environ["AUTOPRUNE_RESULTS"]).resolve())
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False,
+                              "logging_level": "WARNING", "configure_logging": True}
+    if address is not None:
+        try:
+            ray.init(address=address, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            auth = ("; it uses token authentication: set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, "
+                    "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)" if "auth" in str(exc).lower()
+                    and os.environ.get("RAY_AUTH_MODE") != "token" else "")
+            raise AutopruneError(f"cannot connect to the Ray cluster at {address}: {first[:300]}{auth}; check "
+                                 "that `ray start --head` runs there, or leave out --address for a local Ray"
+                                 ) from None
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
+    return True
+
+
+def _count(study, state) -> int:
+    return len(study.get_trials(deepcopy=False, states=(state,)))
+
+
+def _run_round(study, config: SearchConfig, storage_url: str, remaining: int, workers: int,
+               timeout_s: float | None, progress: bool, asked: dict[int, int]) -> dict[str, int]:
+    """One ``Tuner.fit`` over ``remaining`` samples; returns this round's counts."""
+    from ray import tune
+
+    from autoprune.search.storage import make_storage
+
+    n = len(study.get_trials(deepcopy=False))
+    sampler = SAMPLERS.get(config.sampler)(config.seed + n)
+    searcher = _searcher_class()(
+        space=_space_fn(config),
+        metric=list(config.objectives),
+        mode=["max" if d == "maximize" else "min" for d in config.directions],
+        sampler=sampler,
+        study_name=study.study_name,
+        storage=make_storage(storage_url),
+        config=config,
+        storage_url=storage_url,
+    )
+    spec = {"config": config.to_dict(), "cwd": os.getcwd(), "threads": CPUS_PER_TRIAL,
+            "results": str(results_dir().resolve())}
+    trainable = tune.with_resources(tune.with_parameters(_trainable, spec=spec), {"cpu": CPUS_PER_TRIAL})
+    run_dir = results_dir().resolve() / study.study_name / "ray"  # beside the study's front files
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, max_concurrent_trials=workers,
+                                    reuse_actors=True, time_budget_s=timeout_s,
+                                    trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(run_dir),
+            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES), verbose=1 if progress else 0,
+        ),
+    )
+    beats = _Heartbeats(searcher)
+    try:
+        with warnings.catch_warnings():
+            # The searcher tells trials outside Study.optimize; _Heartbeats records their heartbeats.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
+            tuner.fit()
+    finally:
+        beats.close()
+        for ot_trial in searcher._ot_trials.values():
+            asked[ot_trial.number] = ot_trial._trial_id
+    return dict(searcher.counts)
+
+
+def _trial_dirname(trial) -> str:
+    """Ray trial folders named by their Optuna trial number."""
+    return f"trial-{trial.config.get(TRIAL_KEY, trial.trial_id)}"
+
+
+class _Heartbeats:
+    """Record Optuna heartbeats for the searcher's unfinished trials from the driver.
+
+    Without them, a plain-backend worker on the same (PostgreSQL/journal) study would
+    take a Ray trial that runs longer than the grace period for a dead one and fail it.
+    """
+
+    def __init__(self, searcher) -> None:
+        from optuna.storages._heartbeat import is_heartbeat_enabled
+
+        self._stop = threading.Event()
+        self._thread = None
+        storage = searcher._storage
+        if storage is None or not is_heartbeat_enabled(storage):
+            return
+
+        def beat() -> None:
+            while not self._stop.wait(storage.get_heartbeat_interval()):
+                live = [t._trial_id for tid, t in list(searcher._ot_trials.items())
+                        if tid not in searcher._completed_trials]
+                for trial_id in live:
+                    try:
+                        storage.record_heartbeat(trial_id)
+                    except Exception:  # noqa: BLE001 - a missed beat is retried next time
+                        pass
+
+        self._thread = threading.Thread(target=beat, name="autoprune-ray-heartbeat", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _space_fn(config: SearchConfig):
+    """The define-by-run space: the pipeline's groups through :meth:`SearchSpace.suggest`."""
+    from autoprune.search.space import SearchSpace
+
+    space = SearchSpace.load(config.space)
+    groups = _driver_groups(config)
+
+    def define(trial) -> dict[str, Any]:
+        space.suggest(trial, groups)
+        return {TRIAL_KEY: trial.number}
+
+    return define
+
+
+def _driver_groups(config: SearchConfig):
+    """The model's prunable groups (the dense checkpoint is cached by then, so this only loads it)."""
+    import argparse
+
+    from autoprune.commands.common import load_model_and_data
+    from autoprune.pruning import discover_groups
+
+    ns = argparse.Namespace(model=config.model, data=config.data, input_size=config.input_size,
+                            checkpoint=config.checkpoint, seed=config.seed)
+    dense, data, _ = load_model_and_data(ns, progress=False)
+    return discover_groups(dense.eval(), data.example_input(1))
+
+
+_SEARCHER_CLASS = None
+
+
+def _searcher_class():
+    """``OptunaSearch`` that records autoprune's results on the Optuna trials (built lazily)."""
+    global _SEARCHER_CLASS
+    if _SEARCHER_CLASS is not None:
+        return _SEARCHER_CLASS
+    from optuna.trial import TrialState
+    from ray.tune.search import Searcher
+    from ray.tune.search.optuna import OptunaSearch
+
+    from autoprune.search.runner import attach_plan
+
+    class AutopruneOptunaSearch(OptunaSearch):
+        """Stops at the study's budget, writes records and reasons, fails stopped trials."""
+
+        def __init__(self, *args, config: SearchConfig, storage_url: str, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._config = config
+            self._storage_url = storage_url
+            self.counts = {"completed": 0, "failed": 0, "surplus": 0}
+
+        def suggest(self, trial_id: str):
+            if trial_id not in self._ot_trials:
+                trials = self._ot_study.get_trials(deepcopy=False,
+                                                   states=(TrialState.COMPLETE, TrialState.RUNNING))
+                if len(trials) >= self._config.trials:
+                    return Searcher.FINISHED  # the rest of the budget is held by running trials
+            return super().suggest(trial_id)
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is None or trial_id in self._completed_trials:
+                return super().on_trial_complete(trial_id, result, error)
+            result = result or {}
+            reason = result.get(ERROR_KEY)
+            if not reason and RECORD_KEY in result:
+                try:
+                    record = json.loads(result[RECORD_KEY])
+                    values = objective_values(self._config, record)
+                    if not all(math.isfinite(v) for v in values):
+                        raise AutopruneError(f"non-finite objective values {values}")
+                    set_constraints(ot_trial, self._config, record)
+                    for key, value in record.items():
+                        ot_trial.set_user_attr(key, value)
+                    attach_plan(ot_trial, self._storage_url, record["plan"])
+                    self._ot_study.tell(ot_trial, values)
+                    self.counts["completed"] += 1
+                    self._completed_trials.add(trial_id)
+                    return None
+                except (AutopruneError, KeyError, ValueError) as exc:
+                    reason = f"{type(exc).__name__}: {exc}"
+            if reason:
+                self.counts["failed"] += 1  # the candidate failed (bad plan, divergence, export)
+            elif error:
+                reason = (f"ray: the trial's worker failed {MAX_FAILURES + 1} times; see the Ray logs "
+                          "(session_latest/logs) for the traceback")
+                self.counts["failed"] += 1
+            else:
+                reason = "stopped by Ray before it reported (time budget or interrupt); retried on resume"
+                self._ot_study.enqueue_trial(ot_trial.params, user_attrs={"retry_of": ot_trial.number})
+                self.counts["surplus"] += 1
+            ot_trial.set_user_attr("fail_reason", str(reason)[:500])
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+            return None
+
+        def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+            """No Ray-side checkpoint: the Optuna study is the state, and resumes from storage."""
+
+    _SEARCHER_CLASS = AutopruneOptunaSearch
+    return _SEARCHER_CLASS
+
+
+def _fail_stragglers(study, asked: dict[int, int]) -> int:
+    """Fail (with a reason) and re-enqueue every trial this driver asked for that is still RUNNING."""
+    from optuna.trial import TrialState
+
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number not in asked:
+            continue  # another worker's trial (PostgreSQL / journal storages)
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason",
+                                           "ray: the run ended before this trial finished; retried on resume")
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        n += 1
+    return n
+
+
+# -- worker --------------------------------------------------------------------------------------
+def _worker_setup(spec: dict[str, Any]):
+    """``(config, space, pipeline)`` for ``spec``, built once per worker process."""
+    key = json.dumps(spec, sort_keys=True)
+    if key not in _WORKER_CACHE:
+        import torch
+
+        from autoprune.search.runner import build_pipeline
+        from autoprune.search.space import SearchSpace
+
+        torch.set_num_threads(int(spec["threads"]))
+        if spec.get("results"):
+            os.environ["AUTOPRUNE_RESULTS"] = spec["results"]
+        config = SearchConfig.from_dict(spec["config"])
+        space = SearchSpace.load(config.space)
+        pipeline, _ = build_pipeline(config, space, progress=False)
+        _WORKER_CACHE.clear()
+        _WORKER_CACHE[key] = (config, space, pipeline)
+    return _WORKER_CACHE[key]
+
+
+def _trainable(params: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Ray Tune function trainable: run one candidate and report its objectives and record."""
+    from ray import tune
+
+    from autoprune.search.space import plan_from_params
+
+    if spec.get("cwd") and Path(spec["cwd"]).is_dir():
+        os.chdir(spec["cwd"])  # relative model, space and checkpoint paths mean the driver's folder
+    config, space, pipeline = _worker_setup(spec)
+    params = {k: v for k, v in params.items() if k != TRIAL_KEY}
+    nan = {o: float("nan") for o in config.objectives}
+    try:
+        plan = plan_from_params(space, pipeline.groups, params, config.seed)
+        result = pipeline.run(plan, kd=bool(params.get("kd", space.distillation[0])))
+        record = result.to_dict()
+        record["size_mb"] = result.sparse_size_bytes / 1e6
+        record["constraints"] = constraint_values(config, record)
+        values = dict(zip(config.objectives, objective_values(config, record), strict=True))
+    except (AutopruneError, RuntimeError, ValueError, FloatingPointError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        tune.report({**nan, ERROR_KEY: f"{type(exc).__name__}: {text}"[:500]})
+        return
+    tune.report({**values, RECORD_KEY: json.dumps(record)})
+
