@@ -85,7 +85,7 @@ class SearchCommand(Command):
         print(f"\nstudy {study_name!r} in {redact_url(storage)}: {c['completed']} trials completed here, "
               f"{c['failed']} failed, {c.get('stale_retried', 0)} stale retried, in {minutes:.1f} min "
               f"({c['completed'] / max(minutes, 1e-9):.1f} trials/min)")
-        print(f"target {out['config'].target}; dense accuracy {out['dense'].val_accuracy:.4f} (val)")
+        print(f"target {out['config'].target}; dense accuracy {out['dense_checkpoint'].val_accuracy:.4f} (val)")
         if not out["front"]:
             print("no feasible point: no completed trial meets the constraints "
                   f"(max latency {out['config'].max_latency_ms} ms, min accuracy {out['config'].min_accuracy}, "

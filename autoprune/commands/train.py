@@ -19,6 +19,7 @@ class TrainCommand(Command):
         parser.add_argument("--epochs", type=positive_int, default=15, help="training epochs (default: 15)")
         parser.add_argument("--lr", type=positive_float, default=0.05, help="peak learning rate (default: 0.05)")
         parser.add_argument("--retrain", action="store_true", help="train again even if a checkpoint is cached")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(self, args: argparse.Namespace) -> int:
         from autoprune.data import load_data
@@ -29,7 +30,7 @@ class TrainCommand(Command):
         data = load_data(args.data, size=size, seed=args.seed)
         cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
         _, rec = ensure_dense(args.model, data, args.seed, checkpoint=args.checkpoint, config=cfg,
-                              retrain=args.retrain)
+                              retrain=args.retrain, progress=not args.no_progress)
         how = f"trained in {rec.train_seconds:.0f} s" if rec.train_seconds else "loaded from cache"
         print(f"dense {args.model} on {args.data}: val accuracy {rec.val_accuracy:.4f}, "
               f"test accuracy {rec.test_accuracy:.4f} ({how})")

@@ -16,6 +16,7 @@ from autoprune.search.study import (
     constraint_values,
     open_study,
     run_trials,
+    set_constraints,
     stale_trials_to_retry,
 )
 
@@ -65,6 +66,7 @@ def make_objective(pipeline, space: SearchSpace, config: SearchConfig, storage_u
         record = result.to_dict()
         record["size_mb"] = result.sparse_size_bytes / 1e6
         record["constraints"] = constraint_values(config, record)
+        set_constraints(trial, config, record)
         for key, value in record.items():
             trial.set_user_attr(key, value)
         if storage_url is not None:
@@ -128,4 +130,4 @@ def run_search(config: SearchConfig | None, *, study_name: str, storage_url: str
                                 timeout_s=timeout_s, progress=progress)
         summary = write_front(study, config)
     return {"study": study, "config": config, "counts": {**counts, "stale_retried": retried},
-            "dense": dense_rec, **summary}
+            "dense_checkpoint": dense_rec, **summary}

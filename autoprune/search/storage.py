@@ -62,11 +62,14 @@ def make_storage(url: str):
     Raises:
         StorageError: If the storage cannot be reached (the URL is redacted).
     """
+    import warnings
+
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         if url.startswith("journal:") or url.endswith(".log"):
             path = url.split(":///", 1)[1] if url.startswith("journal:") else url
@@ -83,7 +86,8 @@ def make_storage(url: str):
                 engine_kwargs["connect_args"] = {"connect_timeout": 10}
         return RDBStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=GRACE_PERIOD_S, failed_trial_callback=RetryFailedTrialCallback(max_retry=MAX_RETRY),
+            grace_period=GRACE_PERIOD_S,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
         )
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy and drivers raise many types
         first = redact_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)

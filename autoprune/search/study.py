@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -39,29 +39,28 @@ SAMPLERS: Registry[Callable[..., Any]] = Registry("sampler")
 
 
 @SAMPLERS.register("tpe")
-def _tpe(seed: int, constraints_func):
+def _tpe(seed: int):
     import optuna
 
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8,
-                                      constraints_func=constraints_func)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8)
 
 
 @SAMPLERS.register("nsga2")
-def _nsga2(seed: int, constraints_func):
+def _nsga2(seed: int):
     import optuna
 
-    return optuna.samplers.NSGAIISampler(seed=seed, population_size=16, constraints_func=constraints_func)
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
 
 
 @SAMPLERS.register("gp")
-def _gp(seed: int, constraints_func):
+def _gp(seed: int):
     import optuna
 
-    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8, constraints_func=constraints_func)
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
 
 
 @SAMPLERS.register("random")
-def _random(seed: int, constraints_func):
+def _random(seed: int):
     import optuna
 
     return optuna.samplers.RandomSampler(seed=seed)
@@ -158,6 +157,12 @@ def open_study(storage_url: str, study_name: str, config: SearchConfig | None, g
     """
     import optuna
 
+    from autoprune.search.storage import sqlite_path
+
+    db = sqlite_path(storage_url)
+    if config is None and db is not None and not db.exists():
+        raise ConfigError(f"no study named {study_name!r}: the storage file {db} does not exist; start one with "
+                          f"`autoprune search --target T --study {study_name}`")
     storage = make_storage(storage_url)
     try:
         existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
@@ -199,12 +204,15 @@ def open_study(storage_url: str, study_name: str, config: SearchConfig | None, g
 def attach_sampler(study, config: SearchConfig) -> None:
     """Give ``study`` the configured sampler (seeded by the trial count, so resumes differ)."""
     n = len(study.get_trials(deepcopy=False))
-    study.sampler = SAMPLERS.get(config.sampler)(config.seed + n, constraints_from_attrs)
+    study.sampler = SAMPLERS.get(config.sampler)(config.seed + n)
 
 
-def constraints_from_attrs(trial) -> Sequence[float]:
-    """Optuna ``constraints_func``: values <= 0 are feasible (stored per trial)."""
-    return trial.user_attrs.get("constraints", [0.0])
+def set_constraints(trial, config: SearchConfig, result: dict[str, Any]) -> None:
+    """Record the constraint values on the trial (Optuna's samplers treat > 0 as infeasible)."""
+    names = [n for n, v in (("max_latency_ms", config.max_latency_ms), ("min_accuracy", config.min_accuracy),
+                            ("max_size_mb", config.max_size_mb)) if v is not None]
+    for name, value in zip(names, constraint_values(config, result)[1:]):
+        trial.set_constraint(name, float(value))
 
 
 def constraint_values(config: SearchConfig, result: dict[str, Any]) -> list[float]:

@@ -1,0 +1,63 @@
+import pytest
+import yaml
+
+from autoprune.errors import ConfigError
+from autoprune.search.space import SPACES_DIR, SearchSpace, plan_from_params
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+def test_shipped_spaces_load(name):
+    space = SearchSpace.load(name)
+    assert space.structures and space.criteria
+
+
+def write(tmp_path, raw):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return str(p)
+
+
+@pytest.mark.parametrize("raw,needle", [
+    ({"structures": ["channel"], "ratios": {"low": 0, "high": 0.5}}, "unknown key 'ratios'"),
+    ({"ratio": {"low": 0.6, "high": 0.2}}, "empty range"),
+    ({"ratio": {"low": 0.0, "high": 1.0}}, "[0, 1)"),
+    ({"ratio": {"low": 0.0, "high": 0.5, "stride": 0.1}}, "unknown key 'stride'"),
+    ({"criteria": ["magic"]}, "unknown criterion 'magic'"),
+    ({"structures": ["pruned"]}, "unknown structures value"),
+    ({"finetune": {"epochs": -1}}, "finetune.epochs"),
+    ({"ratio_by_kind": {"attention": {"low": 0, "high": 0.2}}}, "unknown key 'attention'"),
+    ({"distillation": {"enabled": "yes"}}, "distillation.enabled"),
+    ({"ratio": {"low": True, "high": 0.5}}, "finite number"),
+])
+def test_space_validation_errors(tmp_path, raw, needle):
+    with pytest.raises(ConfigError, match=None) as exc:
+        SearchSpace.load(write(tmp_path, raw))
+    assert needle in str(exc.value)
+
+
+def test_bad_yaml_names_path(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("structures: [channel\n")
+    with pytest.raises(ConfigError, match="broken.yaml"):
+        SearchSpace.load(str(p))
+
+
+def test_params_become_valid_plans(tiny_dense):
+    import optuna
+
+    from autoprune.pruning import discover_groups
+
+    model, data, _ = tiny_dense
+    groups = discover_groups(model, data.example_input())
+    for name in ("default", "structured-only", "sparse"):
+        space = SearchSpace.load(name)
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(0))
+        for _ in range(5):
+            trial = study.ask()
+            plan = plan_from_params(space, groups, space.suggest(trial, groups))
+            plan.validate(groups)
+            study.tell(trial, [0.5, 1.0])
+        for params in space.seed_params(groups):
+            plan_from_params(space, groups, params).validate(groups)
+    dense = plan_from_params(SearchSpace.load("default"), groups, SearchSpace.load("default").seed_params(groups)[0])
+    assert all(gp.structure == "keep" for _, gp in dense.groups)

@@ -1,0 +1,66 @@
+import subprocess
+import sys
+import time
+
+import pytest
+
+from autoprune.cli import COMMANDS, main
+
+
+def run_cli(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "autoprune", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def test_help_is_fast_and_lists_commands():
+    t0 = time.perf_counter()
+    proc = run_cli("--help")
+    assert time.perf_counter() - t0 < 2.0
+    assert proc.returncode == 0
+    for name in ("search", "profile", "targets", "pareto", "export", "dashboard", "train"):
+        assert name in proc.stdout
+
+
+def test_help_does_not_import_heavy_packages():
+    code = ("import sys; from autoprune.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'ray', 'tvm', 'onnxruntime', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_each_command_has_help(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([name, "--help"])
+    assert exc.value.code == 0
+    assert "usage: autoprune" in capsys.readouterr().out
+
+
+def test_version():
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("autoprune ")
+
+
+@pytest.mark.parametrize("args", [["search", "--trials", "0"], ["search", "--trials", "-3"],
+                                  ["search", "--min-accuracy", "1.5"], ["nonsense"],
+                                  ["search", "--max-latency-ms", "nan"]])
+def test_bad_argument_is_one_line_exit_2(args):
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["search", "--target", "jetson-xavier"], "valid: jetson-nano"),
+    (["search", "--model", "resnet999"], "valid: mobilenet_v2"),
+    (["search", "--space", "nope"], "valid: default"),
+    (["search", "--study", "does-not-exist", "--storage", "sqlite:///{tmp}/x.db"], "no study named"),
+])
+def test_user_errors_are_one_clear_line(args, needle, tmp_path):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    proc = run_cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert not (tmp_path / "x.db").exists() or "no study" in lines[0]
