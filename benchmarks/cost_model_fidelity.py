@@ -9,7 +9,7 @@ time per prediction and time to calibrate. All latencies are **measured** on
 this host with onnxruntime (CPUExecutionProvider, ``--threads``) or **predicted**
 from the calibration fitted in the same run.
 
-    .venv/bin/python benchmarks/cost_model_fidelity.py --quick      # resnet20, 12 plans
+    .venv/bin/python benchmarks/cost_model_fidelity.py --quick      # vgg11, 12 plans
     .venv/bin/python benchmarks/cost_model_fidelity.py              # 3 models x 50 plans
 
 Targets: >= 95 % within ±10 %, ρ >= 0.98 (nn-Meter: 99.0 % within ±10 % on a
@@ -40,7 +40,7 @@ from autoprune.costmodel.calibrate import (
 from autoprune.costmodel.template import export_onnx_bytes
 from autoprune.io import results_dir, write_json
 
-SIZES = {"resnet20": 32, "resnet18": 224, "mobilenet_v2": 224}
+SIZES = {"resnet20": 32, "vgg11": 32, "resnet18": 224, "mobilenet_v2": 224}
 
 
 def run_model(name: str, plans: int, calib_plans: int, threads: int, round_to: int) -> dict:
@@ -89,8 +89,8 @@ def run_model(name: str, plans: int, calib_plans: int, threads: int, round_to: i
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="resnet20 only, 12 evaluation plans")
-    p.add_argument("--models", default="resnet20,resnet18,mobilenet_v2")
+    p.add_argument("--quick", action="store_true", help="vgg11 (the default model) only, 12 evaluation plans")
+    p.add_argument("--models", default="vgg11,resnet18,mobilenet_v2")
     p.add_argument("--plans", type=int, default=50, help="evaluation plans per model")
     p.add_argument("--calib-plans", type=int, default=12, help="end-to-end plans used by the calibration")
     p.add_argument("--threads", type=int, default=1)
@@ -98,7 +98,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     torch.set_num_threads(1)
-    models = ["resnet20"] if args.quick else args.models.split(",")
+    models = ["vgg11"] if args.quick else args.models.split(",")
     plans = 12 if args.quick else args.plans
     load_before = os.getloadavg()
     rows = []

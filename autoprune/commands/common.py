@@ -41,9 +41,9 @@ def fraction(text: str) -> float:
 
 def add_model_data_args(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--data``, ``--checkpoint``, ``--seed``: the dense starting point."""
-    parser.add_argument("--model", default="resnet20",
+    parser.add_argument("--model", default="vgg11",
                         help="zoo name (resnet20, resnet56, resnet18, mobilenet_v2, vgg, vgg11), "
-                        "package.module:function or file.py:function (default: resnet20)")
+                        "package.module:function or file.py:function (default: vgg11)")
     parser.add_argument("--data", default="digits",
                         help="digits (built in), a .npz with x and y, an image folder, or module:function "
                         "(default: digits)")

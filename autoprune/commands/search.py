@@ -8,8 +8,8 @@ import time
 from autoprune.commands.base import Command
 from autoprune.commands.common import add_model_data_args, fraction, positive_float, positive_int
 
-_DEFAULTS = {"model": "resnet20", "data": "digits", "seed": 0, "target": "jetson-nano", "space": "default",
-             "objectives": "accuracy,latency", "sampler": "tpe", "trials": 40}
+_DEFAULTS = {"model": "vgg11", "data": "digits", "seed": 0, "target": "jetson-nano", "space": "default",
+             "objectives": "accuracy,latency", "sampler": "tpe", "trials": 30}
 
 
 class SearchCommand(Command):
@@ -34,7 +34,7 @@ class SearchCommand(Command):
         parser.add_argument("--max-size-mb", type=positive_float, default=None, help="model size constraint")
         parser.add_argument("--sampler", default=None, help="tpe (default), nsga2, gp or random")
         parser.add_argument("--trials", type=positive_int, default=None,
-                            help="new study: completed trials to run (default: 40); resume: this many more")
+                            help="new study: completed trials to run (default: 30); resume: this many more")
         parser.add_argument("--timeout", type=positive_float, default=None, help="time budget in seconds")
         parser.add_argument("--finetune-epochs", type=int, default=None,
                             help="fine-tuning epochs per candidate (default: the space's)")

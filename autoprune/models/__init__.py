@@ -47,11 +47,11 @@ class ModelSpec:
 
 ZOO: Registry[ModelSpec] = Registry("model")
 for _spec in (
-    ModelSpec("resnet20", resnet20, 32, "CIFAR-style ResNet-20 (small inputs); the default"),
+    ModelSpec("resnet20", resnet20, 32, "CIFAR-style ResNet-20 (small inputs)"),
     ModelSpec("resnet56", resnet56, 32, "CIFAR-style ResNet-56 (small inputs)"),
     ModelSpec("resnet18", resnet18, 224, "ImageNet-style ResNet-18 (224x224, latency work)"),
     ModelSpec("mobilenet_v2", mobilenet_v2, 224, "ImageNet-style MobileNetV2 (224x224, latency work)"),
-    ModelSpec("vgg11", vgg11, 32, "VGG-11 with BN, plain CNN for small inputs"),
+    ModelSpec("vgg11", vgg11, 32, "VGG-11 with BN, plain CNN for small inputs; the default"),
     ModelSpec("vgg", vgg_small, 32, "small VGG-style plain CNN (6 convs) for small inputs"),
 ):
     ZOO.register(_spec.name, _spec)

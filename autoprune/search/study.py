@@ -74,7 +74,7 @@ class SearchConfig:
     field a resume may change (``--trials N`` adds N).
     """
 
-    model: str = "resnet20"
+    model: str = "vgg11"
     data: str = "digits"
     input_size: int | None = None
     checkpoint: str | None = None
@@ -87,7 +87,7 @@ class SearchConfig:
     sampler: str = "tpe"
     seed: int = 0
     finetune_epochs: int | None = None
-    trials: int = 40
+    trials: int = 30
 
     def __post_init__(self) -> None:
         bad = [o for o in self.objectives if o not in OBJECTIVES]

@@ -22,7 +22,7 @@ def test_resnet18_at_224():
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(UnknownNameError, match="valid: .*resnet20"):
+    with pytest.raises(UnknownNameError, match=r"valid: .*resnet20"):
         build_model("resnet999")
 
 
@@ -45,7 +45,7 @@ def test_user_model_from_module():
 def test_user_function_not_returning_module(tmp_path):
     f = tmp_path / "bad.py"
     f.write_text("def make():\n    return 42\n")
-    with pytest.raises(ConfigError, match="not an nn.Module"):
+    with pytest.raises(ConfigError, match=r"not an nn\.Module"):
         build_model(f"{f}:make")
 
 

@@ -30,7 +30,7 @@ def write(tmp_path, raw):
     ({"ratio": {"low": True, "high": 0.5}}, "finite number"),
 ])
 def test_space_validation_errors(tmp_path, raw, needle):
-    with pytest.raises(ConfigError, match=None) as exc:
+    with pytest.raises(ConfigError) as exc:
         SearchSpace.load(write(tmp_path, raw))
     assert needle in str(exc.value)
 
