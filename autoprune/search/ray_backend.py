@@ -28,6 +28,7 @@ import os
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,13 +92,15 @@ def run_ray(study, config: SearchConfig, storage_url: str, *, workers: int = 1, 
     started_here = _connect(ray, address)
     t_start = time.monotonic()
     asked: dict[int, int] = {}  # Optuna trial number -> trial id, over all rounds
+    groups = _driver_groups(config)
     try:
         for _ in range(MAX_ROUNDS):
             remaining = config.trials - _count(study, TrialState.COMPLETE)
             left_s = None if timeout_s is None else timeout_s - (time.monotonic() - t_start)
             if remaining <= 0 or (left_s is not None and left_s <= 0):
                 break
-            round_counts = _run_round(study, config, storage_url, remaining, workers, left_s, progress, asked)
+            round_counts = _run_round(study, config, storage_url, groups, remaining, workers, left_s, progress,
+                                      asked)
             for k in counts:
                 counts[k] += round_counts[k]
             if round_counts["completed"] == 0:
@@ -138,27 +141,44 @@ def _count(study, state) -> int:
     return len(study.get_trials(deepcopy=False, states=(state,)))
 
 
-def _run_round(study, config: SearchConfig, storage_url: str, remaining: int, workers: int,
-               timeout_s: float | None, progress: bool, asked: dict[int, int]) -> dict[str, int]:
-    """One ``Tuner.fit`` over ``remaining`` samples; returns this round's counts."""
-    from ray import tune
+def make_searcher(study, config: SearchConfig, storage_url: str, groups):
+    """The driver's searcher: an ``OptunaSearch`` on ``study``'s storage with autoprune's bookkeeping.
 
+    Args:
+        study: The Optuna study (its name is used; the searcher opens its own storage).
+        config: The study's configuration.
+        storage_url: The study's storage URL.
+        groups: The model's prunable groups (the define-by-run space suggests over them).
+    """
+    from autoprune.search.space import SearchSpace
     from autoprune.search.storage import make_storage
 
+    space = SearchSpace.load(config.space)
+
+    def define(trial) -> dict[str, Any]:
+        space.suggest(trial, groups)
+        return {TRIAL_KEY: trial.number}
+
     n = len(study.get_trials(deepcopy=False))
-    sampler = SAMPLERS.get(config.sampler)(config.seed + n)
-    searcher = _searcher_class()(
-        space=_space_fn(config),
+    return _searcher_class()(
+        space=define,
         metric=list(config.objectives),
         mode=["max" if d == "maximize" else "min" for d in config.directions],
-        sampler=sampler,
+        sampler=SAMPLERS.get(config.sampler)(config.seed + n),  # seeded by the trial count, as in-process
         study_name=study.study_name,
         storage=make_storage(storage_url),
         config=config,
         storage_url=storage_url,
     )
-    spec = {"config": config.to_dict(), "cwd": os.getcwd(), "threads": CPUS_PER_TRIAL,
-            "results": str(results_dir().resolve())}
+
+
+def _run_round(study, config: SearchConfig, storage_url: str, groups, remaining: int, workers: int,
+               timeout_s: float | None, progress: bool, asked: dict[int, int]) -> dict[str, int]:
+    """One ``Tuner.fit`` over ``remaining`` samples; returns this round's counts."""
+    from ray import tune
+
+    searcher = make_searcher(study, config, storage_url, groups)
+    spec = worker_spec(config)
     trainable = tune.with_resources(tune.with_parameters(_trainable, spec=spec), {"cpu": CPUS_PER_TRIAL})
     run_dir = results_dir().resolve() / study.study_name / "ray"  # beside the study's front files
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -174,10 +194,7 @@ def _run_round(study, config: SearchConfig, storage_url: str, remaining: int, wo
     )
     beats = _Heartbeats(searcher)
     try:
-        with warnings.catch_warnings():
-            # The searcher tells trials outside Study.optimize; _Heartbeats records their heartbeats.
-            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
-            tuner.fit()
+        tuner.fit()
     finally:
         beats.close()
         for ot_trial in searcher._ot_trials.values():
@@ -225,20 +242,6 @@ class _Heartbeats:
             self._thread.join(timeout=5)
 
 
-def _space_fn(config: SearchConfig):
-    """The define-by-run space: the pipeline's groups through :meth:`SearchSpace.suggest`."""
-    from autoprune.search.space import SearchSpace
-
-    space = SearchSpace.load(config.space)
-    groups = _driver_groups(config)
-
-    def define(trial) -> dict[str, Any]:
-        space.suggest(trial, groups)
-        return {TRIAL_KEY: trial.number}
-
-    return define
-
-
 def _driver_groups(config: SearchConfig):
     """The model's prunable groups (the dense checkpoint is cached by then, so this only loads it)."""
     import argparse
@@ -253,6 +256,14 @@ def _driver_groups(config: SearchConfig):
 
 
 _SEARCHER_CLASS = None
+
+
+@contextmanager
+def _quiet_heartbeat():
+    """Silence Optuna's warning for ask/tell outside ``Study.optimize``: :class:`_Heartbeats` beats instead."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
+        yield
 
 
 def _searcher_class():
@@ -281,7 +292,8 @@ def _searcher_class():
                                                    states=(TrialState.COMPLETE, TrialState.RUNNING))
                 if len(trials) >= self._config.trials:
                     return Searcher.FINISHED  # the rest of the budget is held by running trials
-            return super().suggest(trial_id)
+            with _quiet_heartbeat():
+                return super().suggest(trial_id)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             ot_trial = self._ot_trials.get(trial_id)
@@ -299,7 +311,7 @@ def _searcher_class():
                     for key, value in record.items():
                         ot_trial.set_user_attr(key, value)
                     attach_plan(ot_trial, self._storage_url, record["plan"])
-                    self._ot_study.tell(ot_trial, values)
+                    self._tell(ot_trial, values)
                     self.counts["completed"] += 1
                     self._completed_trials.add(trial_id)
                     return None
@@ -313,18 +325,28 @@ def _searcher_class():
                 self.counts["failed"] += 1
             else:
                 reason = "stopped by Ray before it reported (time budget or interrupt); retried on resume"
-                self._ot_study.enqueue_trial(ot_trial.params, user_attrs={"retry_of": ot_trial.number})
+                self._ot_study.enqueue_trial(ot_trial.params, user_attrs=_retry_attrs(ot_trial))
                 self.counts["surplus"] += 1
             ot_trial.set_user_attr("fail_reason", str(reason)[:500])
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            self._tell(ot_trial, state=TrialState.FAIL)
             self._completed_trials.add(trial_id)
             return None
+
+        def _tell(self, ot_trial, values=None, state=None) -> None:
+            with _quiet_heartbeat():
+                self._ot_study.tell(ot_trial, values, state=state)
 
         def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
             """No Ray-side checkpoint: the Optuna study is the state, and resumes from storage."""
 
     _SEARCHER_CLASS = AutopruneOptunaSearch
     return _SEARCHER_CLASS
+
+
+def _retry_attrs(trial) -> dict[str, Any]:
+    """User attributes of a retry: which trial it repeats, and its anchor name if it was one."""
+    anchor = trial.user_attrs.get("anchor")
+    return {"retry_of": trial.number, **({"anchor": anchor} if anchor else {})}
 
 
 def _fail_stragglers(study, asked: dict[int, int]) -> int:
@@ -338,9 +360,15 @@ def _fail_stragglers(study, asked: dict[int, int]) -> int:
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason",
                                            "ray: the run ended before this trial finished; retried on resume")
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        study.enqueue_trial(t.params, user_attrs=_retry_attrs(t), skip_if_exists=False)
         n += 1
     return n
+
+
+def worker_spec(config: SearchConfig) -> dict[str, Any]:
+    """What a worker needs to rebuild the pipeline: the config, and the driver's folder and results."""
+    return {"config": config.to_dict(), "cwd": os.getcwd(), "threads": CPUS_PER_TRIAL,
+            "results": str(results_dir().resolve())}
 
 
 # -- worker --------------------------------------------------------------------------------------
@@ -364,17 +392,23 @@ def _worker_setup(spec: dict[str, Any]):
     return _WORKER_CACHE[key]
 
 
-def _trainable(params: dict[str, Any], spec: dict[str, Any]) -> None:
-    """Ray Tune function trainable: run one candidate and report its objectives and record."""
-    from ray import tune
+def evaluate_params(params: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one candidate in this (worker) process and return what the trainable reports.
 
+    Args:
+        params: The trial's configuration from the searcher (search parameters and the trial number).
+        spec: ``config`` (the study's, as a dict), ``cwd``, ``threads`` and ``results`` of the driver.
+
+    Returns:
+        The objective values by name and the record as JSON (``RECORD_KEY``), or NaN objectives
+        and the failure reason (``ERROR_KEY``) for a candidate that cannot be built or evaluated.
+    """
     from autoprune.search.space import plan_from_params
 
     if spec.get("cwd") and Path(spec["cwd"]).is_dir():
         os.chdir(spec["cwd"])  # relative model, space and checkpoint paths mean the driver's folder
     config, space, pipeline = _worker_setup(spec)
     params = {k: v for k, v in params.items() if k != TRIAL_KEY}
-    nan = {o: float("nan") for o in config.objectives}
     try:
         plan = plan_from_params(space, pipeline.groups, params, config.seed)
         result = pipeline.run(plan, kd=bool(params.get("kd", space.distillation[0])))
@@ -384,7 +418,12 @@ def _trainable(params: dict[str, Any], spec: dict[str, Any]) -> None:
         values = dict(zip(config.objectives, objective_values(config, record), strict=True))
     except (AutopruneError, RuntimeError, ValueError, FloatingPointError) as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        tune.report({**nan, ERROR_KEY: f"{type(exc).__name__}: {text}"[:500]})
-        return
-    tune.report({**values, RECORD_KEY: json.dumps(record)})
+        return {**{o: float("nan") for o in config.objectives}, ERROR_KEY: f"{type(exc).__name__}: {text}"[:500]}
+    return {**values, RECORD_KEY: json.dumps(record)}
 
+
+def _trainable(params: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Ray Tune function trainable: run one candidate and report its objectives and record."""
+    from ray import tune
+
+    tune.report(evaluate_params(params, spec))

@@ -32,7 +32,7 @@ def get(url: str, timeout_s: float = 10):
 
 
 @pytest.fixture
-def dashboard(results_root):
+def dashboard(tiny_dense, results_root, tmp_path):
     """Start ``autoprune dashboard`` on a free loopback port; yields ``(base_url, url_of_storage)``."""
     pytest.importorskip("optuna_dashboard")
     url = f"sqlite:///{results_root / 'dash.db'}"
@@ -40,14 +40,16 @@ def dashboard(results_root):
     port = free_port()
     cmd = [sys.executable, "-m", "autoprune", "dashboard", "--storage", url, "--port", str(port),
            "--host", "127.0.0.1"]
-    proc = subprocess.Popen(cmd, env=cli_env(results_root), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    log = open(tmp_path / "dashboard.log", "w+b")  # noqa: SIM115 - closed in the finalizer
+    proc = subprocess.Popen(cmd, env=cli_env(results_root), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"dashboard exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+                log.seek(0)
+                raise RuntimeError(f"dashboard exited with {proc.returncode}: {log.read().decode()[-2000:]}")
             try:
                 get(f"{base}/api/meta", timeout_s=2)
                 break
@@ -64,6 +66,7 @@ def dashboard(results_root):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        log.close()
 
 
 def test_dashboard_serves_study_attrs_and_plan_artifacts(tiny_dense, dashboard):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,11 +15,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from autoprune.cli import main
 from tests.conftest import TINY_REF, cli_env
-
-pytestmark = pytest.mark.ray
 
 FAST = ["--model", TINY_REF, "--target", "jetson-nano", "--finetune-epochs", "0", "--no-progress"]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -31,11 +31,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = 90) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen, log, timeout_s: float = 90) -> None:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+            log.seek(0)
+            raise RuntimeError(f"ray start exited with {proc.returncode}: {log.read().decode()[-2000:]}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -61,35 +62,36 @@ def ray_cluster(results_root):
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"]
-    proc = subprocess.Popen(cmd, env=ray_env(results_root), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    log = open(Path(temp_dir) / "ray-start.log", "w+b")  # noqa: SIM115 - closed in the finalizer
+    proc = subprocess.Popen(cmd, env=ray_env(results_root), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        wait_for_port(port, proc)
+        wait_for_port(port, proc, log)
         yield f"127.0.0.1:{port}"
     finally:
-        for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait_s)
-            except subprocess.TimeoutExpired:
-                continue
-            time.sleep(1.0)  # let the group's other processes follow the head
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group (workers, raylet), if any
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            time.sleep(0.5)
+            os.killpg(proc.pid, signal.SIGKILL)  # the rest of the group: GCS, raylet, workers
         except ProcessLookupError:
             pass
+        proc.wait()
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def states(url: str, study: str) -> dict[optuna.trial.TrialState, list[optuna.trial.FrozenTrial]]:
+def states(url: str, study: str) -> dict[TrialState, list[optuna.trial.FrozenTrial]]:
     out: dict = {}
     for t in optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False):
         out.setdefault(t.state, []).append(t)
     return out
 
 
+@pytest.mark.ray
 def test_ray_study_then_plain_resume(tiny_dense, results_root, ray_cluster):
     url = f"sqlite:///{results_root / 'ray.db'}"
     t0 = time.perf_counter()
@@ -99,9 +101,9 @@ def test_ray_study_then_plain_resume(tiny_dense, results_root, ray_cluster):
     assert res.returncode == 0, res.stderr[-3000:]
     ray_s = time.perf_counter() - t0
     by = states(url, "ray")
-    done = by.get(optuna.trial.TrialState.COMPLETE, [])
+    done = by.get(TrialState.COMPLETE, [])
     assert len(done) == 5, {s.name: len(v) for s, v in by.items()}
-    assert not by.get(optuna.trial.TrialState.RUNNING)
+    assert not by.get(TrialState.RUNNING)
     assert "dense" in [t.user_attrs.get("anchor") for t in done]  # the enqueued anchors ran on Ray
     for t in done:
         for key in ("accuracy", "latency_ms", "energy_mj", "plan", "plan_artifact_id", "constraints"):
@@ -113,6 +115,56 @@ def test_ray_study_then_plain_resume(tiny_dense, results_root, ray_cluster):
     # the same study, resumed by the plain Optuna backend in this process
     assert main(["search", "--study", "ray", "--storage", url, "--trials", "2", "--no-progress"]) == 0
     by = states(url, "ray")
-    assert len(by.get(optuna.trial.TrialState.COMPLETE, [])) == 7
-    assert not by.get(optuna.trial.TrialState.RUNNING)
+    assert len(by.get(TrialState.COMPLETE, [])) == 7
+    assert not by.get(TrialState.RUNNING)
     print(f"ray search of 5 trials (2 workers): {ray_s:.1f} s")
+
+
+def test_searcher_bookkeeping_without_a_cluster(tiny_dense, results_root):
+    """The driver's searcher and the worker's evaluation, joined by hand: every outcome lands on the study."""
+    pytest.importorskip("ray.tune")
+    from ray.tune.search import Searcher
+
+    from autoprune.search import ray_backend as rb
+    from autoprune.search.study import SearchConfig, open_study
+
+    url = f"sqlite:///{results_root / 'searcher.db'}"
+    config = SearchConfig(model=TINY_REF, target="jetson-nano", finetune_epochs=0, trials=3)
+    study, config, _ = open_study(url, "searcher", config, {}, None)
+    searcher = rb.make_searcher(study, config, url, rb._driver_groups(config))
+    spec = rb.worker_spec(config)
+
+    params = {tid: searcher.suggest(tid) for tid in ("a", "b", "c")}
+    assert all(rb.TRIAL_KEY in p and any(k.startswith("r:") for k in p) for p in params.values())
+    assert searcher.suggest("d") is Searcher.FINISHED  # three RUNNING trials hold the whole budget
+
+    # a: a real candidate, evaluated as a worker would, recorded on its Optuna trial
+    result = rb.evaluate_params(params["a"], spec)
+    assert rb.RECORD_KEY in result and rb.ERROR_KEY not in result
+    searcher.on_trial_complete("a", result)
+    # b: a candidate whose plan cannot be built fails with the candidate's own reason
+    bad = {**params["b"], **{k: "no-such-structure" for k in params["b"] if k.startswith("s:")}}
+    assert bad != params["b"]
+    result = rb.evaluate_params(bad, spec)
+    assert rb.ERROR_KEY in result
+    searcher.on_trial_complete("b", result)
+    # c: the worker crashed past Ray's retries
+    searcher.on_trial_complete("c", None, error=True)
+    # d: stopped by Ray before it reported: failed and enqueued again
+    assert searcher.suggest("d") is not Searcher.FINISHED
+    searcher.on_trial_complete("d", None)
+
+    trials = {t.number: t for t in optuna.load_study(study_name="searcher", storage=url).get_trials()}
+    num = {tid: searcher._ot_trials[tid].number for tid in "abcd"}
+    a = trials[num["a"]]
+    assert a.state == TrialState.COMPLETE and a.values == [a.user_attrs["accuracy"], a.user_attrs["latency_ms"]]
+    for key in ("plan", "latency_provenance", "plan_artifact_id", "constraints", "size_mb"):
+        assert key in a.user_attrs
+    assert trials[num["b"]].state == TrialState.FAIL
+    assert trials[num["b"]].user_attrs["fail_reason"].startswith("PlanError: ")
+    assert trials[num["c"]].state == TrialState.FAIL and trials[num["c"]].user_attrs["fail_reason"].startswith("ray:")
+    assert trials[num["d"]].state == TrialState.FAIL and "retried" in trials[num["d"]].user_attrs["fail_reason"]
+    retry = [t for t in trials.values() if t.user_attrs.get("retry_of") == num["d"]]
+    assert retry and retry[0].state == TrialState.WAITING
+    assert not [t for t in trials.values() if t.state == TrialState.RUNNING]
+    assert searcher.counts == {"completed": 1, "failed": 2, "surplus": 1}
