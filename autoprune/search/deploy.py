@@ -56,7 +56,6 @@ def build_tvm_module(onnx_path: Path, target: str, out_dir: Path) -> dict[str, A
     Returns a record with ``path`` or the ``reason`` it could not be built here.
     """
     from autoprune.hardware import load_profile
-
     from autoprune.profiling.tvm_runtime import TvmRuntime, _cross_compiler, _target_triple
 
     spec = load_profile(target).tvm_target
@@ -82,11 +81,10 @@ def export_point(study, config: SearchConfig, row: dict[str, Any], *, epochs: in
                  tvm: bool = True) -> dict[str, Any]:
     """Rebuild, fine-tune longer, evaluate on the test split and export one trial's plan."""
     from autoprune.pruning import PruningPlan
-    from autoprune.search.runner import artifact_store, build_pipeline
-    from autoprune.search.space import SearchSpace
+    from autoprune.search.runner import artifact_store, build_pipeline, study_space
 
     t0 = time.perf_counter()
-    space = SearchSpace.load(config.space)
+    space = study_space(study, config)
     pipeline, dense_rec = build_pipeline(config, space, progress)
     plan = PruningPlan.from_dict(row["plan"])
     epochs = epochs if epochs is not None else 3 * pipeline.finetune_epochs

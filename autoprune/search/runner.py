@@ -21,7 +21,18 @@ from autoprune.search.study import (
 )
 
 SEEDED_ATTR = "autoprune.seeded"
+SPACE_ATTR = "autoprune.space"
 ARTIFACTS_ATTR = "autoprune.artifacts"
+
+
+def study_space(study, config: SearchConfig) -> SearchSpace:
+    """The study's search space: stored in the study at creation, so editing the YAML file later
+    cannot change what a resumed study searches."""
+    raw = study.user_attrs.get(SPACE_ATTR)
+    if raw is None:
+        raw, _ = SearchSpace.read(config.space)
+        study.set_user_attr(SPACE_ATTR, raw)
+    return SearchSpace.from_dict(raw, name=Path(config.space).stem, where=f"search space stored in {study.study_name}")
 
 
 def artifact_dir(storage_url: str) -> Path:
@@ -112,7 +123,7 @@ def run_search(config: SearchConfig | None, *, study_name: str, storage_url: str
     from autoprune.search.report import write_front
 
     study, config, created = open_study(storage_url, study_name, config, given, more_trials)
-    space = SearchSpace.load(config.space)
+    space = study_space(study, config)
     with single_worker_lock(storage_url, study_name) as exclusive:
         retried = 0
         if exclusive and not created:

@@ -86,14 +86,19 @@ class SearchSpace:
             ConfigError: Unknown name (lists the shipped spaces), bad YAML, unknown key
                 (named), wrong type or an empty range.
         """
+        raw, path = cls.read(ref)
+        return cls.from_dict(raw, name=path.stem, where=str(path))
+
+    @staticmethod
+    def read(ref: str) -> tuple[Any, Path]:
+        """Read a space's raw YAML mapping (stored in a study, so a resume uses the same space)."""
         path = Path(ref)
         if not path.suffix:
             path = SPACES_DIR / f"{ref}.yaml"
             if not path.is_file():
                 valid = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
                 raise ConfigError(f"unknown search space {ref!r}; valid: {valid}, or a path to a .yaml file")
-        raw = read_yaml(path, what="search space")
-        return cls.from_dict(raw, name=path.stem, where=str(path))
+        return read_yaml(path, what="search space"), path
 
     @classmethod
     def from_dict(cls, raw: Any, name: str = "custom", where: str = "search space") -> SearchSpace:
