@@ -89,10 +89,10 @@ def run_ray(study, config: SearchConfig, storage_url: str, *, workers: int = 1, 
     lazy_import("ray.tune", "ray[tune]")
 
     counts = {"completed": 0, "failed": 0, "surplus": 0}
-    started_here = _connect(ray, address)
     t_start = time.monotonic()
     asked: dict[int, int] = {}  # Optuna trial number -> trial id, over all rounds
     groups = _driver_groups(config)
+    started_here = _connect(ray, address)
     try:
         for _ in range(MAX_ROUNDS):
             remaining = config.trials - _count(study, TrialState.COMPLETE)
@@ -126,9 +126,9 @@ def _connect(ray, address: str | None) -> bool:
             ray.init(address=address, **kwargs)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            auth = ("; it uses token authentication: set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, "
-                    "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)" if "auth" in str(exc).lower()
-                    and os.environ.get("RAY_AUTH_MODE") != "token" else "")
+            auth = ("; if the cluster uses token authentication (Ray's default), set RAY_AUTH_MODE=token and "
+                    "its token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+                    if os.environ.get("RAY_AUTH_MODE") != "token" else "")
             raise AutopruneError(f"cannot connect to the Ray cluster at {address}: {first[:300]}{auth}; check "
                                  "that `ray start --head` runs there, or leave out --address for a local Ray"
                                  ) from None
@@ -224,7 +224,7 @@ class _Heartbeats:
             return
 
         def beat() -> None:
-            while not self._stop.wait(storage.get_heartbeat_interval()):
+            while True:
                 live = [t._trial_id for tid, t in list(searcher._ot_trials.items())
                         if tid not in searcher._completed_trials]
                 for trial_id in live:
@@ -232,6 +232,8 @@ class _Heartbeats:
                         storage.record_heartbeat(trial_id)
                     except Exception:  # noqa: BLE001 - a missed beat is retried next time
                         pass
+                if self._stop.wait(storage.get_heartbeat_interval()):
+                    return
 
         self._thread = threading.Thread(target=beat, name="autoprune-ray-heartbeat", daemon=True)
         self._thread.start()
