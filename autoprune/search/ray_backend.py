@@ -150,10 +150,10 @@ def make_searcher(study, config: SearchConfig, storage_url: str, groups):
         storage_url: The study's storage URL.
         groups: The model's prunable groups (the define-by-run space suggests over them).
     """
-    from autoprune.search.space import SearchSpace
+    from autoprune.search.runner import study_space
     from autoprune.search.storage import make_storage
 
-    space = SearchSpace.load(config.space)
+    space = study_space(study, config)
 
     def define(trial) -> dict[str, Any]:
         space.suggest(trial, groups)
@@ -178,7 +178,7 @@ def _run_round(study, config: SearchConfig, storage_url: str, groups, remaining:
     from ray import tune
 
     searcher = make_searcher(study, config, storage_url, groups)
-    spec = worker_spec(config)
+    spec = worker_spec(study, config)
     trainable = tune.with_resources(tune.with_parameters(_trainable, spec=spec), {"cpu": CPUS_PER_TRIAL})
     run_dir = results_dir().resolve() / study.study_name / "ray"  # beside the study's front files
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -367,10 +367,14 @@ def _fail_stragglers(study, asked: dict[int, int]) -> int:
     return n
 
 
-def worker_spec(config: SearchConfig) -> dict[str, Any]:
-    """What a worker needs to rebuild the pipeline: the config, and the driver's folder and results."""
-    return {"config": config.to_dict(), "cwd": os.getcwd(), "threads": CPUS_PER_TRIAL,
-            "results": str(results_dir().resolve())}
+def worker_spec(study, config: SearchConfig) -> dict[str, Any]:
+    """What a worker needs to rebuild the pipeline: the config, the study's stored search space,
+    and the driver's folder and results folder."""
+    from autoprune.search.runner import SPACE_ATTR, study_space
+
+    study_space(study, config)  # stores the space in the study if it is not there yet
+    return {"config": config.to_dict(), "space": study.user_attrs[SPACE_ATTR], "cwd": os.getcwd(),
+            "threads": CPUS_PER_TRIAL, "results": str(results_dir().resolve())}
 
 
 # -- worker --------------------------------------------------------------------------------------
@@ -387,7 +391,8 @@ def _worker_setup(spec: dict[str, Any]):
         if spec.get("results"):
             os.environ["AUTOPRUNE_RESULTS"] = spec["results"]
         config = SearchConfig.from_dict(spec["config"])
-        space = SearchSpace.load(config.space)
+        space = SearchSpace.from_dict(spec["space"], name=Path(config.space).stem,
+                                      where=f"search space of study config {config.space!r}")
         pipeline, _ = build_pipeline(config, space, progress=False)
         _WORKER_CACHE.clear()
         _WORKER_CACHE[key] = (config, space, pipeline)

@@ -132,7 +132,7 @@ def test_searcher_bookkeeping_without_a_cluster(tiny_dense, results_root):
     config = SearchConfig(model=TINY_REF, target="jetson-nano", finetune_epochs=0, trials=3)
     study, config, _ = open_study(url, "searcher", config, {}, None)
     searcher = rb.make_searcher(study, config, url, rb._driver_groups(config))
-    spec = rb.worker_spec(config)
+    spec = rb.worker_spec(study, config)
 
     params = {tid: searcher.suggest(tid) for tid in ("a", "b", "c")}
     assert all(rb.TRIAL_KEY in p and any(k.startswith("r:") for k in p) for p in params.values())
