@@ -17,7 +17,7 @@ class ProfileCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--target", default="local", help="target name (default: local)")
         parser.add_argument("--model", default="vgg11",
-                            help="zoo model to calibrate (default: vgg11 at 32x32, the search default; resnet18 at 224)")
+                            help="zoo model to calibrate (default: vgg11 at 32x32, the search default)")
         parser.add_argument("--runtime", default="onnxruntime", choices=("onnxruntime", "tvm"),
                             help="runtime that executes the kernels (default: onnxruntime)")
         parser.add_argument("--rpc", metavar="HOST:PORT", help="TVM RPC server of the device (with --runtime tvm)")

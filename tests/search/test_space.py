@@ -38,7 +38,7 @@ def test_space_validation_errors(tmp_path, raw, needle):
 def test_bad_yaml_names_path(tmp_path):
     p = tmp_path / "broken.yaml"
     p.write_text("structures: [channel\n")
-    with pytest.raises(ConfigError, match="broken.yaml"):
+    with pytest.raises(ConfigError, match=r"broken\.yaml"):
         SearchSpace.load(str(p))
 
 
