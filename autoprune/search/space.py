@@ -190,7 +190,7 @@ class SearchSpace:
             trial.suggest_categorical("kd", list(self.distillation))
         return dict(trial.params)
 
-    def seed_params(self, groups, ratios=(0.0, 0.3, 0.5, 0.7)) -> list[dict[str, Any]]:
+    def seed_params(self, groups, ratios=(0.0, 0.3, 0.5, 0.7, 0.9)) -> list[dict[str, Any]]:
         """Parameters of the anchor trials: the dense model and uniform channel plans.
 
         Ratio 0.0 is the dense model (every group ``keep``, or ``channel`` at 0).
