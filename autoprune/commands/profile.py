@@ -40,6 +40,7 @@ class ProfileCommand(Command):
         from autoprune.costmodel.calibration import calibration_path, load_calibration, save_calibration
         from autoprune.models import ZOO
         from autoprune.profiling import get_runtime
+        from autoprune.profiling.base import runtime_for_profile
 
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
@@ -54,13 +55,18 @@ class ProfileCommand(Command):
             raise ConfigError(f"--grid fractions must lie in (0, 1], got {args.grid!r}")
         if args.model not in ZOO:
             ZOO.get(args.model)  # raises UnknownNameError listing the zoo
+        remote = bool(args.rpc or args.rpc_tracker)
+        if args.target != "local" and not remote:
+            raise ConfigError(f"{args.target} is not this machine: measure it with --runtime tvm and --rpc HOST:PORT "
+                              "or --rpc-tracker HOST:PORT --rpc-key KEY, or profile --target local")
         if args.runtime == "tvm":
             from autoprune.profiling.rpc import RPCConfig
 
-            rpc = RPCConfig.from_args(args.rpc, args.rpc_tracker, args.rpc_key)
-            runtime = get_runtime("tvm", threads=args.threads, rpc=rpc)
+            rpc = RPCConfig.from_args(args.rpc, args.rpc_tracker, args.rpc_key) if remote else None
+            # The target's own TVM target (e.g. nvidia/jetson-nano + its aarch64 host), not this host's.
+            runtime = runtime_for_profile(args.target, "tvm", threads=args.threads, rpc=rpc)
         else:
-            if args.rpc or args.rpc_tracker:
+            if remote:
                 raise ConfigError("--rpc/--rpc-tracker need --runtime tvm (ONNX Runtime measures locally)")
             runtime = get_runtime("onnxruntime", threads=args.threads)
         size = ZOO.get(args.model).input_size
