@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from autoprune.data import DataSplits
-from autoprune.errors import AutopruneError
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ class Pipeline:
             onnx_path: Where to keep the exported ONNX (a temporary file otherwise).
 
         Raises:
-            AutopruneError: A bad plan, a diverging fine-tune or a failed export.
+            autoprune.errors.AutopruneError: A bad plan, a diverging fine-tune or a failed export.
         """
         from autoprune.pruning import evaluate, export_onnx
 
@@ -199,4 +198,4 @@ def measure_onnx_local(path: str | Path, input_shape: tuple[int, ...], threads: 
     return runtime.measure(str(path), input_shape)
 
 
-__all__ = ["AutopruneError", "CandidateResult", "Pipeline", "measure_onnx_local"]
+__all__ = ["CandidateResult", "Pipeline", "measure_onnx_local"]
