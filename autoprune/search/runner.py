@@ -122,13 +122,18 @@ def run_search(config: SearchConfig | None, *, study_name: str, storage_url: str
     """
     from autoprune.search.report import write_front
 
-    study, config, created = open_study(storage_url, study_name, config, given, more_trials)
+    prepared: dict[str, Any] = {}
+
+    def prepare(cfg: SearchConfig) -> None:  # validate everything before a new study is stored
+        prepared["pipeline"] = build_pipeline(cfg, SearchSpace.load(cfg.space), progress)
+
+    study, config, created = open_study(storage_url, study_name, config, given, more_trials, prepare=prepare)
     space = study_space(study, config)
     with single_worker_lock(storage_url, study_name) as exclusive:
         retried = 0
         if exclusive and not created:
             retried = stale_trials_to_retry(study, "stale: left RUNNING by a process that was killed; retried")
-        pipeline, dense_rec = build_pipeline(config, space, progress)
+        pipeline, dense_rec = prepared.get("pipeline") or build_pipeline(config, space, progress)
         seed_study(study, space, pipeline.groups)
         if backend == "ray":
             from autoprune.search.ray_backend import run_ray

@@ -141,7 +141,7 @@ def default_study_name(config: SearchConfig) -> str:
 
 # -- opening and resuming ---------------------------------------------------------------------------
 def open_study(storage_url: str, study_name: str, config: SearchConfig | None, given: dict[str, Any],
-               more_trials: int | None):
+               more_trials: int | None, prepare: Callable[[SearchConfig], Any] | None = None):
     """Create or load a study and return ``(study, config)``.
 
     Args:
@@ -150,6 +150,8 @@ def open_study(storage_url: str, study_name: str, config: SearchConfig | None, g
         config: The configuration for a new study (``None`` = must exist).
         given: The arguments the user gave explicitly (checked against a stored config).
         more_trials: ``--trials`` on resume: this many more COMPLETE trials.
+        prepare: Called with the configuration of a *new* study before it is created, so that a bad
+            model, data set, checkpoint or calibration fails before anything is stored.
 
     Raises:
         ConfigError: Resuming a missing study, or with a conflicting configuration.
@@ -194,6 +196,8 @@ def open_study(storage_url: str, study_name: str, config: SearchConfig | None, g
         raise ConfigError(f"no study named {study_name!r} in {redact_text(storage_url, storage_url)} "
                           f"(existing: {hint}); start one with `autoprune search --target T --study "
                           f"{study_name}`")
+    if prepare is not None:
+        prepare(config)
     study = optuna.create_study(study_name=study_name, storage=storage, directions=config.directions,
                                 load_if_exists=True)
     study.set_metric_names([f"{o} ({OBJECTIVES[o][2]})" for o in config.objectives])
