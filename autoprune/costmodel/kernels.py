@@ -183,6 +183,15 @@ def detect_kernels(model: Any, *, bytes_per_element: int = 4, with_weights: bool
             return users[0]
         return None
 
+    def fuse_activation(tail: Any, fused: list[str]) -> Any:
+        """Fold a sole-consumer activation into the kernel ending at ``tail``; return the new tail."""
+        act = sole_consumer(tail.output[0], set(_ACTIVATIONS))
+        if act is None:
+            return tail
+        consumed.add(id(act))
+        fused.append(_ACTIVATIONS[act.op_type])
+        return act
+
     def weight(name: str) -> np.ndarray | None:
         t = consts.get(name)
         if t is None or not with_weights or hasattr(t, "op_type"):
@@ -217,11 +226,7 @@ def detect_kernels(model: Any, *, bytes_per_element: int = 4, with_weights: bool
                     fused.append("add")
                     data_inputs.append(other[0])
                 last = add
-            act = sole_consumer(last.output[0], set(_ACTIVATIONS))
-            if act is not None:
-                consumed.add(id(act))
-                fused.append(_ACTIVATIONS[act.op_type])
-                last = act
+            last = fuse_activation(last, fused)
             w = weight(node.input[1]) if len(node.input) > 1 else None
             wshape = shapes.get(node.input[1]) if len(node.input) > 1 else None
             if w is not None:
@@ -244,11 +249,7 @@ def detect_kernels(model: Any, *, bytes_per_element: int = 4, with_weights: bool
                 stride = 1
         elif op == "Add" or op == "Sum":
             kop = "add"
-            act = sole_consumer(node.output[0], set(_ACTIVATIONS))
-            if act is not None:
-                consumed.add(id(act))
-                fused.append(_ACTIVATIONS[act.op_type])
-                last = act
+            last = fuse_activation(last, fused)
             xs = shapes.get(data_inputs[0]) if data_inputs else None
             cin = int(xs[1]) if xs and len(xs) > 1 else 1
         elif op in _POOLS:
@@ -272,11 +273,7 @@ def detect_kernels(model: Any, *, bytes_per_element: int = 4, with_weights: bool
             kop = "elementwise"
             fused.append(op.lower())
             if op not in _ACTIVATIONS:  # e.g. a standalone BN followed by ReLU: one scale+act kernel
-                act = sole_consumer(node.output[0], set(_ACTIVATIONS))
-                if act is not None:
-                    consumed.add(id(act))
-                    fused.append(_ACTIVATIONS[act.op_type])
-                    last = act
+                last = fuse_activation(last, fused)
             xs = shapes.get(data_inputs[0]) if data_inputs else None
             cin = int(xs[1]) if xs and len(xs) > 1 else 1
         ys = shapes.get(last.output[0])

@@ -310,6 +310,17 @@ class Taylor(_TPCriterion):
         return self._stats.get(name, torch.zeros_like(module.weight)).to(module.weight.dtype)
 
 
+def _mean_over_batches(model: nn.Module, batches, stat) -> dict[str, torch.Tensor]:
+    """Mean over batches of ``stat(gradient)`` of the cross-entropy loss, per prunable weight."""
+    total: dict[str, torch.Tensor] = {}
+    n_b = 0
+    for grads in _batch_grads(model, batches, F.cross_entropy):
+        n_b += 1
+        for n, g in grads.items():
+            total[n] = total.get(n, 0) + stat(g)
+    return {n: t / max(n_b, 1) for n, t in total.items()}
+
+
 @_register
 class SNIP(Criterion):
     """Connection sensitivity |w · ḡ|."""
@@ -318,13 +329,9 @@ class SNIP(Criterion):
     needs_data = True
 
     def prepare(self, model, batches):
-        total, n_b = {}, 0
-        for grads in _batch_grads(model, batches, F.cross_entropy):
-            n_b += 1
-            for n, g in grads.items():
-                total[n] = total.get(n, 0) + g
         mods = dict(_prunable(model))
-        self._stats = {n: (mods[n].weight.detach() * g / n_b).abs() for n, g in total.items()}
+        self._stats = {n: (mods[n].weight.detach() * g).abs()
+                       for n, g in _mean_over_batches(model, batches, lambda g: g).items()}
 
     def weight_scores(self, name, module):
         return self._stats.get(name, torch.zeros_like(module.weight))
@@ -338,13 +345,9 @@ class OBD(Criterion):
     needs_data = True
 
     def prepare(self, model, batches):
-        fisher, n_b = {}, 0
-        for grads in _batch_grads(model, batches, F.cross_entropy):
-            n_b += 1
-            for n, g in grads.items():
-                fisher[n] = fisher.get(n, 0) + g.pow(2)
         mods = dict(_prunable(model))
-        self._stats = {n: 0.5 * (f / n_b) * mods[n].weight.detach().pow(2) for n, f in fisher.items()}
+        fisher = _mean_over_batches(model, batches, lambda g: g.pow(2))  # diagonal empirical Fisher
+        self._stats = {n: 0.5 * f * mods[n].weight.detach().pow(2) for n, f in fisher.items()}
 
     def weight_scores(self, name, module):
         return self._stats.get(name, torch.zeros_like(module.weight))
