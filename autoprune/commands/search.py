@@ -77,7 +77,7 @@ class SearchCommand(Command):
         t0 = time.perf_counter()
         out = run_search(None if resume_only else config, study_name=study_name, storage_url=storage,
                          given={k: v for k, v in given.items() if v is not None},
-                         more_trials=args.trials if study_exists(storage, study_name) else None,
+                         more_trials=args.trials,
                          timeout_s=args.timeout, progress=not args.no_progress, backend=args.backend,
                          workers=args.workers, address=args.address)
         minutes = (time.perf_counter() - t0) / 60
@@ -96,19 +96,6 @@ class SearchCommand(Command):
         print(f"front written to {out['dir']}/pareto.{{csv,json,png,html}}; watch or resume: "
               f"`autoprune dashboard --study {study_name}`, `autoprune search --study {study_name}`")
         return 0
-
-
-def study_exists(storage: str, study_name: str) -> bool:
-    """True if ``study_name`` already exists in ``storage``."""
-    import optuna
-
-    from autoprune.search.storage import make_storage
-
-    try:
-        names = {s.study_name for s in optuna.get_all_study_summaries(make_storage(storage), False)}
-    except Exception:  # noqa: BLE001 - open_study reports storage errors clearly
-        return False
-    return study_name in names
 
 
 def _validate_early(given: dict) -> None:

@@ -372,7 +372,6 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], dict[str,
         for s, h in old.items():
             signal.signal(s, h)
         bar.close()
-    optuna.logging.get_logger("optuna")  # keep import used
     return counts
 
 
