@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from autoprune.commands.base import Command
-from autoprune.commands.common import add_model_data_args, positive_float, positive_int
+from autoprune.commands.common import add_model_data_args, load_data_for, positive_float, positive_int
 
 
 class TrainCommand(Command):
@@ -22,12 +22,9 @@ class TrainCommand(Command):
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(self, args: argparse.Namespace) -> int:
-        from autoprune.data import load_data
-        from autoprune.models import ZOO
         from autoprune.train import TrainConfig, ensure_dense
 
-        size = args.input_size or (min(ZOO.get(args.model).input_size, 32) if args.model in ZOO else 32)
-        data = load_data(args.data, size=size, seed=args.seed)
+        data = load_data_for(args)
         cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
         _, rec = ensure_dense(args.model, data, args.seed, checkpoint=args.checkpoint, config=cfg,
                               retrain=args.retrain, progress=not args.no_progress)
