@@ -10,7 +10,7 @@ from autoprune.errors import ConfigError, ProfilingError, UnknownNameError
 from autoprune.profiling import RUNTIMES, get_runtime
 
 # Loose CV bound: this machine is shared; the protocol's own 5 % default is for quiet machines.
-FAST = {"min_time_s": 0.05, "warmup": 2, "max_cv": 0.5, "retries": 1}
+FAST = {"min_time_s": 0.05, "warmup": 2, "max_cv": 10.0, "retries": 1}  # behaviour tests: noise rejection is tested in test_protocol
 
 
 def test_registry_lists_runtimes():

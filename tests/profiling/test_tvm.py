@@ -24,7 +24,7 @@ pytestmark = pytest.mark.tvm
 
 SHAPE = (1, 3, 16, 16)
 # Loose noise bound: the development machine is shared by several people.
-FAST = {"min_time_s": 0.05, "warmup": 2, "max_cv": 0.5, "retries": 1}
+FAST = {"min_time_s": 0.05, "warmup": 2, "max_cv": 10.0, "retries": 1}  # behaviour tests: noise rejection is tested in test_protocol
 TARGET = {"kind": "llvm", "num-cores": 1}
 
 
