@@ -28,7 +28,8 @@ class SearchCommand(Command):
         parser.add_argument("--space", default=None,
                             help="search space: default, structured-only, sparse, or a .yaml path (default: default)")
         parser.add_argument("--objectives", default=None,
-                            help="comma list from accuracy, latency, energy, size (default: accuracy,latency)")
+                            help="comma list from accuracy, latency, energy, size, macs "
+                            "(macs = hardware-blind; default: accuracy,latency)")
         parser.add_argument("--max-latency-ms", type=positive_float, default=None, help="latency constraint")
         parser.add_argument("--min-accuracy", type=fraction, default=None, help="accuracy floor, e.g. 0.97")
         parser.add_argument("--max-size-mb", type=positive_float, default=None, help="model size constraint")

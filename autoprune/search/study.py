@@ -33,6 +33,8 @@ OBJECTIVES: dict[str, tuple[str, str, str]] = {
     "latency": ("minimize", "latency_ms", "ms"),
     "energy": ("minimize", "energy_mj", "mJ"),
     "size": ("minimize", "size_mb", "MB"),
+    # Hardware-blind (AMC's FLOPs mode): multiply-accumulates of the pruned model, no target knowledge.
+    "macs": ("minimize", "macs", "MACs"),
 }
 
 SAMPLERS: Registry[Callable[..., Any]] = Registry("sampler")
@@ -94,7 +96,7 @@ class SearchConfig:
         if bad:
             raise ConfigError(f"unknown objective {bad[0]!r}; valid: {', '.join(OBJECTIVES)}")
         if "accuracy" not in self.objectives or len(self.objectives) < 2:
-            raise ConfigError("--objectives must include accuracy and at least one of latency, energy, size")
+            raise ConfigError("--objectives must include accuracy and at least one of latency, energy, size, macs")
         if len(set(self.objectives)) != len(self.objectives):
             raise ConfigError("--objectives lists an objective twice")
         SAMPLERS.get(self.sampler)
