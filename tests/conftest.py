@@ -42,3 +42,12 @@ def tiny_dense(results_root):
 def cli_env(results_root: Path) -> dict[str, str]:
     """Environment for running ``python -m autoprune`` in a subprocess."""
     return {**os.environ, "AUTOPRUNE_RESULTS": str(results_root), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture
+def pg_url() -> str:
+    """The PostgreSQL URL of ``$AUTOPRUNE_TEST_PG_URL`` (``.ci/postgres.sh start`` prints it), else skip."""
+    url = os.environ.get("AUTOPRUNE_TEST_PG_URL")
+    if not url:
+        pytest.skip('no PostgreSQL: AUTOPRUNE_TEST_PG_URL is unset (run `eval "$(.ci/postgres.sh start)"`)')
+    return url

@@ -48,6 +48,9 @@ class SearchCommand(Command):
                             help="optuna (this process) or ray (Ray Tune workers)")
         parser.add_argument("--address", default=None, help="Ray cluster address (with --backend ray)")
         parser.add_argument("--workers", type=positive_int, default=1, help="concurrent Ray trials")
+        parser.add_argument("--create-only", action="store_true",
+                            help="create the study (validated, anchors enqueued) and run no trial: do this once "
+                            "before starting several workers on a PostgreSQL study")
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -80,7 +83,13 @@ class SearchCommand(Command):
                          given={k: v for k, v in given.items() if v is not None},
                          more_trials=args.trials,
                          timeout_s=args.timeout, progress=not args.no_progress, backend=args.backend,
-                         workers=args.workers, address=args.address)
+                         workers=args.workers, address=args.address, create_only=args.create_only)
+        if args.create_only:
+            what = "created" if out["created"] else "already exists"
+            print(f"study {study_name!r} {what} in {redact_url(storage)}: budget {out['config'].trials} completed "
+                  f"trials, {out['seeded']} anchors enqueued; start each worker with "
+                  f"`autoprune search --study {study_name} --storage URL`")
+            return 0
         minutes = (time.perf_counter() - t0) / 60
         c = out["counts"]
         print(f"\nstudy {study_name!r} in {redact_url(storage)}: {c['completed']} trials completed here, "

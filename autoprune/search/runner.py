@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def build_pipeline(config: SearchConfig, space: SearchSpace, progress: bool = Tr
     from autoprune.pipeline import Pipeline
 
     ns = argparse.Namespace(model=config.model, data=config.data, input_size=config.input_size,
-                            checkpoint=config.checkpoint, seed=config.seed)
+                            checkpoint=config.checkpoint, seed=config.data_seed)
     dense, data, rec = load_model_and_data(ns, progress=progress)
     ft = space.finetune
     return Pipeline(dense, data, config.target, config.model,
@@ -114,8 +115,14 @@ def attach_plan(trial, storage_url: str, plan: dict[str, Any]) -> str:
 
 def run_search(config: SearchConfig | None, *, study_name: str, storage_url: str, given: dict[str, Any],
                more_trials: int | None = None, timeout_s: float | None = None, progress: bool = True,
-               backend: str = "optuna", workers: int = 1, address: str | None = None) -> dict[str, Any]:
+               backend: str = "optuna", workers: int = 1, address: str | None = None,
+               create_only: bool = False) -> dict[str, Any]:
     """Create or resume a study, run its trials, and write its Pareto front.
+
+    Args:
+        create_only: Create the study (validated, search space stored, anchors enqueued) and
+            return without running a trial: ``summary["created"]`` says whether it was new.
+            Start concurrent workers on a PostgreSQL study this way, once, before the workers.
 
     Returns:
         A summary: the study, its config, trial counts and the front (see :func:`write_front`).
@@ -134,13 +141,16 @@ def run_search(config: SearchConfig | None, *, study_name: str, storage_url: str
         if exclusive and not created:
             retried = stale_trials_to_retry(study, "stale: left RUNNING by a process that was killed; retried")
         pipeline, dense_rec = prepared.get("pipeline") or build_pipeline(config, space, progress)
-        seed_study(study, space, pipeline.groups)
+        seeded = seed_study(study, space, pipeline.groups) if created or exclusive else 0
+        if create_only:
+            return {"study": study, "config": config, "created": created, "seeded": seeded,
+                    "dense_checkpoint": dense_rec}
         if backend == "ray":
             from autoprune.search.ray_backend import run_ray
 
             counts = run_ray(study, config, storage_url, workers=workers, address=address, timeout_s=timeout_s)
         else:
-            attach_sampler(study, config)
+            attach_sampler(study, config, salt=0 if exclusive else os.getpid())  # workers sample apart
             study.set_user_attr(ARTIFACTS_ATTR, str(artifact_dir(storage_url)))
             counts = run_trials(study, config, make_objective(pipeline, space, config, storage_url),
                                 timeout_s=timeout_s, progress=progress)

@@ -3,21 +3,42 @@
 URLs are redacted in every message (``postgresql://user:***@host/db``). A
 SQLite study is guarded by a lock file so that only one worker uses it; RDB
 storages run Optuna's heartbeat so a killed worker's trial is failed and retried.
+
+A database server (PostgreSQL, MySQL) that drops the connection mid-study is
+retried: each storage call that fails with a connection error is repeated with
+exponential backoff (``AUTOPRUNE_DB_RETRIES`` times, first wait
+``AUTOPRUNE_DB_RETRY_BACKOFF_S`` seconds, doubling; 5 and 0.5 s by default, so
+about 15 s in all). If the server comes back in that window the search goes on;
+otherwise the call raises :class:`~autoprune.errors.StorageError` (one line, URL
+redacted) and the search stops. Finished trials are already committed, so none
+is lost; ``autoprune search --study NAME`` resumes once the server is back.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import sys
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from autoprune.errors import StorageError
+from autoprune.errors import ConfigError, StorageError
 from autoprune.io import results_dir
 
 HEARTBEAT_INTERVAL_S = 10
 GRACE_PERIOD_S = 30
 MAX_RETRY = 2
+#: Connection retries per storage call, and the first backoff in seconds (doubles each retry).
+DB_RETRIES = 5
+DB_RETRY_BACKOFF_S = 0.5
+#: RDBStorage methods that touch the database, besides public ``get_/set_/create_/delete_/record_`` ones.
+_PRIVATE_DB_METHODS = ("_create_new_trial", "_get_trials", "_get_stale_trial_ids", "_get_best_trial_id",
+                       "_set_trial_param")
+_NO_DB_METHODS = {"get_heartbeat_interval", "get_heartbeat_stale_trial_callback", "get_failed_trial_callback",
+                  "get_head_version", "get_all_versions"}
 
 
 def default_storage_url() -> str:
@@ -84,7 +105,7 @@ def make_storage(url: str):
             engine_kwargs = {"pool_pre_ping": True}
             if url.startswith("postgresql"):
                 engine_kwargs["connect_args"] = {"connect_timeout": 10}
-        return RDBStorage(
+        storage = RDBStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S,
             grace_period=GRACE_PERIOD_S,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
@@ -95,6 +116,128 @@ def make_storage(url: str):
             f"cannot open study storage {redact_url(url)}: {first}; check that the database is reachable "
             "and the URL is right"
         ) from None
+    if db is None:
+        retries, backoff_s = retry_policy()
+        with_connection_retries(storage, url, retries, backoff_s)
+    return storage
+
+
+def retry_policy() -> tuple[int, float]:
+    """``(retries, first backoff in s)`` from ``AUTOPRUNE_DB_RETRIES`` / ``AUTOPRUNE_DB_RETRY_BACKOFF_S``.
+
+    Raises:
+        ConfigError: A value is not a number, or is negative.
+    """
+    out = []
+    for name, default, kind in (("AUTOPRUNE_DB_RETRIES", DB_RETRIES, int),
+                                ("AUTOPRUNE_DB_RETRY_BACKOFF_S", DB_RETRY_BACKOFF_S, float)):
+        raw = os.environ.get(name, "").strip()
+        try:
+            value = kind(raw) if raw else default
+        except ValueError:
+            value = -1
+        if not value >= 0:  # also catches NaN
+            raise ConfigError(f"{name}={raw!r} must be a number >= 0; unset it for the default {default}")
+        out.append(value)
+    return int(out[0]), float(out[1])
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True if ``exc`` (or an exception it was raised from) says the database connection failed."""
+    from sqlalchemy import exc as sa_exc
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+            return True
+        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+_RETRY_STATE = threading.local()
+_SAY_LOCK = threading.Lock()
+
+
+def with_connection_retries(storage, url: str, retries: int, backoff_s: float):
+    """Make each database call of an ``RDBStorage`` retry on connection errors, in place.
+
+    A call that fails with a connection error (see :func:`is_connection_error`) is
+    repeated after ``backoff_s``, ``2 * backoff_s``, ... seconds, ``retries`` times;
+    a call made inside another retried call is not retried again. One line on
+    stderr says when the connection was lost and when it came back.
+
+    Args:
+        storage: An ``optuna.storages.RDBStorage``.
+        url: Its URL (only ever shown redacted).
+        retries: Retries per call (0 = fail at once).
+        backoff_s: The first wait, doubling after each retry.
+
+    Returns:
+        ``storage``, whose calls raise :class:`StorageError` when the retries run out.
+    """
+    names = [n for n in dir(type(storage))
+             if (n.startswith(("get_", "set_", "create_", "delete_", "record_")) or n in _PRIVATE_DB_METHODS)
+             and n not in _NO_DB_METHODS and callable(getattr(storage, n, None))]
+    window_s = backoff_s * (2 ** retries - 1)
+
+    def wrap(method):
+        @functools.wraps(method)
+        def call(*args, **kwargs):
+            if getattr(_RETRY_STATE, "active", False):
+                return method(*args, **kwargs)
+            _RETRY_STATE.active = True
+            try:
+                lost_at = None
+                for attempt in range(retries + 1):
+                    try:
+                        out = method(*args, **kwargs)
+                    except Exception as exc:  # only connection errors are retried
+                        if not is_connection_error(exc):
+                            raise
+                        first = _first_line(exc, url)
+                        if attempt == retries:
+                            raise StorageError(
+                                f"lost the connection to the study storage {redact_url(url)} ({first}); it did "
+                                f"not come back in {retries} retries over {window_s:.1f} s. Finished trials "
+                                "are safe in the database: when it is reachable again, resume with "
+                                "`autoprune search --study NAME --storage URL`"
+                            ) from None
+                        if lost_at is None:
+                            lost_at = time.monotonic()
+                            _say(f"autoprune: the study storage {redact_url(url)} is unreachable ({first}); "
+                                 f"retrying for up to {window_s:.1f} s")
+                        time.sleep(backoff_s * 2 ** attempt)
+                        continue
+                    if lost_at is not None:
+                        _say(f"autoprune: the study storage {redact_url(url)} is reachable again after "
+                             f"{time.monotonic() - lost_at:.1f} s")
+                    return out
+                raise AssertionError("unreachable")  # pragma: no cover
+            finally:
+                _RETRY_STATE.active = False
+
+        return call
+
+    for name in names:
+        setattr(storage, name, wrap(getattr(storage, name)))
+    return storage
+
+
+def _first_line(exc: BaseException, url: str) -> str:
+    """The first line of the innermost driver message of ``exc``, redacted."""
+    inner = exc
+    while inner.__cause__ is not None:
+        inner = inner.__cause__
+    text = str(getattr(inner, "orig", None) or inner).strip()
+    return redact_text(text.splitlines()[0] if text else type(inner).__name__, url)[:200]
+
+
+def _say(line: str) -> None:
+    with _SAY_LOCK:
+        print(line, file=sys.stderr, flush=True)
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
+from datetime import datetime
 from typing import Any
 
 from autoprune.errors import AutopruneError, ConfigError, StorageError
@@ -90,6 +91,7 @@ class SearchConfig:
     seed: int = 0
     finetune_epochs: int | None = None
     trials: int = 30
+    dense_seed: int | None = None
 
     def __post_init__(self) -> None:
         bad = [o for o in self.objectives if o not in OBJECTIVES]
@@ -102,6 +104,15 @@ class SearchConfig:
         SAMPLERS.get(self.sampler)
         if self.trials < 1:
             raise ConfigError(f"--trials must be at least 1, got {self.trials}")
+
+    @property
+    def data_seed(self) -> int:
+        """Seed of the data splits and of the dense model's training: ``dense_seed``, else ``seed``.
+
+        Separating it lets several search seeds share one dense model and one split
+        (the search-quality benchmark does this), so they differ only in the search.
+        """
+        return self.seed if self.dense_seed is None else self.dense_seed
 
     @property
     def directions(self) -> list[str]:
@@ -200,17 +211,31 @@ def open_study(storage_url: str, study_name: str, config: SearchConfig | None, g
                           f"{study_name}`")
     if prepare is not None:
         prepare(config)
-    study = optuna.create_study(study_name=study_name, storage=storage, directions=config.directions,
-                                load_if_exists=True)
+    try:
+        study = optuna.create_study(study_name=study_name, storage=storage, directions=config.directions)
+    except optuna.exceptions.DuplicatedStudyError:
+        # another worker created it a moment ago: wait for its configuration, then resume it
+        for _ in range(60):
+            if CONFIG_ATTR in optuna.load_study(study_name=study_name, storage=storage).user_attrs:
+                break
+            time.sleep(0.5)
+        return open_study(storage_url, study_name, None, given, more_trials)
     study.set_metric_names([f"{o} ({OBJECTIVES[o][2]})" for o in config.objectives])
     study.set_user_attr(CONFIG_ATTR, config.to_dict())
     return study, config, True
 
 
-def attach_sampler(study, config: SearchConfig) -> None:
-    """Give ``study`` the configured sampler (seeded by the trial count, so resumes differ)."""
+def attach_sampler(study, config: SearchConfig, salt: int = 0) -> None:
+    """Give ``study`` the configured sampler (seeded by the trial count, so resumes differ).
+
+    Args:
+        study: The study.
+        config: Its configuration (sampler name and seed).
+        salt: Added to the seed; concurrent workers pass distinct values (e.g. their process id)
+            so that workers started together do not sample the same plans.
+    """
     n = len(study.get_trials(deepcopy=False))
-    study.sampler = SAMPLERS.get(config.sampler)(config.seed + n)
+    study.sampler = SAMPLERS.get(config.sampler)(config.seed + n + salt)
 
 
 def set_constraints(trial, config: SearchConfig, result: dict[str, Any]) -> None:
@@ -359,6 +384,8 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], dict[str,
                 study.tell(trial, state=TrialState.FAIL)
                 study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
                 raise KeyboardInterrupt from None
+            except StorageError:
+                raise  # the database is gone (after retries): nothing can be recorded, stop
             except (AutopruneError, RuntimeError, ValueError, FloatingPointError) as exc:
                 reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
                 trial.set_user_attr("fail_reason", reason[:500])
@@ -378,13 +405,23 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], dict[str,
 
 
 def _is_surplus(study, trial, target: int) -> bool:
+    """True if ``trial`` (just asked, RUNNING) is past the budget.
+
+    The RUNNING trials are ranked by when they started (then by number), and only the first
+    ``target - COMPLETE`` of them may run. A trial that becomes RUNNING later ranks after every
+    trial already admitted — also an enqueued retry, whose number is older than its start — so
+    admitted trials can never be pushed past the budget, and concurrent workers on one
+    PostgreSQL study never complete more than ``target`` trials. (Workers on several hosts
+    need synchronised clocks for the ranking to hold.)
+    """
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
     done = sum(t.state == TrialState.COMPLETE for t in trials)
-    running = sorted(t.number for t in trials if t.state == TrialState.RUNNING)
+    running = sorted((t for t in trials if t.state == TrialState.RUNNING),
+                     key=lambda t: (t.datetime_start or datetime.max, t.number))
     room = target - done
-    return trial.number not in running[: max(room, 0)]
+    return trial.number not in {t.number for t in running[: max(room, 0)]}
 
 
 def _progress_text(study, config: SearchConfig) -> str:
