@@ -23,6 +23,7 @@ parameters are enqueued again.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
@@ -91,6 +92,7 @@ def run_ray(study, config: SearchConfig, storage_url: str, *, workers: int = 1, 
     counts = {"completed": 0, "failed": 0, "surplus": 0}
     t_start = time.monotonic()
     asked: dict[int, int] = {}  # Optuna trial number -> trial id, over all rounds
+    _shorten_trial_errors()
     groups = _driver_groups(config)
     started_here = _connect(ray, address)
     try:
@@ -110,6 +112,28 @@ def run_ray(study, config: SearchConfig, storage_url: str, *, workers: int = 1, 
         if started_here:
             ray.shutdown()
     return counts
+
+
+class _OneLineTrialErrors(logging.Filter):
+    """Turn Ray Tune's "Trial task failed" traceback into one line; the traceback stays in error.txt."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and str(record.msg).startswith("Trial task failed"):
+            exc = record.exc_info[1]
+            first = str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else ""
+            record.msg = (f"{record.getMessage()}: {type(exc).__name__}: {first[:200]} (Ray retries it up to "
+                          f"{MAX_FAILURES} times; the traceback is in the trial's error.txt)")
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _shorten_trial_errors() -> None:
+    """Install :class:`_OneLineTrialErrors` on Ray Tune's controller logger (once)."""
+    logger = logging.getLogger("ray.tune.execution.tune_controller")
+    if not any(isinstance(f, _OneLineTrialErrors) for f in logger.filters):
+        logger.addFilter(_OneLineTrialErrors())
 
 
 def _connect(ray, address: str | None) -> bool:
@@ -252,7 +276,7 @@ def _driver_groups(config: SearchConfig):
     from autoprune.pruning import discover_groups
 
     ns = argparse.Namespace(model=config.model, data=config.data, input_size=config.input_size,
-                            checkpoint=config.checkpoint, seed=config.seed)
+                            checkpoint=config.checkpoint, seed=config.data_seed)
     dense, data, _ = load_model_and_data(ns, progress=False)
     return discover_groups(dense.eval(), data.example_input(1))
 

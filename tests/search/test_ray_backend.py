@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -51,20 +52,27 @@ def ray_env(results_root) -> dict[str, str]:
 
 @pytest.fixture
 def ray_cluster(results_root):
-    """A two-CPU Ray head on loopback, started in its own process group and stopped by that group.
+    """A two-CPU Ray head on loopback (see :func:`local_cluster`)."""
+    pytest.importorskip("ray.tune")
+    with local_cluster(ray_env(results_root)) as address:
+        yield address
+
+
+@contextmanager
+def local_cluster(env: dict[str, str]):
+    """A two-CPU Ray head on loopback with environment ``env`` (its workers inherit it), started in
+    its own process group and stopped by that group; yields its address.
 
     ``ray start --block`` keeps the head in the foreground, so the cluster is stopped by
-    signalling the processes this fixture started rather than ``ray stop`` (which stops
+    signalling the processes started here rather than ``ray stop`` (which stops
     every Ray on the machine).
     """
-    pytest.importorskip("ray.tune")
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"]
     log = open(Path(temp_dir) / "ray-start.log", "w+b")  # noqa: SIM115 - closed in the finalizer
-    proc = subprocess.Popen(cmd, env=ray_env(results_root), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_port(port, proc, log)
         yield f"127.0.0.1:{port}"
