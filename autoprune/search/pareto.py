@@ -103,3 +103,19 @@ def reference_point(values: np.ndarray, directions: Sequence[str], margin: float
     ref = worst + margin * span
     signs = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
     return ref * signs
+
+
+def best_within_drop(accuracy: np.ndarray, gain: np.ndarray, reference_accuracy: float, max_drop: float) -> float:
+    """The largest ``gain`` (e.g. speedup over dense) among points whose accuracy is at most
+    ``max_drop`` below ``reference_accuracy`` (absolute, 0.01 = one point); NaN when none is.
+
+    Args:
+        accuracy: ``(n,)`` accuracies (fractions).
+        gain: ``(n,)`` figures to maximise, e.g. ``dense_ms / latency_ms``.
+        reference_accuracy: The dense model's accuracy.
+        max_drop: The allowed drop, e.g. ``0.01``.
+    """
+    acc = np.asarray(accuracy, dtype=float)
+    g = np.asarray(gain, dtype=float)
+    ok = np.isfinite(acc) & np.isfinite(g) & (acc >= reference_accuracy - max_drop - 1e-12)
+    return float(g[ok].max()) if ok.any() else float("nan")

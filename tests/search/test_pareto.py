@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from autoprune.search.pareto import dominates, hypervolume, pareto_mask, reference_point
+from autoprune.search.pareto import best_within_drop, dominates, hypervolume, pareto_mask, reference_point
 
 MAXMIN = ["maximize", "minimize"]
 
@@ -59,3 +59,12 @@ def test_hypervolume_monotone_and_reference():
     base = hypervolume(v, ref, MAXMIN)
     better = hypervolume(np.vstack([v, [[0.95, 2.0]]]), ref, MAXMIN)
     assert better > base > 0
+
+
+def test_best_within_drop_respects_the_accuracy_budget():
+    acc = np.array([0.99, 0.985, 0.975, 0.90, np.nan])
+    speedup = np.array([1.0, 2.0, 3.0, 9.0, 20.0])
+    assert best_within_drop(acc, speedup, 0.99, 0.01) == 2.0
+    assert best_within_drop(acc, speedup, 0.99, 0.02) == 3.0
+    assert best_within_drop(acc, speedup, 0.99, 0.10) == 9.0
+    assert np.isnan(best_within_drop(acc[3:4], speedup[3:4], 0.99, 0.01))

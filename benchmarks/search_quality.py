@@ -1,0 +1,529 @@
+"""Search quality: autoprune against the baselines a user would otherwise pick.
+
+On one model, data set, fine-tuning budget and set of seeds, five methods propose
+pruned candidates; every candidate is really pruned, fine-tuned and evaluated by
+the same :class:`~autoprune.pipeline.Pipeline`:
+
+1. ``autoprune``: the product, hardware-aware (the target's latency is the speed
+   objective), default space, TPE sampler. One study per target.
+2. ``uniform-l1``: the same channel ratio on every layer, L1 magnitude, swept.
+3. ``random``: random search over the same space (Optuna's RandomSampler).
+4. ``hw-blind``: the product's search with MACs as the speed objective instead of
+   the target's latency (AMC's FLOPs mode).
+5. ``global-l1``: one L1 threshold across all layers (Torch-Pruning global
+   pruning), swept over the total ratio.
+
+The three searches share the study's anchors (the dense model and uniform plans
+at 0.3/0.5/0.7/0.9, which ``autoprune search`` always enqueues first), so they
+differ only in the sampler or the objective. Sweeps have ``--sweep`` points.
+
+Each method's **front** is what it would hand its user: the Pareto set of its own
+objectives (validation accuracy vs predicted target latency for ``autoprune`` and
+``random``; vs MACs for the hardware-blind methods). Every front point is then
+scored the same way:
+
+* accuracy on the held-out **test** split, by re-running the candidate through the
+  pipeline (the searches saw only validation accuracy; ``--quick`` uses validation);
+* ``local``: latency **measured** end to end with ONNX Runtime (CPU, 1 thread,
+  batch 1, the shared profiling protocol) on this machine;
+* ``jetson-nano``: latency **predicted** by the published Jetson Nano calibration
+  (no Nano here).
+
+Per method and target: hypervolume of (accuracy, speedup over dense) with a shared
+reference point (dense accuracy - 0.10, speedup 1.0), and the best speedup at <= 1 %
+and <= 2 % accuracy drop from dense, as mean ± standard deviation over seeds.
+Also: search throughput and its split between pruning, fine-tuning, evaluation and
+the cost model.
+
+    .venv/bin/python benchmarks/search_quality.py --quick     # < 15 min: 12 trials, 6-step fine-tune
+    .venv/bin/python benchmarks/search_quality.py             # 30 trials, 1-epoch fine-tune, 3 seeds
+
+Phases (each resumable; studies and measurements are cached under
+``results/benchmarks/search_quality[-quick]/``): ``--phase search`` (studies and
+sweeps; seeds can run in parallel processes with ``--seeds``), ``--phase measure``
+(test re-runs and ONNX Runtime measurements; run it alone on a quiet machine),
+``--phase report`` (tables, ``search_quality.csv``, ``search_quality_summary.csv``,
+``search_quality.png``). The default runs all three.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from autoprune.io import read_json, results_dir, write_json
+
+METHODS = ("autoprune", "uniform-l1", "random", "hw-blind", "global-l1")
+TARGETS = ("local", "jetson-nano")
+HV_ACC_MARGIN = 0.10
+MEASURE_PROTOCOL = {"warmup": 5, "min_time_s": 0.3, "min_repeats": 10, "max_cv": 0.1, "retries": 3}
+
+
+# ---------------------------------------------------------------------------------------------- setup
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    quick = args.quick
+    return {
+        "model": args.model, "data": args.data,
+        "trials": args.trials or (12 if quick else 30),
+        "sweep": [float(x) for x in (args.sweep or ("0.2,0.4,0.6,0.8,0.9" if quick else
+                                                   "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")).split(",")],
+        "seeds": [int(s) for s in args.seeds.split(",")],
+        "finetune_steps": 6 if quick else None,  # None: the default space's budget (1 epoch)
+        "accuracy_split": args.accuracy_split or ("val" if quick else "test"),
+        "threads": 1,
+    }
+
+
+def work_dir(quick: bool) -> Path:
+    return results_dir() / "benchmarks" / ("search_quality-quick" if quick else "search_quality")
+
+
+def space_ref(cfg: dict[str, Any], root: Path) -> str:
+    """The default space, with the quick fine-tuning budget when asked."""
+    if cfg["finetune_steps"] is None:
+        return "default"
+    import yaml
+
+    from autoprune.search.space import SearchSpace
+
+    raw, _ = SearchSpace.read("default")
+    raw = dict(raw)
+    raw["finetune"] = {**raw["finetune"], "steps": cfg["finetune_steps"]}
+    path = root / "space-quick.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return str(path)
+
+
+def plan_key(plan: dict[str, Any], kd: bool, seed: int) -> str:
+    blob = json.dumps({"plan": plan, "kd": kd, "seed": seed}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+class Bench:
+    """Pipelines (one per target) sharing one dense model, per seed."""
+
+    def __init__(self, cfg: dict[str, Any], root: Path, seed: int) -> None:
+        from autoprune.search.runner import build_pipeline
+        from autoprune.search.space import SearchSpace
+        self.cfg, self.root, self.seed = cfg, root, seed
+        self.space_ref = space_ref(cfg, root)
+        self.space = SearchSpace.load(self.space_ref)
+        self.kd = bool(self.space.distillation[0])
+        self.pipes = {}
+        for target in TARGETS:
+            conf = self.config(target, seed)
+            pipe, _ = build_pipeline(conf, self.space, progress=True)
+            pipe.measure = False  # the measure phase measures front points, once, on a quiet machine
+            self.pipes[target] = pipe
+
+    def config(self, target: str, seed: int, **kw: Any):
+        from autoprune.search.study import SearchConfig
+
+        return SearchConfig(model=self.cfg["model"], data=self.cfg["data"], target=target, space=self.space_ref,
+                            seed=seed, dense_seed=0, trials=self.cfg["trials"], **kw)
+
+    @property
+    def groups(self):
+        return self.pipes["local"].groups
+
+    def predict(self, plan_dict: dict[str, Any]) -> dict[str, float]:
+        """Predicted latency of a plan's architecture on every target (weights do not matter)."""
+        from autoprune.pruning import PruningPlan
+
+        module = self.pipes["local"].prune(PruningPlan.from_dict(plan_dict)).make_permanent()
+        return {t: float(p.cost_model.predict(module).latency_ms) for t, p in self.pipes.items()}
+
+
+# ---------------------------------------------------------------------------------------------- phase A
+def storage_url(root: Path, seed: int) -> str:
+    return f"sqlite:///{root / f'studies-s{seed}.db'}"
+
+
+def run_study(bench: Bench, method: str, target: str) -> list[dict[str, Any]]:
+    """Run (or resume) one study and return its completed candidates."""
+    import optuna
+
+    from autoprune.search.runner import run_search
+
+    extra = {"random": {"sampler": "random"}, "hw-blind": {"objectives": ("accuracy", "macs")}}.get(method, {})
+    conf = bench.config(target, bench.seed, **extra)
+    name = f"sq-{method}-{target}-s{bench.seed}"
+    url = storage_url(bench.root, bench.seed)
+    t0 = time.perf_counter()
+    run_search(conf, study_name=name, storage_url=url, given={}, progress=False)
+    print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    study = optuna.load_study(study_name=name, storage=url)
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        a = t.user_attrs
+        rows.append({"method": method, "study_target": target, "seed": bench.seed, "trial": t.number,
+                     "plan": a["plan"], "kd": bool(t.params.get("kd", bench.kd)), "val_accuracy": a["accuracy"],
+                     "macs": a["macs"], "seconds": a.get("seconds", {}),
+                     "start": t.datetime_start.timestamp(), "end": t.datetime_complete.timestamp()})
+    return rows
+
+
+def run_sweep(bench: Bench, method: str, cache: dict[str, Any]) -> list[dict[str, Any]]:
+    """Uniform or global L1 channel pruning, one candidate per ratio, same fine-tuning as the searches."""
+    from autoprune.pruning import PlanSettings, PruningPlan
+
+    ss = bench.space
+    rows = []
+    for ratio in bench.cfg["sweep"]:
+        if method == "uniform-l1":
+            plan = PruningPlan.uniform(bench.groups, "channel", ratio, "l1",
+                                       settings=PlanSettings(min_channels=ss.min_channels, round_to=ss.round_to,
+                                                             seed=bench.seed))
+        else:
+            plan = PruningPlan.uniform(bench.groups, "channel", 0.5, "l1",
+                                       settings=PlanSettings(allocation="global", global_ratio=ratio,
+                                                             min_channels=ss.min_channels, round_to=ss.round_to,
+                                                             seed=bench.seed))
+        key = f"{method}:{ratio}:{plan_key(plan.to_dict(), bench.kd, bench.seed)}"
+        if key not in cache:
+            t0 = time.time()
+            res = bench.pipes["jetson-nano"].run(plan, kd=bench.kd)
+            cache[key] = {"method": method, "study_target": None, "seed": bench.seed, "trial": None,
+                          "ratio": ratio, "plan": res.plan, "kd": bench.kd, "val_accuracy": res.accuracy,
+                          "macs": res.macs, "seconds": res.seconds, "start": t0, "end": time.time()}
+            print(f"  {method} ratio {ratio}: val acc {res.accuracy:.4f}, MACs {res.macs / 1e6:.1f} M", flush=True)
+        rows.append(cache[key])
+    return rows
+
+
+def phase_search(cfg: dict[str, Any], root: Path, seed: int) -> None:
+    bench = Bench(cfg, root, seed)
+    path = root / f"candidates-s{seed}.json"
+    sweeps = read_json(path, what="benchmark cache").get("sweeps", {}) if path.exists() else {}
+    cands: list[dict[str, Any]] = []
+    for method, target in (("autoprune", "local"), ("autoprune", "jetson-nano"), ("random", "jetson-nano"),
+                           ("hw-blind", "jetson-nano")):
+        cands += run_study(bench, method, target)
+    for method in ("uniform-l1", "global-l1"):
+        cands += run_sweep(bench, method, sweeps)
+        write_json(path, {"sweeps": sweeps}, checksum=True)
+    preds = {}
+    for c in cands:  # predicted latency of every candidate on every target (architecture only)
+        k = plan_key(c["plan"], False, 0)
+        if k not in preds:
+            preds[k] = bench.predict(c["plan"])
+        c["pred_ms"] = preds[k]
+    write_json(path, {"sweeps": sweeps, "candidates": cands}, checksum=True)
+    print(f"seed {seed}: {len(cands)} candidates -> {path}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- fronts
+def fronts(cands: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Each method's front per target, by the method's own objectives."""
+    from autoprune.search.pareto import pareto_mask
+
+    out = {}
+    for target in TARGETS:
+        for method in METHODS:
+            if method == "autoprune":
+                rows = [c for c in cands if c["method"] == method and c["study_target"] == target]
+            else:
+                rows = [c for c in cands if c["method"] == method]
+            if not rows:
+                continue
+            speed = [c["pred_ms"][target] if method in ("autoprune", "random") else c["macs"] for c in rows]
+            v = np.array([[c["val_accuracy"], s] for c, s in zip(rows, speed)], float)
+            mask = pareto_mask(v, ["maximize", "minimize"])
+            seen, front = set(), []
+            for c, keep in zip(rows, mask):
+                k = plan_key(c["plan"], c["kd"], c["seed"])
+                if keep and k not in seen:
+                    seen.add(k)
+                    front.append(c)
+            out[(method, target)] = front
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- phase B
+def measure_plan(bench: Bench, plan_dict: dict[str, Any]) -> dict[str, Any]:
+    from autoprune.profiling import get_runtime
+    from autoprune.pruning import PruningPlan, export_onnx
+
+    module = bench.pipes["local"].prune(PruningPlan.from_dict(plan_dict)).make_permanent()
+    runtime = get_runtime("onnxruntime", threads=bench.cfg["threads"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "c.onnx"
+        export_onnx(copy.deepcopy(module), path, bench.pipes["local"].example)
+        m = runtime.measure(str(path), tuple(bench.pipes["local"].example.shape), **MEASURE_PROTOCOL)
+    return {"measured_ms": m.latency_ms, "cv": m.cv, "runtime": f"{m.runtime} on {m.device}"}
+
+
+def phase_measure(cfg: dict[str, Any], root: Path, seed: int) -> None:
+    import torch
+
+    from autoprune.pruning import PruningPlan
+
+    torch.set_num_threads(1)
+    bench = Bench(cfg, root, seed)
+    data = read_json(root / f"candidates-s{seed}.json", what="benchmark cache")
+    mpath = root / f"measured-s{seed}.json"
+    cache = read_json(mpath, what="benchmark cache") if mpath.exists() else {"latency": {}, "accuracy": {}}
+    todo = {}
+    for (_, _), front in fronts(data["candidates"]).items():
+        for c in front:
+            todo[plan_key(c["plan"], c["kd"], c["seed"])] = c
+    dense = PruningPlan.dense(bench.groups).to_dict()
+    todo["dense"] = {"plan": dense, "kd": False, "seed": seed, "val_accuracy": None}
+    cache["dense_arch"] = plan_key(dense, False, 0)
+    print(f"seed {seed}: {len(todo)} distinct front points", flush=True)
+    for k, c in todo.items():
+        if cfg["accuracy_split"] == "test" and k not in cache["accuracy"]:
+            res = bench.pipes["jetson-nano"].run(PruningPlan.from_dict(c["plan"]), kd=c["kd"], split="test")
+            cache["accuracy"][k] = res.accuracy
+            write_json(mpath, cache, checksum=True)
+        arch = plan_key(c["plan"], False, 0)
+        if arch not in cache["latency"]:
+            cache["latency"][arch] = measure_plan(bench, c["plan"])
+            cache["latency"][arch]["pred_ms"] = bench.predict(c["plan"])
+            write_json(mpath, cache, checksum=True)
+            lat = cache["latency"][arch]
+            print(f"  {k}: measured {lat['measured_ms']:.3f} ms (CV {lat['cv']:.1%}), "
+                  f"predicted local {lat['pred_ms']['local']:.3f} ms", flush=True)
+    if cfg["accuracy_split"] == "val" and "dense" not in cache["accuracy"]:
+        cache["accuracy"]["dense"] = bench.pipes["jetson-nano"].run(PruningPlan.from_dict(dense)).accuracy
+    write_json(mpath, cache, checksum=True)
+
+
+# ---------------------------------------------------------------------------------------------- phase C
+def scored_points(cfg: dict[str, Any], root: Path, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    data = read_json(root / f"candidates-s{seed}.json", what="benchmark cache")
+    meas = read_json(root / f"measured-s{seed}.json", what="benchmark cache")
+    dense_lat = meas["latency"][meas["dense_arch"]]
+    dense_acc = meas["accuracy"].get("dense")
+    points = []
+    for (method, target), front in fronts(data["candidates"]).items():
+        for c in front:
+            k = plan_key(c["plan"], c["kd"], c["seed"])
+            lat = meas["latency"][plan_key(c["plan"], False, 0)]
+            acc = meas["accuracy"][k] if cfg["accuracy_split"] == "test" else c["val_accuracy"]
+            if target == "local":
+                ms, status = lat["measured_ms"], f"measured ({lat['runtime']}, 1 thread)"
+            else:
+                ms, status = c["pred_ms"][target], "predicted (published jetson-nano calibration)"
+            points.append({"target": target, "method": method, "seed": seed, "trial": c["trial"],
+                           "ratio": c.get("ratio"), "accuracy": acc, "val_accuracy": c["val_accuracy"],
+                           "macs": c["macs"], "latency_ms": ms, "latency_status": status,
+                           "predicted_local_ms": lat["pred_ms"]["local"], "plan_key": k})
+    return points, {"dense_acc": dense_acc, "dense_lat": dense_lat}
+
+
+def phase_report(cfg: dict[str, Any], root: Path) -> int:
+    import csv
+
+    from autoprune.search.pareto import best_within_drop, hypervolume
+
+    out_dir = root.parent
+    rows, summary, per_seed = [], [], {}
+    for seed in cfg["seeds"]:
+        pts, dense = scored_points(cfg, root, seed)
+        lat = dense["dense_lat"]
+        dense_ms = {"local": lat["measured_ms"], "jetson-nano": lat["pred_ms"]["jetson-nano"]}
+        for p in pts:
+            p["dense_accuracy"] = dense["dense_acc"]
+            p["dense_latency_ms"] = dense_ms[p["target"]]
+            p["speedup"] = dense_ms[p["target"]] / p["latency_ms"]
+        rows += pts
+        for target in TARGETS:
+            for method in METHODS:
+                sel = [p for p in pts if p["target"] == target and p["method"] == method]
+                if not sel:
+                    continue
+                acc = np.array([p["accuracy"] for p in sel])
+                sp = np.array([p["speedup"] for p in sel])
+                ref = (dense["dense_acc"] - HV_ACC_MARGIN, 1.0)
+                per_seed[(target, method, seed)] = {
+                    "hv": hypervolume(np.c_[acc, sp], ref, ["maximize", "maximize"]),
+                    "sp1": best_within_drop(acc, sp, dense["dense_acc"], 0.01),
+                    "sp2": best_within_drop(acc, sp, dense["dense_acc"], 0.02),
+                    "n": len(sel), "dense_acc": dense["dense_acc"], "dense_ms": dense_ms[target]}
+    fields = ["target", "method", "seed", "trial", "ratio", "accuracy", "val_accuracy", "dense_accuracy", "macs",
+              "latency_ms", "dense_latency_ms", "speedup", "latency_status", "predicted_local_ms", "plan_key"]
+    with open(out_dir / f"{root.name}.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+    def ms(vals: list[float]) -> str:
+        v = [x for x in vals if np.isfinite(x)]
+        if not v:
+            return "n/a"
+        return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+
+    split = cfg["accuracy_split"]
+    print(f"\nSearch quality: {cfg['model']} on {cfg['data']}, {cfg['trials']} trials per search, "
+          f"sweeps of {len(cfg['sweep'])}, seeds {cfg['seeds']}; accuracy on the {split} split; "
+          f"HV of (accuracy, speedup) with reference (dense acc - {HV_ACC_MARGIN}, 1.0x)")
+    for target in TARGETS:
+        what = "MEASURED, onnxruntime CPU 1 thread, this host" if target == "local" else \
+            "PREDICTED, published jetson-nano calibration"
+        print(f"\n[{target}] latency {what}")
+        print(f"{'method':12s} {'HV':>14s} {'speedup@<=1%':>14s} {'speedup@<=2%':>14s} {'front':>6s}")
+        for method in METHODS:
+            recs = [per_seed[(target, method, s)] for s in cfg["seeds"] if (target, method, s) in per_seed]
+            if not recs:
+                continue
+            row = {"target": target, "method": method, "seeds": len(recs),
+                   "hv_mean": statistics.mean(r["hv"] for r in recs),
+                   "hv_std": statistics.stdev([r["hv"] for r in recs]) if len(recs) > 1 else 0.0,
+                   "hv_per_seed": " ".join(f"{r['hv']:.4f}" for r in recs),
+                   "speedup_1pct": ms([r["sp1"] for r in recs]), "speedup_2pct": ms([r["sp2"] for r in recs]),
+                   "speedup_1pct_per_seed": " ".join(f"{r['sp1']:.2f}" for r in recs),
+                   "front_points_mean": statistics.mean(r["n"] for r in recs)}
+            summary.append(row)
+            print(f"{method:12s} {ms([r['hv'] for r in recs]):>14s} {row['speedup_1pct']:>14s} "
+                  f"{row['speedup_2pct']:>14s} {row['front_points_mean']:6.1f}")
+    with open(out_dir / f"{root.name}_summary.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(summary[0]))
+        w.writeheader()
+        w.writerows(summary)
+
+    # targets of the issue
+    def get(target: str, method: str, key: str) -> list[float]:
+        return [per_seed[(target, method, s)][key] for s in cfg["seeds"] if (target, method, s) in per_seed]
+
+    a1, u1 = get("local", "autoprune", "sp1"), get("local", "uniform-l1", "sp1")
+    ratio = np.nanmean(a1) / np.nanmean(u1) if u1 and np.isfinite(np.nanmean(u1)) else float("nan")
+    print("\nTargets (local, measured):")
+    print(f"  autoprune speedup@<=1% / uniform's: {ratio:.2f}x (target >= 1.3x) "
+          f"{'MET' if ratio >= 1.3 else 'NOT MET'}")
+    for other in ("random", "hw-blind"):
+        for target in TARGETS:
+            a, o = get(target, "autoprune", "hv"), get(target, other, "hv")
+            wins = sum(x > y for x, y in zip(a, o))
+            print(f"  HV beats {other} on {target}: {wins}/{len(a)} seeds {'MET' if wins == len(a) else 'NOT MET'}")
+    best = max([x for x in a1 if np.isfinite(x)], default=float("nan"))
+    print(f"  best measured speedup at <=1% drop: {best:.2f}x (target >= 2x) {'MET' if best >= 2 else 'NOT MET'}")
+    throughput(cfg, root)
+    plot(rows, out_dir / f"{root.name}.png", cfg)
+    print(f"\nwrote {out_dir / (root.name + '.csv')}, {out_dir / (root.name + '_summary.csv')}, "
+          f"{out_dir / (root.name + '.png')}")
+    return 0
+
+
+def throughput(cfg: dict[str, Any], root: Path) -> None:
+    """Trials per minute per search, and where the time of a trial goes."""
+    print("\nThroughput (searches, this host, 1 process):")
+    split: dict[str, list[float]] = {}
+    for method, target in (("autoprune", "local"), ("autoprune", "jetson-nano"), ("random", "jetson-nano"),
+                           ("hw-blind", "jetson-nano")):
+        rates = []
+        for seed in cfg["seeds"]:
+            data = read_json(root / f"candidates-s{seed}.json", what="benchmark cache")
+            rows = [c for c in data["candidates"] if c["method"] == method and c["study_target"] == target]
+            if len(rows) < 2:
+                continue
+            span = max(c["end"] for c in rows) - min(c["start"] for c in rows)
+            rates.append(len(rows) / span * 60)
+            for c in rows:
+                for k, v in c["seconds"].items():
+                    split.setdefault(k, []).append(v)
+        if rates:
+            print(f"  {method:10s} {target:12s} {statistics.mean(rates):5.1f} trials/min")
+    total = sum(statistics.mean(v) for v in split.values())
+    print("  mean trial: " + ", ".join(f"{k[:-2]} {statistics.mean(v):.2f} s ({statistics.mean(v) / total:.0%})"
+                                       for k, v in split.items()))
+
+
+def plot(rows: list[dict[str, Any]], path: Path, cfg: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = dict(zip(METHODS, ("tab:red", "tab:blue", "tab:gray", "tab:orange", "tab:green")))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, target in zip(axes, TARGETS):
+        for method in METHODS:
+            for seed in cfg["seeds"]:
+                sel = sorted((p for p in rows if p["target"] == target and p["method"] == method
+                              and p["seed"] == seed), key=lambda p: p["speedup"])
+                if not sel:
+                    continue
+                ax.plot([p["speedup"] for p in sel], [p["accuracy"] for p in sel], marker="o", ms=4,
+                        color=colors[method], alpha=1.0 if seed == cfg["seeds"][0] else 0.35,
+                        label=method if seed == cfg["seeds"][0] else None, lw=1)
+        dense_acc = next((p["dense_accuracy"] for p in rows if p["target"] == target), None)
+        if dense_acc is not None:
+            ax.axhline(dense_acc - 0.01, color="k", ls=":", lw=0.8, label="dense - 1 %")
+        kind = "measured (onnxruntime CPU, this host)" if target == "local" else "predicted (published calibration)"
+        ax.set_title(f"{cfg['model']} on {target}: speedup {kind}", fontsize=9)
+        ax.set_xlabel("speedup over dense (x)")
+        ax.set_ylabel(f"{cfg['accuracy_split']} accuracy")
+        ax.set_ylim(max(0.0, (dense_acc or 1) - 0.12), 1.005)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Fronts of each method (seed {cfg['seeds'][0]} solid, other seeds faint)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="12 trials, 5-point sweeps, 6-step fine-tune, val accuracy")
+    p.add_argument("--model", default="vgg11")
+    p.add_argument("--data", default="digits")
+    p.add_argument("--trials", type=int, default=None, help="completed trials per search (default 30; quick 12)")
+    p.add_argument("--sweep", default=None, help="comma list of ratios for the uniform and global sweeps")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--accuracy-split", choices=("test", "val"), default=None)
+    p.add_argument("--phase", choices=("all", "search", "measure", "report"), default="all")
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(2)  # fine-tuning; the measure phase uses 1 thread (ONNX Runtime and torch)
+    cfg = settings(args)
+    root = work_dir(args.quick)
+    root.mkdir(parents=True, exist_ok=True)
+    ensure_local_calibration(cfg)
+    t0 = time.perf_counter()
+    for seed in cfg["seeds"]:
+        if args.phase in ("all", "search"):
+            print(f"== search phase, seed {seed}", flush=True)
+            phase_search(cfg, root, seed)
+    for seed in cfg["seeds"]:
+        if args.phase in ("all", "measure"):
+            print(f"== measure phase, seed {seed}", flush=True)
+            phase_measure(cfg, root, seed)
+    if args.phase in ("all", "report"):
+        phase_report(cfg, root)
+    print(f"\nwall time {time.perf_counter() - t0:.0f} s; host load average {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+def ensure_local_calibration(cfg: dict[str, Any]) -> None:
+    """The ``local`` target needs this host's calibration of the model; make it once (``autoprune profile``)."""
+    from autoprune.costmodel.calibration import calibration_path
+    from autoprune.models import ZOO
+
+    size = ZOO.get(cfg["model"]).input_size
+    if not calibration_path("local", cfg["model"], size).exists():
+        import subprocess
+
+        print(f"no local calibration for {cfg['model']}: running autoprune profile --target local", flush=True)
+        subprocess.run([sys.executable, "-m", "autoprune", "profile", "--target", "local", "--model", cfg["model"]],
+                       check=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
