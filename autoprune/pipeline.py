@@ -132,6 +132,22 @@ class Pipeline:
         return finetune(model, self.data.loader("train", self.batch_size, seed=self.seed), cfg,
                         teacher=self.dense if kd else None)
 
+    def _measure(self, path: Path) -> tuple[float | None, str]:
+        """Measure the exported candidate here; a busy machine gives no figure rather than a failed trial.
+
+        The search's latency objective is the cost model's prediction; this measurement
+        is the check beside it, so a batch too noisy to trust is dropped (and said so).
+        """
+        from autoprune.errors import ProfilingError
+
+        try:
+            m = measure_onnx_local(path, tuple(self.example.shape))
+        except ProfilingError as exc:
+            if "noisy" not in str(exc):
+                raise
+            return None, f"not measured: {exc}"
+        return m.latency_ms, f"{m.runtime} on {m.device}"
+
     def run(self, plan, *, kd: bool = False, split: str = "val", epochs: int | None = None,
             onnx_path: str | Path | None = None) -> CandidateResult:
         """Run the whole flow for one plan and return its result.
@@ -173,8 +189,7 @@ class Pipeline:
                 onnx = {"path": str(path) if onnx_path is not None else None, "file_bytes": exp.file_bytes,
                         "opset": exp.opset, "max_abs_diff": exp.max_abs_diff, "atol": exp.atol}
                 if self.measure:
-                    m = measure_onnx_local(path, tuple(self.example.shape))
-                    measured, runtime = m.latency_ms, f"{m.runtime} on {m.device}"
+                    measured, runtime = self._measure(path)
             t["export_measure_s"] = time.perf_counter() - t0
         return CandidateResult(
             plan=plan.to_dict(),
