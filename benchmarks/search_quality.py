@@ -36,7 +36,7 @@ Also: search throughput and its split between pruning, fine-tuning, evaluation a
 the cost model.
 
     .venv/bin/python benchmarks/search_quality.py --quick     # < 15 min: 12 trials, 6-step fine-tune
-    .venv/bin/python benchmarks/search_quality.py             # 30 trials, 1-epoch fine-tune, 3 seeds
+    .venv/bin/python benchmarks/search_quality.py             # 24 trials, 1-epoch fine-tune, 3 seeds
 
 Phases (each resumable; studies and measurements are cached under
 ``results/benchmarks/search_quality[-quick]/``): ``--phase search`` (studies and
@@ -77,7 +77,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     return {
         "model": args.model, "data": args.data,
-        "trials": args.trials or (12 if quick else 30),
+        "trials": args.trials or (12 if quick else 24),
         "sweep": [float(x) for x in (args.sweep or ("0.2,0.4,0.6,0.8,0.9" if quick else
                                                    "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")).split(",")],
         "seeds": [int(s) for s in args.seeds.split(",")],
@@ -483,7 +483,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="12 trials, 5-point sweeps, 6-step fine-tune, val accuracy")
     p.add_argument("--model", default="vgg11")
     p.add_argument("--data", default="digits")
-    p.add_argument("--trials", type=int, default=None, help="completed trials per search (default 30; quick 12)")
+    p.add_argument("--trials", type=int, default=None, help="completed trials per search (default 24; quick 12)")
     p.add_argument("--sweep", default=None, help="comma list of ratios for the uniform and global sweeps")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--accuracy-split", choices=("test", "val"), default=None)

@@ -26,8 +26,8 @@ class ProfileCommand(Command):
         parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default: 1)")
         parser.add_argument("--plans", type=int, default=12,
                             help="random plans measured end to end; half fit, half held out (default: 12)")
-        parser.add_argument("--grid", default="0.25,0.5,0.75,1.0",
-                            help="kept-channel fractions per layer (default: 0.25,0.5,0.75,1.0)")
+        parser.add_argument("--grid", default="0.125,0.25,0.5,0.75,1.0",
+                            help="kept-channel fractions per layer (default: 0.125,0.25,0.5,0.75,1.0)")
         parser.add_argument("--seed", type=int, default=0, help="seed of the random plans")
         parser.add_argument("--round-to", type=int, default=8,
                             help="channel alignment of the grid and random plans (default: 8; match the search's)")
@@ -98,7 +98,7 @@ class ProfileCommand(Command):
         print(f"calibration written: {path}")
         print(f"  target {args.target}, runtime {result.runtime}, status measured, cost model lut")
         print(f"  {result.kernel_points} isolated kernel measurements over {len(model.tables)} layer configs, "
-              f"{args.plans} random plans + dense, {result.seconds:.0f} s")
+              f"{args.plans} random plans + dense + uniform ladder, {result.seconds:.0f} s")
         print(f"  whole-model correction: alpha {model.alpha:.3f}, overhead {model.overhead_ms:+.3f} ms")
         print(f"  held-out error on {e['n_heldout']} plans: MAPE {fmt(e['heldout_mape'], '.1%')}, "
               f"within 10% {fmt(e.get('heldout_within_10pct'), '.0%')}, "

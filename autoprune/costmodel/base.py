@@ -170,21 +170,23 @@ class CostModel(ABC):
         """Fit ``latency = alpha × Σ kernels + overhead_ms`` on end-to-end measurements.
 
         Fewer than six measurements fit only the overhead (``alpha = 1``); more fit
-        both, by least squares on relative error, with ``alpha`` bounded to [0.5, 2].
+        both, by least squares on relative error, with ``alpha`` bounded to [0.5, 2]
+        and ``overhead_ms >= 0``: a negative offset, which a fit on large models alone
+        can produce, would predict near-zero latency for heavily pruned candidates.
         """
         if not shapes:
             return
         sums = np.array([self._kernel_ms(s)[0].sum() for s in shapes])
         y = np.asarray(measured_ms, dtype=float)
         if len(y) < 6:  # too few points to separate scale from offset robustly
-            self.alpha, self.overhead_ms = 1.0, float(np.median(y - sums))
+            self.alpha, self.overhead_ms = 1.0, max(0.0, float(np.median(y - sums)))
             return
         from scipy.optimize import lsq_linear
 
         w = 1.0 / y
         a_mat = np.stack([sums * w, w], axis=1)
         # alpha is a scale of the isolated times: bounded to a physically sane range
-        res = lsq_linear(a_mat, np.ones_like(y), bounds=([0.5, -np.inf], [2.0, np.inf]))
+        res = lsq_linear(a_mat, np.ones_like(y), bounds=([0.5, 0.0], [2.0, np.inf]))
         self.alpha, self.overhead_ms = float(res.x[0]), float(res.x[1])
 
     def _arrays_for(self, candidate: Any) -> tuple[KernelArrays, CandidateShape, tuple[str, ...],

@@ -5,12 +5,17 @@
    over a grid of kept ``(cin, cout)`` counts and timed with the target's runtime
    and the shared protocol; the runtime's empty-call overhead (measured on a
    trivial graph) is subtracted from each.
-2. **Whole models**: the dense model and ``plans`` random pruning plans (random
-   per-group channel ratios, some unstructured groups) are pruned with the pruning
-   engine, exported and timed end to end.
-3. **Fit**: the LUT and its fallback regressor on (1); the whole-model correction
-   on the dense model and the first half of the plans; the second half is held
-   out and only used to measure the error stored in the calibration.
+2. **Whole models**: the dense model, three uniform plans and ``plans`` random
+   pruning plans (random per-group channel ratios, some unstructured groups) are
+   pruned with the pruning engine, exported and timed end to end.
+   Uniform plans (``UNIFORM_LADDER``) anchor the small end a search explores.
+   Where the runtime profiles nodes (onnxruntime), each of these models is also
+   profiled, and its per-node times are mapped back to the template's kernels.
+3. **Fit**: the LUT and its fallback regressor on (1); each kernel's in-context
+   line (``beta × table + gamma``) on the per-node profiles of (2); then the
+   whole-model correction. Both use the dense model, the uniform plans and the
+   first half of the random plans; the second half is held out and only used to
+   measure the error stored in the calibration.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy as np
 from autoprune.errors import ProfilingError
 
 from .base import CostModel, FitSample, Provenance
+from .kernels import attribute_node_times
 from .lut import LutCostModel, one_dimensional
 from .microbench import kernel_graph, overhead_graph
 from .targets import target_spec
@@ -35,8 +41,10 @@ __all__ = [
 ]
 
 #: Kept-channel fractions measured per layer.
-DEFAULT_GRID: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+DEFAULT_GRID: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75, 1.0)
 KERNEL_PROTOCOL = {"warmup": 3, "min_time_s": 0.03, "min_repeats": 7, "max_cv": 0.2, "retries": 2}
+#: Uniform channel ratios measured end to end with every calibration (they fit the correction).
+UNIFORM_LADDER = (0.5, 0.75, 0.9)
 MODEL_PROTOCOL = {"warmup": 5, "min_time_s": 0.2, "min_repeats": 10, "max_cv": 0.1, "retries": 3}
 
 
@@ -111,7 +119,7 @@ def kernel_grid(template: ModelTemplate, grid: Sequence[float] = DEFAULT_GRID, r
     return plan
 
 
-def random_plan(groups: Sequence[Any], rng: np.random.Generator, *, max_ratio: float = 0.7,
+def random_plan(groups: Sequence[Any], rng: np.random.Generator, *, max_ratio: float = 0.9,
                 p_unstructured: float = 0.15, p_keep: float = 0.15, round_to: int | None = None):
     """A random pruning plan: per-group channel ratios, a few unstructured groups."""
     from autoprune.pruning import GroupPlan, PlanSettings, PruningPlan
@@ -175,7 +183,7 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
 
     from autoprune.models import ZOO, build_model
     from autoprune.profiling import get_runtime
-    from autoprune.pruning import discover_groups
+    from autoprune.pruning import PlanSettings, PruningPlan, discover_groups, prune_model
 
     start = time.perf_counter()
     if runtime is None:
@@ -185,7 +193,7 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
     example = torch.zeros(1, 3, size, size)
     template = ModelTemplate.from_model(dense, example, model_name)
     todo = kernel_grid(template, grid, round_to)
-    total = sum(len(v) for v in todo.values()) + 1 + 1 + plans
+    total = sum(len(v) for v in todo.values()) + 1 + 1 + len(UNIFORM_LADDER) + plans
     done = 0
 
     def tick(what: str) -> None:
@@ -209,15 +217,29 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
 
     rng = np.random.default_rng(seed)
     groups = discover_groups(dense, example)
-    shapes: list[CandidateShape] = [template.dense_shape()]
-    measured = [measure_ms(runtime, export_onnx_bytes(dense, example), MODEL_PROTOCOL)]
-    tick("dense model")
+    shapes: list[CandidateShape] = []
+    measured: list[float] = []
+    in_context: list[np.ndarray] = []
+    profiles = hasattr(runtime, "node_times_ms")  # per-node profiles in context (onnxruntime)
+
+    def measure_model(module: Any, what: str) -> None:
+        graph = export_onnx_bytes(module, example)
+        shapes.append(template.describe(module))
+        measured.append(measure_ms(runtime, graph, MODEL_PROTOCOL))
+        if profiles:
+            in_context.append(attribute_node_times(template.kernels, runtime.node_times_ms(graph, None, runs=20))[0])
+        tick(what)
+
+    measure_model(dense, "dense model")
+    # The correction must span what a search explores (down to a few % of the channels):
+    # uniform plans anchor the small end, random plans the mixtures.
+    for ratio in UNIFORM_LADDER:
+        measure_model(prune_model(dense, PruningPlan.uniform(groups, "channel", ratio, "l1", settings=PlanSettings(
+            round_to=round_to if round_to > 1 else None, min_channels=4)), example).make_permanent(), "uniform plan")
     for _ in range(plans):
-        pruned = prune_random(dense, example, groups, rng, round_to=round_to)
-        shapes.append(template.describe(pruned))
-        measured.append(measure_ms(runtime, export_onnx_bytes(pruned, example), MODEL_PROTOCOL))
-        tick("random plan")
-    n_fit = 1 + (plans + 1) // 2
+        measure_model(prune_random(dense, example, groups, rng, round_to=round_to), "random plan")
+    n_fit = 1 + len(UNIFORM_LADDER) + (plans + 1) // 2
+    context_fit = cost_model.fit_in_context(shapes[:n_fit], in_context[:n_fit]) if profiles else {}
     cost_model.fit_correction(shapes[:n_fit], measured[:n_fit])
     held = [cost_model.predict(s).latency_ms for s in shapes[n_fit:]]
     err = error_metrics(held, measured[n_fit:]) if held else {"n": 0}
@@ -225,10 +247,11 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
         "heldout_mape": err.get("mape"), "heldout_spearman": err.get("spearman"),
         "heldout_within_10pct": err.get("within_10pct"), "n_heldout": err.get("n", 0),
         "note": f"{err.get('n', 0)} held-out random plans measured end to end on {runtime.describe()} "
-                f"(correction fitted on the dense model + {n_fit - 1} other plans)",
+                f"(correction fitted on the dense model + {n_fit - 1} uniform and random plans)",
         "fit_points": [{"measured_ms": m, "predicted_ms": cost_model.predict(s).latency_ms, "heldout": i >= n_fit}
                        for i, (s, m) in enumerate(zip(shapes, measured))],
         "runtime_overhead_ms": overhead,
+        "in_context": context_fit or "not available with this runtime (isolated tables and a global correction)",
     }
     desc = f"{runtime.describe()}, threads={getattr(runtime, 'threads', threads)}"
     cost_model.provenance = Provenance(

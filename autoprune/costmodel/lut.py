@@ -8,8 +8,14 @@ below the smallest grid point, clamped above the largest). Depthwise convolution
 and weightless kernels (pools, adds) have 1-D tables over their channel count.
 Kernels without a table fall back to a :class:`~autoprune.costmodel.regressor.Regressor`
 fitted on the same isolated measurements, which also provides the compute /
-memory split used for sparsity. The whole-model total adds the fitted correction
-of :meth:`~autoprune.costmodel.base.CostModel.fit_correction`.
+memory split used for sparsity.
+
+Isolated kernels run with cold caches and their own layout conversions, so their
+times differ from the same kernels inside the whole graph. Where the runtime can
+profile nodes in context (onnxruntime), :meth:`LutCostModel.fit_in_context` fits,
+per kernel of the model, ``in-context ms = beta × table ms + gamma`` on the
+per-node times of whole pruned models. The whole-model total then adds the fitted
+correction of :meth:`~autoprune.costmodel.base.CostModel.fit_correction`.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ class LutCostModel(CostModel):
         self._split = self.regressor
         self.tables: dict[str, dict[str, list]] = {}
         self._index_cache: dict[int, tuple] = {}
+        #: Per template kernel ``(beta, gamma_ms)`` from in-context profiles, or None.
+        self.kernel_fit: np.ndarray | None = None
+        self.kernel_fit_keys: tuple[str, ...] | None = None
 
     def fit(self, samples: Sequence[FitSample]) -> None:
         """Build tables from isolated-kernel samples and fit the fallback regressor."""
@@ -110,8 +119,55 @@ class LutCostModel(CostModel):
         w = np.divide(x - lo, den, out=np.zeros_like(x), where=den > 0)
         return j, np.clip(w, -1.0, 1.0)
 
+    def fit_in_context(self, shapes: Sequence[Any], kernel_ms: Sequence[np.ndarray]) -> dict[str, float]:
+        """Fit each template kernel's in-context line from whole-model per-node profiles.
+
+        Args:
+            shapes: :class:`~autoprune.costmodel.template.CandidateShape` of each profiled model.
+            kernel_ms: Per-kernel in-context times of each model (NaN where no node mapped).
+
+        Returns:
+            Fit statistics: kernels fitted, median ``beta``.
+        """
+        from scipy.optimize import lsq_linear
+
+        if self.template is None or not shapes:
+            return {"kernels_fitted": 0}
+        arrays, keys = self.template.arrays, self.template.keys
+        saved, self.kernel_fit = self.kernel_fit, None
+        x = np.stack([self.dense_kernel_ms(arrays, np.asarray(s.cin, float), np.asarray(s.cout, float), keys)
+                      for s in shapes])
+        self.kernel_fit = saved
+        y = np.stack([np.asarray(k, float) for k in kernel_ms])
+        fit = np.tile([1.0, 0.0], (x.shape[1], 1))
+        fitted = 0
+        for k in range(x.shape[1]):
+            ok = np.isfinite(y[:, k]) & (y[:, k] > 0) & (x[:, k] > 0)
+            if ok.sum() == 0:
+                continue
+            xk, yk = x[ok, k], y[ok, k]
+            if ok.sum() < 4 or np.ptp(xk) < 1e-3 * xk.max():
+                fit[k] = [float(np.clip(np.median(yk / xk), 0.2, 5.0)), 0.0]
+            else:
+                w = 1.0 / yk  # relative error
+                res = lsq_linear(np.stack([xk * w, w], axis=1), np.ones_like(yk),
+                                 bounds=([0.2, 0.0], [5.0, np.inf]))
+                fit[k] = res.x
+            fitted += 1
+        self.kernel_fit, self.kernel_fit_keys = fit, tuple(keys)
+        self._index_cache.clear()
+        return {"kernels_fitted": fitted, "kernels": int(x.shape[1]), "median_beta": float(np.median(fit[:, 0]))}
+
     def dense_kernel_ms(self, arrays: KernelArrays, cin: np.ndarray, cout: np.ndarray,
                         keys: Sequence[str] | None) -> np.ndarray:
+        ms = self._table_ms(arrays, cin, cout, keys)
+        fit = self.kernel_fit
+        if fit is not None and keys is not None and len(keys) == len(fit) and tuple(keys) == self.kernel_fit_keys:
+            ms = fit[:, 0] * ms + fit[:, 1]
+        return ms
+
+    def _table_ms(self, arrays: KernelArrays, cin: np.ndarray, cout: np.ndarray,
+                  keys: Sequence[str] | None) -> np.ndarray:
         reg = self.regressor.dense_kernel_ms(arrays, cin, cout, keys)
         if not keys or not self.tables:
             return reg
@@ -127,14 +183,21 @@ class LutCostModel(CostModel):
         return np.where(has, np.maximum(val, floor), reg)
 
     def params(self) -> dict[str, Any]:
-        return {"tables": self.tables, "regressor": self.regressor.params(),
-                "alpha": self.alpha, "overhead_ms": self.overhead_ms}
+        out = {"tables": self.tables, "regressor": self.regressor.params(),
+               "alpha": self.alpha, "overhead_ms": self.overhead_ms}
+        if self.kernel_fit is not None:
+            out["kernel_fit"] = self.kernel_fit.tolist()
+            out["kernel_fit_keys"] = list(self.kernel_fit_keys or ())
+        return out
 
     def load_params(self, params: dict[str, Any]) -> None:
         self.tables = {k: dict(v) for k, v in params["tables"].items()}
         self.regressor.load_params(params["regressor"])
         self.alpha = float(params.get("alpha", 1.0))
         self.overhead_ms = float(params.get("overhead_ms", 0.0))
+        fit = params.get("kernel_fit")
+        self.kernel_fit = None if fit is None else np.asarray(fit, dtype=float).reshape(-1, 2)
+        self.kernel_fit_keys = None if fit is None else tuple(params.get("kernel_fit_keys", ()))
         self._index_cache.clear()
 
 

@@ -228,3 +228,43 @@ def test_candidate_shape_is_frozen():
     s = CandidateShape((1,), (1,), (1.0,), ("",))
     with pytest.raises(AttributeError):
         s.cin = (2,)  # type: ignore[misc]
+
+
+def test_in_context_fit_recovers_each_kernels_line_and_round_trips(tiny_template, tmp_path):
+    """Per-kernel in-context lines: fitted from whole-model profiles, applied in predict, saved and loaded."""
+    model = _lut_for(tiny_template)
+    shapes = [tiny_template.shape_from_channels({"conv1": (3, c), "conv2": (c, c), "fc": (c, 10)})
+              for c in (4, 6, 8, 10, 12, 16)]
+    arrays, keys = tiny_template.arrays, tiny_template.keys
+    table = [model.dense_kernel_ms(arrays, np.asarray(s.cin, float), np.asarray(s.cout, float), keys)
+             for s in shapes]
+    beta = np.linspace(0.5, 2.0, len(keys))  # in context, each kernel runs at its own pace
+    truth = [beta * t + 0.002 for t in table]
+    truth[0][-1] = np.nan  # a kernel the profiler did not report in one model
+    stats = model.fit_in_context(shapes, truth)
+    timed = np.all(np.stack(table) > 0, axis=0)  # a free kernel (reshape) has nothing to scale
+    assert stats["kernels_fitted"] == timed.sum() >= 3
+    np.testing.assert_allclose(model.kernel_fit[timed, 0], beta[timed], rtol=1e-3)
+    np.testing.assert_allclose(model.kernel_fit[timed, 1], 0.002, atol=1e-5)
+    probe = tiny_template.shape_from_channels({"conv1": (3, 7), "conv2": (7, 7), "fc": (7, 10)})
+    before = model.predict(probe).latency_ms
+    path = tmp_path / "cal.json"
+    save_calibration(model, path, model_name="tiny", input_shape=(3, 16, 16), runtime="test", status="measured",
+                     error={"heldout_mape": None})
+    loaded = load_calibration(path, tiny_template)
+    assert loaded.predict(probe).latency_ms == pytest.approx(before)
+    other = ModelTemplate.from_model(Tiny(c=24).eval(), torch.zeros(1, 3, 16, 16), "tiny24")
+    assert load_calibration(path, other).predict(other.dense_shape()).latency_ms > 0  # keys differ: fit not applied
+
+
+def test_onnxruntime_node_profile_maps_onto_every_kernel(tiny_template):
+    from autoprune.costmodel.kernels import attribute_node_times
+    from autoprune.profiling import get_runtime
+
+    graph = export_onnx_bytes(Tiny().eval(), torch.zeros(1, 3, 16, 16))
+    times = get_runtime("onnxruntime", threads=1).node_times_ms(graph, None, runs=5, warmup=1)
+    assert times and all(v >= 0 for v in times.values())
+    per, rest = attribute_node_times(tiny_template.kernels, times)
+    heavy = [i for i, f in enumerate(tiny_template.features) if f.op in ("conv", "gemm")]
+    assert not np.isnan(per[heavy]).any(), (list(times), [k.members for k in tiny_template.kernels])
+    assert np.nansum(per) + rest == pytest.approx(sum(times.values()))
