@@ -98,7 +98,8 @@ def test_resume_after_sigkill_keeps_completed_and_retries_stale(tiny_dense, resu
     assert trials[stale].state == optuna.trial.TrialState.FAIL
     assert "stale" in trials[stale].user_attrs["fail_reason"]
     retried = [t for t in trials.values() if t.user_attrs.get("retry_of") == stale]
-    assert retried and retried[0].params == trials[stale].params
+    # the retry repeats every parameter the killed trial had drawn (a kill mid-suggest leaves a partial plan)
+    assert retried and trials[stale].params.items() <= retried[0].params.items()
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials.values()) == 10
     assert not any(t.state == optuna.trial.TrialState.RUNNING for t in trials.values())
 
