@@ -1,7 +1,10 @@
 """Cost-model fidelity on this machine: predicted vs measured latency of random pruned plans.
 
 For each model: calibrate a ``lut`` cost model exactly as ``autoprune profile``
-does (its own random plans, seed 0), then draw *different* random plans (seed
+does (isolated per-layer tables, and a whole-model correction fitted on the dense
+model, a uniform ladder and half of its own random plans, seed 0; ``--in-context``
+adds per-kernel lines fitted on onnxruntime's node profiles of those models), then
+draw *different* random plans (seed
 1000+), prune each with the pruning engine, measure it end to end with ONNX
 Runtime CPU at batch 1 (shared protocol), and predict it. Prints per model: share
 within ±10 %, MAPE, Spearman ρ and Kendall τ, the same ρ for a FLOPs-only proxy,
@@ -43,7 +46,7 @@ from autoprune.io import results_dir, write_json
 SIZES = {"resnet20": 32, "vgg11": 32, "resnet18": 224, "mobilenet_v2": 224}
 
 
-def run_model(name: str, plans: int, calib_plans: int, threads: int, round_to: int) -> dict:
+def run_model(name: str, plans: int, calib_plans: int, threads: int, round_to: int, in_context: bool = True) -> dict:
     from scipy.stats import spearmanr
 
     from autoprune.models import build_model
@@ -53,7 +56,7 @@ def run_model(name: str, plans: int, calib_plans: int, threads: int, round_to: i
     size = SIZES[name]
     runtime = get_runtime("onnxruntime", threads=threads)
     t0 = time.perf_counter()
-    cal = calibrate(name, runtime=runtime, plans=calib_plans, seed=0, round_to=round_to)
+    cal = calibrate(name, runtime=runtime, plans=calib_plans, seed=0, round_to=round_to, in_context=in_context)
     calib_s = time.perf_counter() - t0
     cm = cal.model
     dense = build_model(name).eval()
@@ -83,6 +86,7 @@ def run_model(name: str, plans: int, calib_plans: int, threads: int, round_to: i
         "predict_module_us_median": statistics.median(pred_us), "predict_shape_us": shape_us,
         "calibrate_s": calib_s, "calibration_heldout": {k: cal.error.get(k) for k in
                                                         ("heldout_mape", "heldout_spearman", "n_heldout")},
+        "in_context": cal.error.get("in_context"), "alpha": cm.alpha, "overhead_ms": cm.overhead_ms,
         "measured_ms": measured, "predicted_ms": predicted, "macs": macs,
     }
 
@@ -96,6 +100,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--round-to", type=int, default=8, help="channel alignment of all plans (1 = none)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--in-context", action="store_true",
+                   help="also fit per-kernel in-context lines on onnxruntime's node profiles (an experiment)")
     args = p.parse_args()
     torch.set_num_threads(1)
     models = ["vgg11"] if args.quick else args.models.split(",")
@@ -103,13 +109,16 @@ def main() -> int:
     load_before = os.getloadavg()
     rows = []
     for name in models:
-        rows.append(run_model(name, plans, args.calib_plans, args.threads, args.round_to))
+        rows.append(run_model(name, plans, args.calib_plans, args.threads, args.round_to, args.in_context))
     load_after = os.getloadavg()
     print(f"\nhost load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
           f"({os.cpu_count()} CPUs); runtime onnxruntime CPU, threads={args.threads}, batch 1, "
           f"round_to={args.round_to}")
     print(f"{'model':14s} {'n':>3s} {'±10%':>6s} {'MAPE':>6s} {'rho':>6s} {'tau':>6s} {'FLOPs rho':>9s} "
           f"{'pred(us)':>9s} {'calib(s)':>8s}")
+    for r in rows:
+        print(f"  {r['model']}: in-context fit {r['in_context']}, alpha {r['alpha']:.3f}, "
+              f"overhead {r['overhead_ms']:.3f} ms")
     for r in rows:
         print(f"{r['model']:14s} {r['n']:3d} {r['within_10pct']:6.1%} {r['mape']:6.1%} {r.get('spearman', 0):6.3f} "
               f"{r.get('kendall', 0):6.3f} {r['flops_spearman']:9.3f} {r['predict_module_us_median']:9.0f} "

@@ -140,6 +140,8 @@ class CostModel(ABC):
         self.template = template
         self.alpha = 1.0
         self.overhead_ms = 0.0
+        #: Exponent of the whole-model correction ``alpha × Σ^power + overhead`` (1 = linear).
+        self.power = 1.0
         self.provenance = Provenance(cost_model=self.name, target=target.name)
         self._split: Any = None  # a Regressor used for the compute/memory split
 
@@ -167,27 +169,30 @@ class CostModel(ABC):
         return self._split if self._split is not None else self
 
     def fit_correction(self, shapes: Sequence[CandidateShape], measured_ms: Sequence[float]) -> None:
-        """Fit ``latency = alpha × Σ kernels + overhead_ms`` on end-to-end measurements.
+        """Fit ``latency = alpha × (Σ kernels)^power + overhead_ms`` on end-to-end measurements.
 
-        Fewer than six measurements fit only the overhead (``alpha = 1``); more fit
-        both, by least squares on relative error, with ``alpha`` bounded to [0.5, 2]
-        and ``overhead_ms >= 0``: a negative offset, which a fit on large models alone
-        can produce, would predict near-zero latency for heavily pruned candidates.
+        Fewer than six measurements fit only the overhead (``alpha = power = 1``,
+        ``overhead_ms >= 0``). More fit ``alpha`` and ``power`` by least squares in
+        log space (relative error), ``power`` bounded to [0.7, 1.5] and ``alpha`` to
+        [0.3, 3]: isolated kernels run faster than in the whole graph for big layers and
+        slower for tiny ones, so the whole graph's time grows faster than their sum. A
+        linear fit with a free offset goes negative and predicts ~0 ms for heavily
+        pruned candidates.
         """
         if not shapes:
             return
         sums = np.array([self._kernel_ms(s)[0].sum() for s in shapes])
         y = np.asarray(measured_ms, dtype=float)
-        if len(y) < 6:  # too few points to separate scale from offset robustly
+        ok = (sums > 0) & (y > 0)
+        self.power = 1.0
+        if ok.sum() < 6:  # too few points to separate scale from shape robustly
             self.alpha, self.overhead_ms = 1.0, max(0.0, float(np.median(y - sums)))
             return
         from scipy.optimize import lsq_linear
 
-        w = 1.0 / y
-        a_mat = np.stack([sums * w, w], axis=1)
-        # alpha is a scale of the isolated times: bounded to a physically sane range
-        res = lsq_linear(a_mat, np.ones_like(y), bounds=([0.5, 0.0], [2.0, np.inf]))
-        self.alpha, self.overhead_ms = float(res.x[0]), float(res.x[1])
+        a_mat = np.stack([np.ones(ok.sum()), np.log(sums[ok])], axis=1)
+        res = lsq_linear(a_mat, np.log(y[ok]), bounds=([np.log(0.3), 0.7], [np.log(3.0), 1.5]))
+        self.alpha, self.power, self.overhead_ms = float(np.exp(res.x[0])), float(res.x[1]), 0.0
 
     def _arrays_for(self, candidate: Any) -> tuple[KernelArrays, CandidateShape, tuple[str, ...],
                                                     tuple[str, ...] | None]:
@@ -264,7 +269,9 @@ class CostModel(ABC):
         """
         arrays, shape, modules, keys = self._arrays_for(candidate)
         ms, extra = self._kernel_ms(shape, arrays, keys)
-        per = ms * self.alpha
+        total = float(ms.sum())
+        scale = self.alpha * (total ** (self.power - 1.0) if total > 0 and self.power != 1.0 else 1.0)
+        per = ms * scale  # per-kernel shares of the corrected total
         latency = float(per.sum() + self.overhead_ms)
         latency = max(latency, 1e-6)
         dram = float(extra[1].sum())

@@ -13,8 +13,8 @@ memory split used for sparsity.
 Isolated kernels run with cold caches and their own layout conversions, so their
 times differ from the same kernels inside the whole graph. Where the runtime can
 profile nodes in context (onnxruntime), :meth:`LutCostModel.fit_in_context` fits,
-per kernel of the model, ``in-context ms = beta × table ms + gamma`` on the
-per-node times of whole pruned models. The whole-model total then adds the fitted
+per kernel of the model, its in-context time as a non-negative line in its
+relative MACs and bytes on the per-node times of whole pruned models. The whole-model total then adds the fitted
 correction of :meth:`~autoprune.costmodel.base.CostModel.fit_correction`.
 """
 
@@ -49,9 +49,10 @@ class LutCostModel(CostModel):
         self._split = self.regressor
         self.tables: dict[str, dict[str, list]] = {}
         self._index_cache: dict[int, tuple] = {}
-        #: Per template kernel ``(beta, gamma_ms)`` from in-context profiles, or None.
+        #: Per template kernel ``(c0, c1, c2, table scale)`` from in-context profiles, or None.
         self.kernel_fit: np.ndarray | None = None
         self.kernel_fit_keys: tuple[str, ...] | None = None
+        self._dense_costs: tuple[np.ndarray, np.ndarray] | None = None
 
     def fit(self, samples: Sequence[FitSample]) -> None:
         """Build tables from isolated-kernel samples and fit the fallback regressor."""
@@ -120,14 +121,19 @@ class LutCostModel(CostModel):
         return j, np.clip(w, -1.0, 1.0)
 
     def fit_in_context(self, shapes: Sequence[Any], kernel_ms: Sequence[np.ndarray]) -> dict[str, float]:
-        """Fit each template kernel's in-context line from whole-model per-node profiles.
+        """Fit each template kernel's in-context time from whole-model per-node profiles.
+
+        Per kernel ``k``, on the profiled models: ``ms = c0 + c1 × macs/macs_dense +
+        c2 × bytes/bytes_dense`` with non-negative coefficients, least squares on
+        relative error. Kernels with fewer than three profiled points keep their
+        isolated table, scaled by the median in-context/table ratio.
 
         Args:
             shapes: :class:`~autoprune.costmodel.template.CandidateShape` of each profiled model.
             kernel_ms: Per-kernel in-context times of each model (NaN where no node mapped).
 
         Returns:
-            Fit statistics: kernels fitted, median ``beta``.
+            Fit statistics: kernels fitted, and the in-sample relative error of the kernel fits.
         """
         from scipy.optimize import lsq_linear
 
@@ -135,36 +141,55 @@ class LutCostModel(CostModel):
             return {"kernels_fitted": 0}
         arrays, keys = self.template.arrays, self.template.keys
         saved, self.kernel_fit = self.kernel_fit, None
-        x = np.stack([self.dense_kernel_ms(arrays, np.asarray(s.cin, float), np.asarray(s.cout, float), keys)
-                      for s in shapes])
+        tables = np.stack([self.dense_kernel_ms(arrays, np.asarray(s.cin, float), np.asarray(s.cout, float), keys)
+                           for s in shapes])
         self.kernel_fit = saved
+        feats = np.stack([self._context_features(arrays, np.asarray(s.cin, float), np.asarray(s.cout, float))
+                          for s in shapes])  # (plans, kernels, 3)
         y = np.stack([np.asarray(k, float) for k in kernel_ms])
-        fit = np.tile([1.0, 0.0], (x.shape[1], 1))
+        n = y.shape[1]
+        fit = np.full((n, 4), np.nan)  # c0, c1, c2, table scale (fallback)
+        errs: list[float] = []
         fitted = 0
-        for k in range(x.shape[1]):
-            ok = np.isfinite(y[:, k]) & (y[:, k] > 0) & (x[:, k] > 0)
-            if ok.sum() == 0:
+        for k in range(n):
+            ok = np.isfinite(y[:, k]) & (y[:, k] > 0)
+            if not ok.any():
                 continue
-            xk, yk = x[ok, k], y[ok, k]
-            if ok.sum() < 4 or np.ptp(xk) < 1e-3 * xk.max():
-                fit[k] = [float(np.clip(np.median(yk / xk), 0.2, 5.0)), 0.0]
+            yk = y[ok, k]
+            if ok.sum() >= 3:
+                a_mat = feats[ok, k, :] / yk[:, None]  # relative error
+                res = lsq_linear(a_mat, np.ones_like(yk), bounds=(0.0, np.inf))
+                fit[k, :3] = res.x
+                errs.extend(np.abs(feats[ok, k, :] @ res.x / yk - 1.0))
             else:
-                w = 1.0 / yk  # relative error
-                res = lsq_linear(np.stack([xk * w, w], axis=1), np.ones_like(yk),
-                                 bounds=([0.2, 0.0], [5.0, np.inf]))
-                fit[k] = res.x
+                tk = tables[ok, k]
+                fit[k, 3] = float(np.median(yk / np.maximum(tk, 1e-9))) if (tk > 0).all() else 1.0
             fitted += 1
         self.kernel_fit, self.kernel_fit_keys = fit, tuple(keys)
         self._index_cache.clear()
-        return {"kernels_fitted": fitted, "kernels": int(x.shape[1]), "median_beta": float(np.median(fit[:, 0]))}
+        return {"kernels_fitted": fitted, "kernels": n,
+                "kernel_fit_mape": float(np.mean(errs)) if errs else None}
+
+    def _context_features(self, arrays: KernelArrays, cin: np.ndarray, cout: np.ndarray) -> np.ndarray:
+        """``(kernels, 3)``: 1, MACs and bytes moved, each relative to the dense kernel's."""
+        norm = self._dense_costs
+        if norm is None or norm[0].shape != cin.shape:
+            dense = self.template.dense_shape()  # type: ignore[union-attr]
+            m, a, w = arrays.costs(np.asarray(dense.cin, float), np.asarray(dense.cout, float))
+            norm = self._dense_costs = (np.maximum(m, 1.0), np.maximum(a + w, 1.0))
+        m, a, w = arrays.costs(cin, cout)
+        return np.stack([np.ones_like(m), m / norm[0], (a + w) / norm[1]], axis=1)
 
     def dense_kernel_ms(self, arrays: KernelArrays, cin: np.ndarray, cout: np.ndarray,
                         keys: Sequence[str] | None) -> np.ndarray:
         ms = self._table_ms(arrays, cin, cout, keys)
         fit = self.kernel_fit
-        if fit is not None and keys is not None and len(keys) == len(fit) and tuple(keys) == self.kernel_fit_keys:
-            ms = fit[:, 0] * ms + fit[:, 1]
-        return ms
+        if fit is None or keys is None or len(keys) != len(fit) or tuple(keys) != self.kernel_fit_keys:
+            return ms
+        lines = np.isfinite(fit[:, 0])
+        ctx = np.einsum("kf,kf->k", self._context_features(arrays, cin, cout), np.nan_to_num(fit[:, :3]))
+        scaled = ms * np.where(np.isfinite(fit[:, 3]), fit[:, 3], 1.0)
+        return np.where(lines, ctx, scaled)
 
     def _table_ms(self, arrays: KernelArrays, cin: np.ndarray, cout: np.ndarray,
                   keys: Sequence[str] | None) -> np.ndarray:
@@ -184,9 +209,9 @@ class LutCostModel(CostModel):
 
     def params(self) -> dict[str, Any]:
         out = {"tables": self.tables, "regressor": self.regressor.params(),
-               "alpha": self.alpha, "overhead_ms": self.overhead_ms}
+               "alpha": self.alpha, "overhead_ms": self.overhead_ms, "power": self.power}
         if self.kernel_fit is not None:
-            out["kernel_fit"] = self.kernel_fit.tolist()
+            out["kernel_fit"] = [[None if not np.isfinite(v) else float(v) for v in row] for row in self.kernel_fit]
             out["kernel_fit_keys"] = list(self.kernel_fit_keys or ())
         return out
 
@@ -195,8 +220,10 @@ class LutCostModel(CostModel):
         self.regressor.load_params(params["regressor"])
         self.alpha = float(params.get("alpha", 1.0))
         self.overhead_ms = float(params.get("overhead_ms", 0.0))
+        self.power = float(params.get("power", 1.0))
         fit = params.get("kernel_fit")
-        self.kernel_fit = None if fit is None else np.asarray(fit, dtype=float).reshape(-1, 2)
+        self.kernel_fit = None if fit is None else np.array(
+            [[np.nan if v is None else v for v in row] for row in fit], dtype=float).reshape(-1, 4)
         self.kernel_fit_keys = None if fit is None else tuple(params.get("kernel_fit_keys", ()))
         self._index_cache.clear()
 

@@ -111,7 +111,7 @@ class Regressor(CostModel):
             "form": "t_ms = o + a*macs + b*bytes per op class",
             "classes": {c: {"overhead_ms": float(self.o[i]), "ms_per_mac": float(self.a[i]),
                             "ms_per_byte": float(self.b[i])} for i, c in enumerate(OP_CLASSES)},
-            "alpha": self.alpha, "overhead_ms": self.overhead_ms,
+            "alpha": self.alpha, "overhead_ms": self.overhead_ms, "power": self.power,
         }
 
     def load_params(self, params: dict[str, Any]) -> None:
@@ -120,6 +120,7 @@ class Regressor(CostModel):
             self.o[i], self.a[i], self.b[i] = p["overhead_ms"], p["ms_per_mac"], p["ms_per_byte"]
         self.alpha = float(params.get("alpha", 1.0))
         self.overhead_ms = float(params.get("overhead_ms", 0.0))
+        self.power = float(params.get("power", 1.0))
 
 
 COST_MODELS.register("regressor", Regressor)

@@ -230,23 +230,29 @@ def test_candidate_shape_is_frozen():
         s.cin = (2,)  # type: ignore[misc]
 
 
-def test_in_context_fit_recovers_each_kernels_line_and_round_trips(tiny_template, tmp_path):
+def test_in_context_fit_predicts_each_kernels_line_and_round_trips(tiny_template, tmp_path):
     """Per-kernel in-context lines: fitted from whole-model profiles, applied in predict, saved and loaded."""
     model = _lut_for(tiny_template)
-    shapes = [tiny_template.shape_from_channels({"conv1": (3, c), "conv2": (c, c), "fc": (c, 10)})
-              for c in (4, 6, 8, 10, 12, 16)]
     arrays, keys = tiny_template.arrays, tiny_template.keys
-    table = [model.dense_kernel_ms(arrays, np.asarray(s.cin, float), np.asarray(s.cout, float), keys)
-             for s in shapes]
-    beta = np.linspace(0.5, 2.0, len(keys))  # in context, each kernel runs at its own pace
-    truth = [beta * t + 0.002 for t in table]
-    truth[0][-1] = np.nan  # a kernel the profiler did not report in one model
-    stats = model.fit_in_context(shapes, truth)
-    timed = np.all(np.stack(table) > 0, axis=0)  # a free kernel (reshape) has nothing to scale
-    assert stats["kernels_fitted"] == timed.sum() >= 3
-    np.testing.assert_allclose(model.kernel_fit[timed, 0], beta[timed], rtol=1e-3)
-    np.testing.assert_allclose(model.kernel_fit[timed, 1], 0.002, atol=1e-5)
-    probe = tiny_template.shape_from_channels({"conv1": (3, 7), "conv2": (7, 7), "fc": (7, 10)})
+
+    def shape(c):
+        return tiny_template.shape_from_channels({"conv1": (3, c), "conv2": (c, c), "fc": (c, 10)})
+
+    rng = np.random.default_rng(0)
+    c0, c1 = rng.uniform(0.001, 0.01, len(keys)), rng.uniform(0.05, 0.5, len(keys))
+
+    def truth(s):  # in context, each kernel: its own offset + its own cost per relative MAC
+        f = model._context_features(arrays, np.asarray(s.cin, float), np.asarray(s.cout, float))
+        return c0 + c1 * f[:, 1]
+
+    shapes = [shape(c) for c in (4, 6, 8, 10, 12, 16)]
+    profiles = [truth(s) for s in shapes]
+    profiles[0][-1] = np.nan  # a kernel the profiler did not report in one model
+    stats = model.fit_in_context(shapes, profiles)
+    assert stats["kernels_fitted"] == len(keys)
+    probe = shape(7)
+    got = model.dense_kernel_ms(arrays, np.asarray(probe.cin, float), np.asarray(probe.cout, float), keys)
+    np.testing.assert_allclose(got, truth(probe), rtol=1e-3)
     before = model.predict(probe).latency_ms
     path = tmp_path / "cal.json"
     save_calibration(model, path, model_name="tiny", input_shape=(3, 16, 16), runtime="test", status="measured",
@@ -255,6 +261,18 @@ def test_in_context_fit_recovers_each_kernels_line_and_round_trips(tiny_template
     assert loaded.predict(probe).latency_ms == pytest.approx(before)
     other = ModelTemplate.from_model(Tiny(c=24).eval(), torch.zeros(1, 3, 16, 16), "tiny24")
     assert load_calibration(path, other).predict(other.dense_shape()).latency_ms > 0  # keys differ: fit not applied
+
+
+def test_power_law_correction_fits_a_whole_graph_that_grows_faster_than_its_kernels(tiny_template):
+    model = _lut_for(tiny_template)
+    shapes = [tiny_template.shape_from_channels({"conv1": (3, c), "conv2": (c, c), "fc": (c, 10)})
+              for c in (4, 6, 8, 10, 12, 14, 16)]
+    sums = np.array([model.predict(s).latency_ms for s in shapes])
+    model.fit_correction(shapes, 1.7 * sums ** 1.2)
+    assert model.power == pytest.approx(1.2, abs=1e-3) and model.alpha == pytest.approx(1.7, rel=1e-3)
+    est = model.predict(shapes[3])
+    assert est.latency_ms == pytest.approx(1.7 * sums[3] ** 1.2, rel=1e-6)
+    assert sum(v for _, v in est.per_kernel_ms) == pytest.approx(est.latency_ms)
 
 
 def test_onnxruntime_node_profile_maps_onto_every_kernel(tiny_template):
