@@ -486,7 +486,11 @@ def plot(rows: list[dict[str, Any]], path: Path, cfg: dict[str, Any]) -> None:
         ax.set_title(f"{cfg['model']} on {target}: speedup {kind}", fontsize=9)
         ax.set_xlabel("speedup over dense (x)")
         ax.set_ylabel(f"{cfg['accuracy_split']} accuracy")
-        ax.set_ylim(max(0.0, (dense_acc or 1) - 0.12), 1.005)
+        low = max(0.0, (dense_acc or 1) - 0.12)
+        ax.set_ylim(low, 1.005)
+        visible = [p["speedup"] for p in rows if p["target"] == target and p["accuracy"] >= low]
+        if visible:
+            ax.set_xlim(0.9, max(visible) * 1.05)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"Fronts of each method (seed {cfg['seeds'][0]} solid, other seeds faint)", fontsize=10)

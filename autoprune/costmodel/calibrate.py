@@ -265,7 +265,7 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
         "fit_points": [{"measured_ms": m, "predicted_ms": cost_model.predict(s).latency_ms, "heldout": i >= n_fit}
                        for i, (s, m) in enumerate(zip(shapes, measured))],
         "runtime_overhead_ms": overhead,
-        "in_context": context_fit or "not available with this runtime (isolated tables and a global correction)",
+        "in_context": context_fit or "off (isolated tables and a whole-model correction)",
     }
     desc = f"{runtime.describe()}, threads={getattr(runtime, 'threads', threads)}"
     cost_model.provenance = Provenance(
