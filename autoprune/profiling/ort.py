@@ -108,6 +108,14 @@ def create_session(
     return sess, sess.get_providers(), missing
 
 
+def _feeds(sess: Any, input_shapes: Any, seed: int) -> tuple[Any, dict[str, Any]]:
+    """``(shapes, feeds)``: deterministic inputs for every input of an onnxruntime session."""
+    inputs = [(i.name, tuple(d if isinstance(d, int) else None for d in i.shape),
+               _ORT_TYPES.get(i.type, "float32")) for i in sess.get_inputs()]
+    shapes = normalise_shapes(inputs, input_shapes)
+    return shapes, make_inputs(inputs, shapes, seed=seed)
+
+
 @RUNTIMES.register("onnxruntime")
 class OnnxRuntime(Runtime):
     """Measure ONNX graphs with ONNX Runtime on this machine.
@@ -158,10 +166,7 @@ class OnnxRuntime(Runtime):
         sess, used, missing = create_session(
             model, threads=self.threads, providers=self.providers, optimization=self.optimization
         )
-        inputs = [(i.name, tuple(d if isinstance(d, int) else None for d in i.shape),
-                   _ORT_TYPES.get(i.type, "float32")) for i in sess.get_inputs()]
-        shapes = normalise_shapes(inputs, input_shapes)
-        feeds = make_inputs(inputs, shapes, seed=seed)
+        shapes, feeds = _feeds(sess, input_shapes, seed)
         run = sess.run
         try:
             run(None, feeds)
@@ -211,9 +216,7 @@ class OnnxRuntime(Runtime):
         with tempfile.TemporaryDirectory() as tmp:
             sess, _, _ = create_session(model, threads=self.threads, providers=self.providers,
                                         optimization=self.optimization, profile_prefix=os.path.join(tmp, "p"))
-            inputs = [(i.name, tuple(d if isinstance(d, int) else None for d in i.shape),
-                       _ORT_TYPES.get(i.type, "float32")) for i in sess.get_inputs()]
-            feeds = make_inputs(inputs, normalise_shapes(inputs, input_shapes), seed=seed)
+            _, feeds = _feeds(sess, input_shapes, seed)
             try:
                 for _ in range(max(0, warmup) + max(1, runs)):
                     sess.run(None, feeds)
