@@ -35,7 +35,7 @@ and <= 2 % accuracy drop from dense, as mean ± standard deviation over seeds.
 Also: search throughput and its split between pruning, fine-tuning, evaluation and
 the cost model.
 
-    .venv/bin/python benchmarks/search_quality.py --quick     # < 15 min: 12 trials, 6-step fine-tune
+    .venv/bin/python benchmarks/search_quality.py --quick     # < 15 min: 10 trials, 6-step fine-tune
     .venv/bin/python benchmarks/search_quality.py             # 20 trials, 8-step fine-tune, 3 seeds
 
 Phases (each resumable; studies and measurements are cached under
@@ -78,8 +78,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     return {
         "model": args.model, "data": args.data,
-        "trials": args.trials or (12 if quick else 20),
-        "sweep": [float(x) for x in (args.sweep or ("0.2,0.4,0.6,0.8,0.9" if quick else
+        "trials": args.trials or (10 if quick else 20),
+        "sweep": [float(x) for x in (args.sweep or ("0.3,0.5,0.7,0.9" if quick else
                                                    "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")).split(",")],
         "seeds": [int(s) for s in args.seeds.split(",")],
         # Same for every method; the product's default space fine-tunes 1 epoch (17 steps on digits).
@@ -502,10 +502,10 @@ def plot(rows: list[dict[str, Any]], path: Path, cfg: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- main
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="12 trials, 5-point sweeps, 6-step fine-tune, val accuracy")
+    p.add_argument("--quick", action="store_true", help="10 trials, 4-point sweeps, 6-step fine-tune, val accuracy")
     p.add_argument("--model", default="vgg11")
     p.add_argument("--data", default="digits")
-    p.add_argument("--trials", type=int, default=None, help="completed trials per search (default 20; quick 12)")
+    p.add_argument("--trials", type=int, default=None, help="completed trials per search (default 20; quick 10)")
     p.add_argument("--finetune-steps", type=int, default=None,
                    help="fine-tuning steps per candidate, every method (default 8; quick 6)")
     p.add_argument("--sweep", default=None, help="comma list of ratios for the uniform and global sweeps")
