@@ -64,7 +64,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autoprune.errors import ProfilingError
 from autoprune.io import read_json, results_dir, write_json
 
 METHODS = ("autoprune", "uniform-l1", "random", "hw-blind", "global-l1")
@@ -143,11 +142,14 @@ class Bench:
     def groups(self):
         return self.pipes["local"].groups
 
-    def predict(self, plan_dict: dict[str, Any]) -> dict[str, float]:
-        """Predicted latency of a plan's architecture on every target (weights do not matter)."""
+    def architecture(self, plan_dict: dict[str, Any]):
+        """The pruned module of a plan, not fine-tuned: enough for latency (weights do not matter)."""
         from autoprune.pruning import PruningPlan
 
-        module = self.pipes["local"].prune(PruningPlan.from_dict(plan_dict)).make_permanent()
+        return self.pipes["local"].prune(PruningPlan.from_dict(plan_dict)).make_permanent()
+
+    def predict(self, module) -> dict[str, float]:
+        """Predicted latency of a pruned module on every target."""
         return {t: float(p.cost_model.predict(module).latency_ms) for t, p in self.pipes.items()}
 
 
@@ -223,7 +225,7 @@ def phase_search(cfg: dict[str, Any], root: Path, seed: int) -> None:
     for c in cands:  # predicted latency of every candidate on every target (architecture only)
         k = plan_key(c["plan"], False, 0)
         if k not in preds:
-            preds[k] = bench.predict(c["plan"])
+            preds[k] = bench.predict(bench.architecture(c["plan"]))
         c["pred_ms"] = preds[k]
     write_json(path, {"sweeps": sweeps, "candidates": cands}, checksum=True)
     print(f"seed {seed}: {len(cands)} candidates -> {path}", flush=True)
@@ -258,23 +260,19 @@ def fronts(cands: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, 
 
 # ---------------------------------------------------------------------------------------------- phase B
 def measure_plan(bench: Bench, plan_dict: dict[str, Any]) -> dict[str, Any]:
+    """Measure a plan's architecture with ONNX Runtime here, and predict it on every target."""
+    from autoprune.costmodel.calibrate import measure_relaxed
     from autoprune.profiling import get_runtime
-    from autoprune.pruning import PruningPlan, export_onnx
+    from autoprune.pruning import export_onnx
 
-    module = bench.pipes["local"].prune(PruningPlan.from_dict(plan_dict)).make_permanent()
+    module = bench.architecture(plan_dict)
     runtime = get_runtime("onnxruntime", threads=bench.cfg["threads"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.onnx"
         export_onnx(copy.deepcopy(module), path, bench.pipes["local"].example)
-        shape = tuple(bench.pipes["local"].example.shape)
-        try:
-            m = runtime.measure(str(path), shape, **MEASURE_PROTOCOL)
-        except ProfilingError as exc:  # a busy host: keep the figure, flagged, and re-measure later
-            if "noisy" not in str(exc):
-                raise
-            m = runtime.measure(str(path), shape, **{**MEASURE_PROTOCOL, "max_cv": 0.5})
+        m = measure_relaxed(runtime, str(path), MEASURE_PROTOCOL)  # a busy host: kept, flagged, re-measured later
     return {"measured_ms": m.latency_ms, "cv": m.cv, "runtime": f"{m.runtime} on {m.device}",
-            "noisy": m.cv > MEASURE_PROTOCOL["max_cv"]}
+            "noisy": m.cv > MEASURE_PROTOCOL["max_cv"], "pred_ms": bench.predict(module)}
 
 
 def phase_measure(cfg: dict[str, Any], root: Path, seed: int) -> None:
@@ -305,7 +303,6 @@ def phase_measure(cfg: dict[str, Any], root: Path, seed: int) -> None:
         arch = plan_key(c["plan"], False, 0)
         if arch not in cache["latency"]:
             cache["latency"][arch] = measure_plan(bench, c["plan"])
-            cache["latency"][arch]["pred_ms"] = bench.predict(c["plan"])
             write_json(mpath, cache, checksum=True)
             lat = cache["latency"][arch]
             print(f"  {k}: measured {lat['measured_ms']:.3f} ms (CV {lat['cv']:.1%}), "

@@ -38,7 +38,8 @@ from .targets import target_spec
 from .template import CandidateShape, ModelTemplate, export_onnx_bytes
 
 __all__ = [
-    "DEFAULT_GRID", "CalibrationResult", "calibrate", "error_metrics", "kernel_grid", "measure_ms", "random_plan",
+    "DEFAULT_GRID", "CalibrationResult", "calibrate", "error_metrics", "kernel_grid", "measure_ms",
+    "measure_relaxed", "random_plan",
 ]
 
 #: Kept-channel fractions measured per layer.
@@ -145,15 +146,24 @@ def prune_random(model: Any, example: Any, groups: Sequence[Any], rng: np.random
     return prune_model(model, random_plan(groups, rng, **kw), example).make_permanent()
 
 
-def measure_ms(runtime: Any, onnx_bytes: bytes, settings: dict[str, Any]) -> float:
-    """Measure with the shared protocol; one retry with a relaxed noise bound on a busy machine."""
+def measure_relaxed(runtime: Any, model: Any, settings: dict[str, Any]) -> Any:
+    """Measure with the shared protocol; one retry with a relaxed noise bound on a busy machine.
+
+    Returns:
+        The :class:`~autoprune.profiling.Measurement` (its ``cv`` tells which bound it passed).
+    """
     try:
-        return runtime.measure(onnx_bytes, None, **settings).latency_ms
+        return runtime.measure(model, None, **settings)
     except ProfilingError as exc:
         if "noisy" not in str(exc):
             raise
         relaxed = {**settings, "max_cv": max(0.5, settings.get("max_cv", 0.1) * 3)}
-        return runtime.measure(onnx_bytes, None, **relaxed).latency_ms
+        return runtime.measure(model, None, **relaxed)
+
+
+def measure_ms(runtime: Any, onnx_bytes: bytes, settings: dict[str, Any]) -> float:
+    """:func:`measure_relaxed`'s latency in ms."""
+    return measure_relaxed(runtime, onnx_bytes, settings).latency_ms
 
 
 def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, threads: int | None = 1,
