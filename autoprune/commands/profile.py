@@ -24,8 +24,9 @@ class ProfileCommand(Command):
         parser.add_argument("--rpc-tracker", metavar="HOST:PORT", help="TVM RPC tracker (with --rpc-key)")
         parser.add_argument("--rpc-key", metavar="KEY", help="device key registered with the tracker")
         parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default: 1)")
-        parser.add_argument("--plans", type=int, default=12,
-                            help="random plans measured end to end; half fit, half held out (default: 12)")
+        parser.add_argument("--plans", type=int, default=96,
+                            help="random plans measured end to end, each against the dense model; three quarters "
+                            "fit the per-kernel in-context scales, the rest are held out (default: 96)")
         parser.add_argument("--grid", default="0.125,0.25,0.5,0.75,1.0",
                             help="kept-channel fractions per layer (default: 0.125,0.25,0.5,0.75,1.0)")
         parser.add_argument("--seed", type=int, default=0, help="seed of the random plans")
@@ -45,7 +46,7 @@ class ProfileCommand(Command):
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
         if args.plans < 2:
-            raise ConfigError(f"--plans must be >= 2 (half are held out to measure the error), got {args.plans}")
+            raise ConfigError(f"--plans must be >= 2 (some are held out to measure the error), got {args.plans}")
         try:
             grid = tuple(float(x) for x in args.grid.split(","))
         except ValueError:
@@ -99,7 +100,17 @@ class ProfileCommand(Command):
         print(f"  target {args.target}, runtime {result.runtime}, status measured, cost model lut")
         print(f"  {result.kernel_points} isolated kernel measurements over {len(model.tables)} layer configs, "
               f"{args.plans} random plans + dense + uniform ladder, {result.seconds:.0f} s")
-        print(f"  whole-model correction: alpha {model.alpha:.3f}, overhead {model.overhead_ms:+.3f} ms")
+        fit = e.get("whole_model_fit", {})
+        if "class_scales" in fit:
+            scales = ", ".join(f"{c} {v:.2f}" for c, v in fit["class_scales"].items())
+            print(f"  in-context kernel scales (per op class: {scales}; per kernel {fit['kernel_scale_range'][0]:.2f}"
+                  f"-{fit['kernel_scale_range'][1]:.2f}), overhead {model.overhead_ms:+.3f} ms")
+        else:
+            print(f"  whole-model correction: alpha {model.alpha:.3f}, power {model.power:.2f}, "
+                  f"overhead {model.overhead_ms:+.3f} ms")
+        lo, hi = e["dense_reference_range_ms"]
+        print(f"  dense model {e['dense_reference_ms']:.3f} ms (median; {lo:.3f}-{hi:.3f} ms over the calibration: "
+              "each model was timed against it in the same window)")
         print(f"  held-out error on {e['n_heldout']} plans: MAPE {fmt(e['heldout_mape'], '.1%')}, "
               f"within 10% {fmt(e.get('heldout_within_10pct'), '.0%')}, "
               f"Spearman {fmt(e['heldout_spearman'], '.3f')}")

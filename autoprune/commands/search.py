@@ -91,10 +91,12 @@ class SearchCommand(Command):
                   f"`autoprune search --study {study_name} --storage URL`")
             return 0
         minutes = (time.perf_counter() - t0) / 60
+        trial_min = out["trials_s"] / 60
         c = out["counts"]
         print(f"\nstudy {study_name!r} in {redact_url(storage)}: {c['completed']} trials completed here, "
-              f"{c['failed']} failed, {c.get('stale_retried', 0)} stale retried, in {minutes:.1f} min "
-              f"({c['completed'] / max(minutes, 1e-9):.1f} trials/min)")
+              f"{c['failed']} failed, {c.get('stale_retried', 0)} stale retried, in {trial_min:.1f} min "
+              f"({c['completed'] / max(trial_min, 1e-9):.1f} trials/min); {minutes:.1f} min in all with set-up "
+              "(dense training when not cached, calibration loading)")
         print(f"target {out['config'].target}; dense accuracy {out['dense_checkpoint'].val_accuracy:.4f} (val)")
         if not out["front"]:
             print("no feasible point: no completed trial meets the constraints "

@@ -7,16 +7,23 @@
    trivial graph) is subtracted from each.
 2. **Whole models**: the dense model, three uniform plans and ``plans`` random
    pruning plans (random per-group channel ratios, some unstructured groups) are
-   pruned with the pruning engine, exported and timed end to end.
+   pruned with the pruning engine, exported and timed end to end, each **against
+   the dense model in interleaved rounds** (:func:`measure_vs_reference`): a shared
+   host's speed drifts (here by ±20 % within a minute), so each candidate's time is
+   taken as its ratio to the dense model measured in the same window, times the
+   dense model's median time over the whole calibration.
    Uniform plans (``UNIFORM_LADDER``) anchor the small end a search explores.
    With ``in_context=True`` and a runtime that profiles nodes (onnxruntime), each
    of these models is also profiled, and its per-node times are mapped back to
    the template's kernels.
-3. **Fit**: the LUT and its fallback regressor on (1); (optionally) each kernel's
-   in-context line (non-negative, in its relative MACs and bytes) on the per-node
-   profiles of (2); then the whole-model correction. Both use the dense model, the uniform plans and the
-   first half of the random plans; the second half is held out and only used to
-   measure the error stored in the calibration.
+3. **Fit**: the LUT and its fallback regressor on (1); then, on (2), each kernel's
+   in-context scale (:meth:`~autoprune.costmodel.lut.LutCostModel.fit_kernel_scales`:
+   ``latency = c + Σ_k a_k × table_k``, the ``a_k`` shrunk towards one scale per op
+   class), or with fewer than :data:`MIN_SCALE_FIT` fit models the global
+   ``alpha × Σ^power`` correction. The fit uses the dense model, the uniform plans and
+   the first three quarters of the random plans; the rest are held out and only
+   used to measure the error stored in the calibration. (``in_context=True`` instead
+   fits per-kernel lines on onnxruntime's per-node profiles; an experiment, off.)
 """
 
 from __future__ import annotations
@@ -38,8 +45,8 @@ from .targets import target_spec
 from .template import CandidateShape, ModelTemplate, export_onnx_bytes
 
 __all__ = [
-    "DEFAULT_GRID", "CalibrationResult", "calibrate", "error_metrics", "kernel_grid", "measure_ms",
-    "measure_relaxed", "random_plan",
+    "DEFAULT_GRID", "CalibrationResult", "RelativeMeasurement", "calibrate", "error_metrics", "kernel_grid",
+    "measure_ms", "measure_relaxed", "measure_vs_reference", "random_plan",
 ]
 
 #: Kept-channel fractions measured per layer.
@@ -48,6 +55,72 @@ KERNEL_PROTOCOL = {"warmup": 3, "min_time_s": 0.03, "min_repeats": 7, "max_cv": 
 #: Uniform channel ratios measured end to end with every calibration (they fit the correction).
 UNIFORM_LADDER = (0.5, 0.75, 0.9)
 MODEL_PROTOCOL = {"warmup": 5, "min_time_s": 0.2, "min_repeats": 10, "max_cv": 0.1, "retries": 3}
+#: A candidate against its reference: ``rounds`` alternating batches of each (``min_time_s`` and
+#: ``min_repeats`` per batch); the ratio is the median of the per-round ratios of batch medians.
+RELATIVE_PROTOCOL = {"rounds": 12, "warmup": 3, "min_time_s": 0.03, "min_repeats": 3}
+#: Fewest whole-model fit points for per-kernel scales (else the global correction).
+MIN_SCALE_FIT = 12
+#: Share of the random plans that fit the whole-model terms (the rest are held out).
+FIT_SHARE = 0.75
+
+
+@dataclass(frozen=True)
+class RelativeMeasurement:
+    """A candidate measured against a reference model in the same time window.
+
+    Attributes:
+        ratio: Candidate time / reference time, median over the rounds.
+        latency_ms: The candidate's median time (raw, drifts with the host).
+        reference_ms: The reference's median time in the same rounds.
+        rounds: Interleaved rounds.
+        ratio_spread: Interquartile range of the per-round ratios, relative to ``ratio``.
+    """
+
+    ratio: float
+    latency_ms: float
+    reference_ms: float
+    rounds: int
+    ratio_spread: float
+
+
+def measure_vs_reference(runtime: Any, model: Any, reference: Any,
+                         settings: dict[str, Any] | None = None) -> RelativeMeasurement:
+    """Measure ``model`` against ``reference`` in interleaved rounds (drift cancels in the ratio).
+
+    Args:
+        runtime: A runtime; with a ``runner`` method (onnxruntime) both models stay loaded
+            and alternate in ``rounds`` batches; otherwise each is measured once with
+            :data:`MODEL_PROTOCOL` (no drift cancellation).
+        model: The candidate (ONNX bytes, path or proto).
+        reference: The reference model, or a runner callable already made for it.
+        settings: Overrides of :data:`RELATIVE_PROTOCOL`.
+
+    Raises:
+        ProfilingError: If either model cannot run, or a timing is not a positive number.
+    """
+    import statistics
+
+    from autoprune.profiling.protocol import measure_callable
+
+    cfg = {**RELATIVE_PROTOCOL, **(settings or {})}
+    if not hasattr(runtime, "runner"):
+        a = measure_ms(runtime, model, MODEL_PROTOCOL)
+        b = measure_ms(runtime, reference, MODEL_PROTOCOL)
+        return RelativeMeasurement(a / b, a, b, 1, float("nan"))
+    run_a = runtime.runner(model)
+    run_b = reference if callable(reference) else runtime.runner(reference)
+    rounds = max(1, int(cfg["rounds"]))
+    a_ms, b_ms = [], []
+    for r in range(rounds):
+        for fn, out in ((run_a, a_ms), (run_b, b_ms)):
+            m = measure_callable(fn, warmup=int(cfg["warmup"]) if r == 0 else 1, min_time_s=float(cfg["min_time_s"]),
+                                 min_repeats=int(cfg["min_repeats"]), max_cv=1e9, retries=0)
+            out.append(m.latency_ms)
+    ratios = sorted(x / y for x, y in zip(a_ms, b_ms))
+    ratio = statistics.median(ratios)
+    q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
+    return RelativeMeasurement(ratio, statistics.median(a_ms), statistics.median(b_ms), rounds,
+                               (q3 - q1) / ratio if len(ratios) >= 4 else float("nan"))
 
 
 @dataclass(frozen=True)
@@ -177,7 +250,7 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
         target: Target name whose facts (sparsity support, power) apply.
         runtime: A :class:`~autoprune.profiling.Runtime`; default ONNX Runtime CPU with ``threads``.
         threads: Intra-op threads of the default runtime.
-        plans: Random plans measured end to end (half fit the correction, half are held out).
+        plans: Random plans measured end to end (three quarters fit, the rest are held out).
         grid: Kept-channel fractions per layer.
         seed: Seed of the random plans.
         num_classes: Classifier width of the zoo model.
@@ -233,14 +306,16 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
     rng = np.random.default_rng(seed)
     groups = discover_groups(dense, example)
     shapes: list[CandidateShape] = []
-    measured: list[float] = []
+    relative: list[RelativeMeasurement] = []
     node_times: list[dict[str, float]] = []
     profiles = in_context and hasattr(runtime, "node_times_ms")  # per-node profiles in context (onnxruntime)
+    dense_graph = export_onnx_bytes(dense, example)
+    reference = runtime.runner(dense_graph) if hasattr(runtime, "runner") else dense_graph
 
     def measure_model(module: Any, what: str) -> None:
         graph = export_onnx_bytes(module, example)
         shapes.append(template.describe(module))
-        measured.append(measure_ms(runtime, graph, MODEL_PROTOCOL))
+        relative.append(measure_vs_reference(runtime, graph, reference))
         if profiles:
             node_times.append(runtime.node_times_ms(graph, None, runs=20))
         tick(what)
@@ -253,7 +328,12 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
             round_to=round_to if round_to > 1 else None, min_channels=4)), example).make_permanent(), "uniform plan")
     for _ in range(plans):
         measure_model(prune_random(dense, example, groups, rng, round_to=round_to), "random plan")
-    n_fit = 1 + len(UNIFORM_LADDER) + (plans + 1) // 2
+    # The host's speed drifts; each model's time is its ratio to the dense model in the same window,
+    # times the dense model's median time over the whole calibration.
+    dense_ms = float(np.median([m.reference_ms for m in relative]))
+    measured = [m.ratio * dense_ms for m in relative]
+    fit_plans = min(plans - 1, int(np.ceil(FIT_SHARE * plans))) if plans > 1 else plans  # >= 1 held out
+    n_fit = 1 + len(UNIFORM_LADDER) + fit_plans
     context_fit: dict[str, Any] = {}
     if profiles:
         # The profiler's own cost per node inflates small models' node times: estimate it from the
@@ -264,16 +344,28 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
                       for t in node_times]
         context_fit = {**cost_model.fit_in_context(shapes[:n_fit], in_context[:n_fit]),
                        "profiler_overhead_ms_per_node": delta}
-    cost_model.fit_correction(shapes[:n_fit], measured[:n_fit])
+    if not profiles and n_fit >= MIN_SCALE_FIT:
+        whole_fit = {"method": "per-kernel in-context scales (c + sum a_k x table_k)",
+                     **cost_model.fit_kernel_scales(shapes[:n_fit], measured[:n_fit])}
+    else:
+        cost_model.fit_correction(shapes[:n_fit], measured[:n_fit])
+        whole_fit = {"method": "global correction alpha x sum^power", "alpha": cost_model.alpha,
+                     "power": cost_model.power}
     held = [cost_model.predict(s).latency_ms for s in shapes[n_fit:]]
     err = error_metrics(held, measured[n_fit:]) if held else {"n": 0}
     error = {
         "heldout_mape": err.get("mape"), "heldout_spearman": err.get("spearman"),
         "heldout_within_10pct": err.get("within_10pct"), "n_heldout": err.get("n", 0),
-        "note": f"{err.get('n', 0)} held-out random plans measured end to end on {runtime.describe()} "
-                f"(correction fitted on the dense model + {n_fit - 1} uniform and random plans)",
-        "fit_points": [{"measured_ms": m, "predicted_ms": cost_model.predict(s).latency_ms, "heldout": i >= n_fit}
-                       for i, (s, m) in enumerate(zip(shapes, measured))],
+        "note": f"{err.get('n', 0)} held-out random plans measured end to end on {runtime.describe()}, each "
+                f"against the dense model in the same window ({whole_fit['method']} fitted on the dense model + "
+                f"{n_fit - 1} uniform and random plans)",
+        "fit_points": [{"measured_ms": m, "raw_ms": r.latency_ms, "ratio_to_dense": r.ratio,
+                        "predicted_ms": cost_model.predict(s).latency_ms, "heldout": i >= n_fit}
+                       for i, (s, m, r) in enumerate(zip(shapes, measured, relative))],
+        "dense_reference_ms": dense_ms,
+        "dense_reference_range_ms": [float(min(m.reference_ms for m in relative)),
+                                     float(max(m.reference_ms for m in relative))],
+        "whole_model_fit": whole_fit,
         "runtime_overhead_ms": overhead,
         "in_context": context_fit or "off (isolated tables and a whole-model correction)",
     }

@@ -187,6 +187,33 @@ class OnnxRuntime(Runtime):
             threads=self.threads,
         )
 
+    def runner(
+        self,
+        model: Any,
+        input_shapes: dict[str, tuple[int, ...]] | tuple[int, ...] | None = None,
+        *,
+        seed: int = 0,
+    ) -> Any:
+        """Load ``model`` once and return a zero-argument callable that runs one inference.
+
+        For measurements that interleave several models in one time window (see
+        :func:`autoprune.costmodel.calibrate.measure_vs_reference`).
+
+        Raises:
+            ProfilingError: If the model cannot be loaded or run.
+        """
+        sess, _, _ = create_session(model, threads=self.threads, providers=self.providers,
+                                    optimization=self.optimization)
+        shapes, feeds = _feeds(sess, input_shapes, seed)
+        run = sess.run
+        try:
+            run(None, feeds)
+        except Exception as exc:  # noqa: BLE001 - foreign library errors become ProfilingError
+            raise ProfilingError(
+                f"onnxruntime failed to run the model with shapes {shapes}: {str(exc).splitlines()[0]}"
+            ) from None
+        return lambda: run(None, feeds)
+
     def node_times_ms(
         self,
         model: Any,

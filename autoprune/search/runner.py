@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,7 @@ def run_search(config: SearchConfig | None, *, study_name: str, storage_url: str
         if create_only:
             return {"study": study, "config": config, "created": created, "seeded": seeded,
                     "dense_checkpoint": dense_rec}
+        t_trials = time.perf_counter()
         if backend == "ray":
             from autoprune.search.ray_backend import run_ray
 
@@ -154,6 +156,7 @@ def run_search(config: SearchConfig | None, *, study_name: str, storage_url: str
             study.set_user_attr(ARTIFACTS_ATTR, str(artifact_dir(storage_url)))
             counts = run_trials(study, config, make_objective(pipeline, space, config, storage_url),
                                 timeout_s=timeout_s, progress=progress)
+        trials_s = time.perf_counter() - t_trials
         summary = write_front(study, config)
-    return {"study": study, "config": config, "counts": {**counts, "stale_retried": retried},
+    return {"study": study, "config": config, "counts": {**counts, "stale_retried": retried}, "trials_s": trials_s,
             "dense_checkpoint": dense_rec, **summary}
