@@ -57,6 +57,7 @@ class LutCostModel(CostModel):
         self.kernel_fit: np.ndarray | None = None
         self.kernel_fit_keys: tuple[str, ...] | None = None
         self._dense_costs: tuple[np.ndarray, np.ndarray] | None = None
+        self._scale_cache: tuple[np.ndarray, np.ndarray] | None = None
 
     def fit(self, samples: Sequence[FitSample]) -> None:
         """Build tables from isolated-kernel samples and fit the fallback regressor."""
@@ -246,10 +247,18 @@ class LutCostModel(CostModel):
         fit = self.kernel_fit
         if fit is None or keys is None or len(keys) != len(fit) or tuple(keys) != self.kernel_fit_keys:
             return ms
+        scaled = ms * self._scales(fit)
         lines = np.isfinite(fit[:, 0])
+        if not lines.any():  # scales only (fit_kernel_scales): no line features to compute
+            return scaled
         ctx = np.einsum("kf,kf->k", self._context_features(arrays, cin, cout), np.nan_to_num(fit[:, :3]))
-        scaled = ms * np.where(np.isfinite(fit[:, 3]), fit[:, 3], 1.0)
         return np.where(lines, ctx, scaled)
+
+    def _scales(self, fit: np.ndarray) -> np.ndarray:
+        cached = self._scale_cache
+        if cached is None or cached[0] is not fit:
+            cached = self._scale_cache = (fit, np.where(np.isfinite(fit[:, 3]), fit[:, 3], 1.0))
+        return cached[1]
 
     def _table_ms(self, arrays: KernelArrays, cin: np.ndarray, cout: np.ndarray,
                   keys: Sequence[str] | None) -> np.ndarray:

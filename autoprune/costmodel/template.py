@@ -106,18 +106,6 @@ def export_onnx_bytes(model: Any, example_input: Any) -> bytes:
     return buf.getvalue()
 
 
-def _submodule(module: Any, path: str) -> Any:
-    """``module.get_submodule(path)`` through the ``_modules`` dicts, or None; ~20x faster,
-    which keeps :meth:`ModelTemplate.describe` (and so ``predict``) well under 1 ms."""
-    m = module
-    for part in path.split("."):
-        children = getattr(m, "_modules", None)
-        if children is None or part not in children:
-            return None
-        m = children[part]
-    return m
-
-
 class ModelTemplate:
     """The kernels of one dense model and where each kernel's channels come from.
 
@@ -141,6 +129,11 @@ class ModelTemplate:
         self.arrays = KernelArrays(self.features, 4)
         self.keys = tuple(f.config_key for f in self.features)
         self.modules = tuple(k.module for k in kernels)
+        # Precomputed for describe(): (kernel index, module name, its path) of conv/linear kernels, and
+        # (kernel index, sources, is concat, is gemm) of kernels whose channels follow their inputs.
+        self._param_paths = tuple((i, m, tuple(m.split("."))) for i, m in enumerate(self.param_modules) if m)
+        self._derived = tuple((i, src, self.features[i].op == "concat", self.features[i].op == "gemm")
+                              for i, src in enumerate(self.sources) if not self.param_modules[i] and src)
 
     @property
     def input_size(self) -> int:
@@ -227,27 +220,35 @@ class ModelTemplate:
         Raises:
             ConfigError: If a module of the template is missing from ``module``.
         """
-        channels: dict[str, tuple[int, int]] = {}
-        density: dict[str, float] = {}
-        nm: dict[str, str] = {}
-        for mod in self.param_modules:
-            if not mod:
-                continue
-            m = _submodule(module, mod)
-            if m is None:
-                raise ConfigError(f"module {mod!r} of the {self.name} template is missing from the candidate; "
-                                  "build the template from the same model architecture")
-            w = m.weight
-            if hasattr(m, "in_channels"):
-                channels[mod] = (int(m.in_channels), int(m.out_channels))
+        n = len(self.kernels)
+        cin = [f.cin for f in self.features]
+        cout = [f.cout for f in self.features]
+        dens = [1.0] * n
+        pats = [""] * n
+        for i, mod, parts in self._param_paths:
+            m = module
+            for part in parts:  # module.get_submodule(mod), ~20x faster (keeps predict under 1 ms)
+                children = getattr(m, "_modules", None)
+                m = children.get(part) if children is not None else None
+                if m is None:
+                    raise ConfigError(f"module {mod!r} of the {self.name} template is missing from the candidate; "
+                                      "build the template from the same model architecture")
+            attrs = m.__dict__
+            if "in_channels" in attrs:
+                cin[i], cout[i] = int(attrs["in_channels"]), int(attrs["out_channels"])
             else:
-                channels[mod] = (int(m.in_features), int(m.out_features))
+                cin[i], cout[i] = int(m.in_features), int(m.out_features)
             if sparsity:
-                nz = int(w.count_nonzero())
-                density[mod] = nz / max(w.numel(), 1)
-                if density[mod] <= 0.55:
-                    nm[mod] = nm_pattern_of(w.detach().cpu().numpy())
-        return self.shape_from_channels(channels, density, nm)
+                w = m.weight
+                dens[i] = int(w.count_nonzero()) / max(w.numel(), 1)
+                if dens[i] <= 0.55:
+                    pats[i] = nm_pattern_of(w.detach().cpu().numpy())
+        for i, src, concat, gemm in self._derived:
+            c = sum(cout[j] for j in src) if concat else cout[src[0]]
+            cin[i] = c
+            if not gemm:
+                cout[i] = c
+        return CandidateShape(tuple(cin), tuple(cout), tuple(dens), tuple(pats))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable summary (kernel modules and dense config keys)."""
