@@ -227,7 +227,9 @@ class LutCostModel(CostModel):
         self.overhead_ms = float(x[0])
         self._index_cache.clear()
         pred = tab @ scales + x[0]
-        return {"class_scales": {c: float(v) for c, v in zip(names, coarse[1:])}, "overhead_ms": float(x[0]),
+        timed = (tab @ member.T).mean(axis=0) > 0  # classes with a table time (not reshapes)
+        return {"class_scales": {c: float(v) for c, v, t in zip(names, coarse[1:], timed) if t},
+                "overhead_ms": float(x[0]),
                 "kernel_scale_range": [float(scales.min()), float(scales.max())], "fit_points": int(n),
                 "fit_mape": float(np.mean(np.abs(pred / y - 1.0)))}
 

@@ -163,19 +163,9 @@ class OnnxRuntime(Runtime):
     ) -> Measurement:
         """Measure one inference of ``model`` (see :meth:`Runtime.measure`)."""
         settings = self.settings(**protocol_kwargs)
-        sess, used, missing = create_session(
-            model, threads=self.threads, providers=self.providers, optimization=self.optimization
-        )
-        shapes, feeds = _feeds(sess, input_shapes, seed)
-        run = sess.run
-        try:
-            run(None, feeds)
-        except Exception as exc:  # noqa: BLE001 - foreign library errors become ProfilingError
-            raise ProfilingError(
-                f"onnxruntime failed to run the model with shapes {shapes}: {str(exc).splitlines()[0]}"
-            ) from None
+        run, used, missing = self._load(model, input_shapes, seed)
         return measure_callable(
-            lambda: run(None, feeds),
+            run,
             warmup=settings.warmup,
             min_time_s=settings.min_time_s,
             min_repeats=settings.min_repeats,
@@ -202,8 +192,13 @@ class OnnxRuntime(Runtime):
         Raises:
             ProfilingError: If the model cannot be loaded or run.
         """
-        sess, _, _ = create_session(model, threads=self.threads, providers=self.providers,
-                                    optimization=self.optimization)
+        return self._load(model, input_shapes, seed)[0]
+
+    def _load(self, model: Any, input_shapes: Any, seed: int) -> tuple[Any, list[str], list[str]]:
+        """``(run one inference, providers used, providers missing)``, after one checked run."""
+        sess, used, missing = create_session(
+            model, threads=self.threads, providers=self.providers, optimization=self.optimization
+        )
         shapes, feeds = _feeds(sess, input_shapes, seed)
         run = sess.run
         try:
@@ -212,7 +207,7 @@ class OnnxRuntime(Runtime):
             raise ProfilingError(
                 f"onnxruntime failed to run the model with shapes {shapes}: {str(exc).splitlines()[0]}"
             ) from None
-        return lambda: run(None, feeds)
+        return (lambda: run(None, feeds)), used, missing
 
     def node_times_ms(
         self,
