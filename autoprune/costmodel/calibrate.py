@@ -312,15 +312,15 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
     dense_graph = export_onnx_bytes(dense, example)
     reference = runtime.runner(dense_graph) if hasattr(runtime, "runner") else dense_graph
 
-    def measure_model(module: Any, what: str) -> None:
-        graph = export_onnx_bytes(module, example)
+    def measure_model(module: Any, what: str, graph: bytes | None = None) -> None:
+        graph = graph if graph is not None else export_onnx_bytes(module, example)
         shapes.append(template.describe(module))
         relative.append(measure_vs_reference(runtime, graph, reference))
         if profiles:
             node_times.append(runtime.node_times_ms(graph, None, runs=20))
         tick(what)
 
-    measure_model(dense, "dense model")
+    measure_model(dense, "dense model", dense_graph)
     # The correction must span what a search explores (down to a few % of the channels):
     # uniform plans anchor the small end, random plans the mixtures.
     for ratio in UNIFORM_LADDER:
