@@ -39,6 +39,10 @@ class ProfilingError(AutopruneError):
     """A measurement that failed, timed out, or was too noisy to store."""
 
 
+class NoisyMeasurementError(ProfilingError):
+    """Every batch of a measurement had a spread above the protocol's bound (nothing was stored)."""
+
+
 class StorageError(AutopruneError):
     """An unreachable or inconsistent study storage (URLs are always redacted)."""
 

@@ -138,13 +138,11 @@ class Pipeline:
         The search's latency objective is the cost model's prediction; this measurement
         is the check beside it, so a batch too noisy to trust is dropped (and said so).
         """
-        from autoprune.errors import ProfilingError
+        from autoprune.errors import NoisyMeasurementError
 
         try:
             m = measure_onnx_local(path, tuple(self.example.shape))
-        except ProfilingError as exc:
-            if "noisy" not in str(exc):
-                raise
+        except NoisyMeasurementError as exc:
             return None, f"not measured: {exc}"
         return m.latency_ms, f"{m.runtime} on {m.device}"
 

@@ -33,6 +33,9 @@ class ProfileCommand(Command):
         parser.add_argument("--round-to", type=int, default=8,
                             help="channel alignment of the grid and random plans (default: 8; match the search's)")
         parser.add_argument("--num-classes", type=int, default=10, help="classifier width (default: 10)")
+        parser.add_argument("--max-cv", type=float, default=None,
+                            help="noise bound of each isolated kernel measurement as a robust CV (default: 0.2); "
+                                 "a noisier point is re-measured, then rejected and never stored")
 
     def run(self, args: argparse.Namespace) -> int:
         from tqdm import tqdm
@@ -45,6 +48,8 @@ class ProfileCommand(Command):
 
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        if args.max_cv is not None and not args.max_cv > 0:
+            raise ConfigError(f"--max-cv must be a positive fraction (0.2 = 20 %), got {args.max_cv}")
         if args.plans < 2:
             raise ConfigError(f"--plans must be >= 2 (some are held out to measure the error), got {args.plans}")
         try:
@@ -81,7 +86,7 @@ class ProfileCommand(Command):
         try:
             result = calibrate(args.model, target=args.target, runtime=runtime, plans=args.plans, grid=grid,
                                seed=args.seed, num_classes=args.num_classes, progress=progress,
-                               round_to=args.round_to)
+                               round_to=args.round_to, max_cv=args.max_cv)
         finally:
             bar.close()
         path = calibration_path(args.target, args.model, size)
@@ -100,6 +105,9 @@ class ProfileCommand(Command):
         print(f"  target {args.target}, runtime {result.runtime}, status measured, cost model lut")
         print(f"  {result.kernel_points} isolated kernel measurements over {len(model.tables)} layer configs, "
               f"{args.plans} random plans + dense + uniform ladder, {result.seconds:.0f} s")
+        if e["rejected_points"]:
+            print(f"  {len(e['rejected_points'])} isolated measurement(s) rejected as too noisy and not stored "
+                  f"(first: {e['rejected_points'][0]})")
         fit = e.get("whole_model_fit", {})
         if "class_scales" in fit:
             scales = ", ".join(f"{c} {v:.2f}" for c, v in fit["class_scales"].items())

@@ -171,12 +171,15 @@ class CostModel(ABC):
     def fit_correction(self, shapes: Sequence[CandidateShape], measured_ms: Sequence[float]) -> None:
         """Fit ``latency = alpha × (Σ kernels)^power + overhead_ms`` on end-to-end measurements.
 
-        Fewer than six measurements fit only the overhead (``alpha = power = 1``,
-        ``overhead_ms >= 0``). More fit ``alpha`` and ``power`` by least squares in
-        log space (relative error), ``power`` bounded to [0.7, 1.5] and ``alpha`` to
-        [0.3, 3]: isolated kernels run faster than in the whole graph for big layers and
-        slower for tiny ones, so the whole graph's time grows faster than their sum. A
-        linear fit with a free offset goes negative and predicts ~0 ms for heavily
+        Fewer than six measurements fit only the scale: ``alpha`` is the median ratio of
+        measured to summed time (``power = 1``, no overhead term, ``alpha`` in [0.3, 3]).
+        Isolated kernels each carry the runtime's per-call cost, so their sum usually
+        overshoots the whole graph; an additive overhead alone cannot take that back.
+
+        More fit ``alpha`` and ``power`` by least squares in log space (relative error), ``power``
+        bounded to [0.7, 1.5] and ``alpha`` to [0.3, 3]: isolated kernels run faster than in the
+        whole graph for big layers and slower for tiny ones, so the whole graph's time grows faster
+        than their sum. A linear fit with a free offset goes negative and predicts ~0 ms for heavily
         pruned candidates.
         """
         if not shapes:
@@ -186,7 +189,8 @@ class CostModel(ABC):
         ok = (sums > 0) & (y > 0)
         self.power = 1.0
         if ok.sum() < 6:  # too few points to separate scale from shape robustly
-            self.alpha, self.overhead_ms = 1.0, max(0.0, float(np.median(y - sums)))
+            self.alpha = float(np.clip(np.median(y[ok] / sums[ok]), 0.3, 3.0)) if ok.any() else 1.0
+            self.overhead_ms = 0.0
             return
         from scipy.optimize import lsq_linear
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from autoprune.errors import ProfilingError
+from autoprune.errors import ConfigError, NoisyMeasurementError
 
 from .base import CostModel, FitSample, Provenance
 from .kernels import attribute_node_times
@@ -58,6 +58,9 @@ MODEL_PROTOCOL = {"warmup": 5, "min_time_s": 0.2, "min_repeats": 10, "max_cv": 0
 #: A candidate against its reference: ``rounds`` alternating batches of each (``min_time_s`` and
 #: ``min_repeats`` per batch); the ratio is the median of the per-round ratios of batch medians.
 RELATIVE_PROTOCOL = {"rounds": 12, "warmup": 3, "min_time_s": 0.03, "min_repeats": 3}
+#: Largest share of isolated measurements that may be rejected as too noisy before a calibration fails
+#: (the rest are kept: a missing grid point is filled from its table, a missing table by the regressor).
+MAX_REJECTED_SHARE = 0.25
 #: Fewest whole-model fit points for per-kernel scales (else the global correction).
 MIN_SCALE_FIT = 12
 #: Share of the random plans that fit the whole-model terms (the rest are held out).
@@ -227,9 +230,7 @@ def measure_relaxed(runtime: Any, model: Any, settings: dict[str, Any]) -> Any:
     """
     try:
         return runtime.measure(model, None, **settings)
-    except ProfilingError as exc:
-        if "noisy" not in str(exc):
-            raise
+    except NoisyMeasurementError:
         relaxed = {**settings, "max_cv": max(0.5, settings.get("max_cv", 0.1) * 3)}
         return runtime.measure(model, None, **relaxed)
 
@@ -242,7 +243,8 @@ def measure_ms(runtime: Any, onnx_bytes: bytes, settings: dict[str, Any]) -> flo
 def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, threads: int | None = 1,
               plans: int = 8, grid: Sequence[float] = DEFAULT_GRID, seed: int = 0, num_classes: int = 10,
               input_size: int | None = None, progress: Callable[[int, int, str], None] | None = None,
-              model: Any = None, round_to: int = 8, in_context: bool = False) -> CalibrationResult:
+              model: Any = None, round_to: int = 8, in_context: bool = False,
+              max_cv: float | None = None) -> CalibrationResult:
     """Measure and fit a LUT cost model for ``model_name`` on this machine (or an RPC device).
 
     Args:
@@ -263,6 +265,8 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
             Off by default: on VGG-11 here it was worse than the isolated tables (12 held-out
             plans, quiet host: 17 % vs 50 % within ±10 %, Spearman 0.82 vs 0.86), because a
             kernel's in-context time varies with its neighbours more than with its own MACs.
+        max_cv: Noise bound of the isolated measurements (default ``KERNEL_PROTOCOL``'s 0.2; a noisy
+            point is measured again under three times the bound, then rejected).
 
     Returns:
         A :class:`CalibrationResult`.
@@ -290,16 +294,36 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
         if progress is not None:
             progress(done, total, what)
 
-    overhead = measure_ms(runtime, overhead_graph(), KERNEL_PROTOCOL)
+    if max_cv is not None and not (max_cv > 0 and np.isfinite(max_cv)):
+        raise ConfigError(f"max_cv must be a positive number (0.2 = 20 % robust CV), got {max_cv!r}")
+    kernel_protocol = {**KERNEL_PROTOCOL, **({"max_cv": float(max_cv)} if max_cv is not None else {})}
+    rejected: list[str] = []
+
+    def measure_point(graph: bytes, what: str) -> float | None:
+        """One isolated measurement; a point still too noisy under the relaxed bound is rejected, not stored."""
+        try:
+            return measure_ms(runtime, graph, kernel_protocol)
+        except NoisyMeasurementError as exc:
+            rejected.append(f"{what}: {str(exc).split(': ', 1)[-1].split(';')[0]}")
+            return None
+
+    overhead = measure_point(overhead_graph(), "runtime overhead")
     tick("runtime overhead")
     samples: list[FitSample] = []
+    n_points = 0
     for key, points in todo.items():
         for f, ci, co in points:
             feats = f.with_channels(ci, co)
-            graph = kernel_graph(feats, seed=seed)
-            ms = measure_ms(runtime, graph, KERNEL_PROTOCOL)
-            samples.append(FitSample((feats,), (key,), max(ms - overhead, 0.1 * ms), "kernel"))
+            n_points += 1
+            ms = measure_point(kernel_graph(feats, seed=seed), f"{key} cin={ci} cout={co}")
+            if ms is not None:
+                base = overhead or 0.0
+                samples.append(FitSample((feats,), (key,), max(ms - base, 0.1 * ms), "kernel"))
             tick(key.split("|")[0])
+    if len(rejected) > MAX_REJECTED_SHARE * (n_points + 1):
+        raise NoisyMeasurementError(
+            f"calibration of {model_name}: {len(rejected)} of {n_points + 1} isolated measurements were too noisy "
+            f"to store (first: {rejected[0]}); quiet the machine (nothing else running) and profile again")
     cost_model = LutCostModel(target_spec(target), template)
     cost_model.fit(samples)
 
@@ -367,6 +391,8 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
                                      float(max(m.reference_ms for m in relative))],
         "whole_model_fit": whole_fit,
         "runtime_overhead_ms": overhead,
+        "rejected_points": rejected,
+        "kernel_protocol": kernel_protocol,
         "in_context": context_fit or "off (isolated tables and a whole-model correction)",
     }
     desc = f"{runtime.describe()}, threads={getattr(runtime, 'threads', threads)}"

@@ -173,6 +173,7 @@ class OnnxRuntime(Runtime):
             max_cv=settings.max_cv,
             retries=settings.retries,
             timeout_s=settings.timeout_s,
+            backoff_s=settings.backoff_s,
             runtime=self.describe(used, missing),
             threads=self.threads,
         )

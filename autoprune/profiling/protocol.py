@@ -8,9 +8,11 @@ Every latency that autoprune stores as *measured* goes through this module:
    than ``max_repeats``).
 3. **Summary**: the median is the latency; the spread is the interquartile range
    and a robust coefficient of variation (see :func:`robust_cv`).
-4. **Noise bound**: if the CV is above ``max_cv`` the batch is thrown away and
-   measured again, up to ``retries`` more times; if it is still too noisy a
-   :class:`~autoprune.errors.ProfilingError` is raised. Nothing noisy is stored.
+4. **Noise bound**: if the CV is above ``max_cv`` the batch is thrown away and,
+   after a short back-off (``backoff_s`` times the attempt number, so a passing
+   burst of load on a shared machine can end), measured again, up to ``retries``
+   more times; if it is still too noisy a
+   :class:`~autoprune.errors.NoisyMeasurementError` is raised. Nothing noisy is stored.
 5. **Sanity**: a NaN, infinite, zero or negative timing is never stored; it raises
    :class:`~autoprune.errors.ProfilingError` at once.
 6. **Timeout**: when the whole measurement (all retries) exceeds ``timeout_s`` it
@@ -41,7 +43,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from autoprune.errors import ConfigError, ProfilingError
+from autoprune.errors import ConfigError, NoisyMeasurementError, ProfilingError
 
 __all__ = [
     "DEFAULT_PROTOCOL",
@@ -70,6 +72,7 @@ class ProtocolSettings:
         max_cv: Largest acceptable robust CV (0.05 = 5 %).
         retries: Extra batches measured when a batch is too noisy.
         timeout_s: Wall-clock bound of the whole measurement, retries included.
+        backoff_s: Pause before the n-th re-measurement of a noisy batch is ``n * backoff_s``.
     """
 
     warmup: int = 5
@@ -79,6 +82,7 @@ class ProtocolSettings:
     max_cv: float = 0.05
     retries: int = 2
     timeout_s: float = 120.0
+    backoff_s: float = 0.25
 
     def __post_init__(self) -> None:
         checks = {
@@ -89,6 +93,7 @@ class ProtocolSettings:
             "max_cv": self.max_cv > 0,
             "retries": self.retries >= 0,
             "timeout_s": self.timeout_s > 0,
+            "backoff_s": self.backoff_s >= 0 and math.isfinite(self.backoff_s),
         }
         for name, ok in checks.items():
             if not ok:
@@ -277,16 +282,19 @@ def measure_samples(
     min_repeats: int = 1,
     timeout_s: float = DEFAULT_PROTOCOL.timeout_s,
     clock: Callable[[], float] = time.monotonic,
+    backoff_s: float = DEFAULT_PROTOCOL.backoff_s,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Measurement:
     """Obtain batches from ``produce_samples_ms`` until one passes the noise bound.
 
     Each call to ``produce_samples_ms`` must return a fresh batch of per-repeat
     timings in milliseconds. Invalid values (NaN, inf, <= 0) raise at once; a
-    batch with CV above ``max_cv`` is re-measured up to ``retries`` times.
+    batch with CV above ``max_cv`` is re-measured up to ``retries`` times, the n-th
+    time after ``sleep(n * backoff_s)`` (never past ``timeout_s``).
 
     Raises:
-        ProfilingError: If a batch is invalid, all batches are too noisy, or
-            ``timeout_s`` passes (checked between batches).
+        NoisyMeasurementError: If all batches are too noisy.
+        ProfilingError: If a batch is invalid, or ``timeout_s`` passes (checked between batches).
     """
     start = clock()
     cvs: list[float] = []
@@ -304,10 +312,13 @@ def measure_samples(
         if m.cv <= max_cv:
             return m
         cvs.append(m.cv)
-        if clock() - start > timeout_s:
+        left = timeout_s - (clock() - start)
+        if left <= 0:
             break
+        if attempt <= retries and backoff_s > 0:
+            sleep(min(attempt * backoff_s, left))
     tried = ", ".join(f"{c:.1%}" for c in cvs)
-    raise ProfilingError(
+    raise NoisyMeasurementError(
         f"measurement on {runtime}: too noisy after {len(cvs)} batch(es) (CV {tried} > {max_cv:.1%}); "
         "quiet the machine, pin clocks, or raise max_cv/retries"
     )
@@ -323,6 +334,7 @@ def measure_callable(
     max_cv: float = DEFAULT_PROTOCOL.max_cv,
     retries: int = DEFAULT_PROTOCOL.retries,
     timeout_s: float = DEFAULT_PROTOCOL.timeout_s,
+    backoff_s: float = DEFAULT_PROTOCOL.backoff_s,
     runtime: str = f"python-{platform.python_version()}",
     device: str | None = None,
     threads: int | None = None,
@@ -339,6 +351,7 @@ def measure_callable(
         max_cv: Largest acceptable robust CV.
         retries: Extra batches when one is too noisy.
         timeout_s: Bound on the whole measurement, checked between calls.
+        backoff_s: Pause unit before re-measuring a noisy batch (see :func:`measure_samples`).
         runtime: Stored in the measurement.
         device: Stored in the measurement; defaults to :func:`host_description`.
         threads: Stored in the measurement.
@@ -351,7 +364,7 @@ def measure_callable(
         ProfilingError: On bad timings, persistent noise or timeout.
         ConfigError: On invalid settings.
     """
-    ProtocolSettings(warmup, min_time_s, min_repeats, max_repeats, max_cv, retries, timeout_s)
+    ProtocolSettings(warmup, min_time_s, min_repeats, max_repeats, max_cv, retries, timeout_s, backoff_s)
     start = clock()
 
     def check_timeout() -> None:
@@ -387,6 +400,7 @@ def measure_callable(
         min_repeats=min_repeats,
         timeout_s=timeout_s,
         clock=clock,
+        backoff_s=backoff_s,
     )
 
 

@@ -238,6 +238,7 @@ class TvmRuntime(Runtime):
             retries=settings.retries,
             min_repeats=settings.min_repeats,
             timeout_s=settings.timeout_s,
+            backoff_s=settings.backoff_s,
         )
 
     def _measure_remote(self, ex, feeds, settings: ProtocolSettings) -> Measurement:
@@ -284,4 +285,5 @@ class TvmRuntime(Runtime):
                 retries=settings.retries,
                 min_repeats=settings.min_repeats,
                 timeout_s=settings.timeout_s,
+                backoff_s=settings.backoff_s,
             )

@@ -36,14 +36,57 @@ def test_tiny_lut_calibration_predicts_fresh_measurement():
     from autoprune.pruning import discover_groups
 
     model = Small().eval()
-    res = calibrate("small", model=model, input_size=32, plans=4, grid=(0.5, 1.0), round_to=8)
+    # Noise rejection is tested below with a runtime that is noisy on purpose; this one must calibrate
+    # on a shared CI machine, where a 15 us graph can show a 50-80 % CV.
+    res = calibrate("small", model=model, input_size=32, plans=4, grid=(0.5, 1.0), round_to=8, max_cv=2.0)
+    assert res.error["kernel_protocol"]["max_cv"] == 2.0
     assert res.kernel_points >= 4 and res.model.provenance.status == "measured"
     example = torch.zeros(1, 3, 32, 32)
     pruned = prune_random(model, example, discover_groups(model, example), np.random.default_rng(7), round_to=8)
     measured = get_runtime("onnxruntime", threads=1).measure(
-        export_onnx_bytes(pruned, example), None, min_time_s=0.2, max_cv=0.5).latency_ms
+        export_onnx_bytes(pruned, example), None, min_time_s=0.2, max_cv=10.0).latency_ms
     predicted = res.model.predict(pruned).latency_ms
-    assert predicted == pytest.approx(measured, rel=0.6)  # loose: the test machine is shared and noisy
+    # A behaviour check, not a fidelity figure (benchmarks/cost_model_fidelity.py has those): a unit or
+    # bookkeeping bug is off by 10x or more, while a shared CI machine can swing timings by 2x.
+    assert measured / 3 < predicted < measured * 3
+    assert isinstance(res.error["rejected_points"], list)
+
+
+class _NoisyFor:
+    """The real ONNX Runtime, except that the first ``n`` isolated measurements are too noisy."""
+
+    def __init__(self, n: int) -> None:
+        from autoprune.profiling import get_runtime
+
+        self.inner, self.left, self.threads = get_runtime("onnxruntime", threads=1), n, 1
+
+    def measure(self, model, shapes=None, **settings):
+        from autoprune.errors import NoisyMeasurementError
+
+        if self.left > 0:
+            self.left -= 1
+            raise NoisyMeasurementError("measurement on fake: too noisy after 3 batch(es) (CV 80%); quiet it")
+        return self.inner.measure(model, shapes, **settings)
+
+    def runner(self, model, shapes=None):
+        return self.inner.runner(model, shapes)
+
+    def describe(self, *a):
+        return "fake-noisy/" + self.inner.describe(*a)
+
+
+def test_noisy_isolated_points_are_rejected_not_stored_and_too_many_fail():
+    from autoprune.errors import NoisyMeasurementError
+
+    # 2 noisy measurements (each is tried strict, then relaxed): the overhead graph is rejected.
+    res = calibrate("small", model=Small().eval(), runtime=_NoisyFor(2), input_size=32, plans=2,
+                    grid=(0.5, 1.0), round_to=8)
+    assert res.error["rejected_points"][0].startswith("runtime overhead: too noisy")
+    assert res.error["runtime_overhead_ms"] is None and res.kernel_points >= 4
+    assert all(v > 0 for t in res.model.tables.values() for row in t["ms"] for v in row)
+    with pytest.raises(NoisyMeasurementError, match=r"isolated measurements were too noisy.*profile again"):
+        calibrate("small", model=Small().eval(), runtime=_NoisyFor(10**6), input_size=32, plans=2,
+                  grid=(0.5, 1.0), round_to=8)
 
 
 def _wide(width: int) -> nn.Module:
@@ -65,7 +108,7 @@ def test_measure_vs_reference_orders_models_and_is_near_one_for_itself():
     same = measure_vs_reference(rt, big, ref, {"rounds": 6})
     less = measure_vs_reference(rt, small, ref, {"rounds": 6})
     assert same.rounds == 6 and same.reference_ms > 0 and less.latency_ms > 0
-    assert same.ratio == pytest.approx(1.0, rel=0.35)  # the same graph, another session, a noisy host
+    assert same.ratio == pytest.approx(1.0, rel=0.5)  # the same graph, another session, a noisy host
     assert less.ratio < 0.5 * same.ratio  # 8 vs 96 channels: ~100x fewer MACs in conv2
 
 
@@ -102,3 +145,24 @@ def test_kernel_scales_recover_per_kernel_in_context_factors():
     fresh = tpl.shape_from_channels({"conv1": (3, 40), "conv2": (40, 24), "fc": (24, 10)})
     fresh_tab = cm._table_ms(tpl.arrays, np.asarray(fresh.cin, float), np.asarray(fresh.cout, float), tpl.keys)
     assert cm.predict(fresh).latency_ms == pytest.approx(float(fresh_tab @ true) + 0.05, rel=0.02)
+
+
+@pytest.mark.slow
+def test_profile_command_writes_a_checked_calibration(tmp_path, monkeypatch, capsys):
+    """`autoprune profile --target local` end to end on the smallest zoo model, then read back."""
+    import json
+
+    from autoprune.cli import main
+    from autoprune.costmodel.calibration import calibration_path, load_calibration
+
+    monkeypatch.setenv("AUTOPRUNE_RESULTS", str(tmp_path))
+    rc = main(["profile", "--target", "local", "--model", "resnet20", "--grid", "1.0", "--plans", "2",
+               "--max-cv", "2"])
+    out = capsys.readouterr().out
+    path = calibration_path("local", "resnet20", 32)
+    assert rc == 0 and f"calibration written: {path}" in out and "held-out error on 1 plans" in out
+    data = json.loads(path.read_text())
+    assert data["status"] == "measured" and data["error"]["kernel_protocol"]["max_cv"] == 2.0
+    model = load_calibration(path)
+    assert model.provenance.status == "measured" and model.tables
+    assert 0.3 <= model.alpha <= 3.0 and model.overhead_ms == 0.0  # few fit points: a scale only

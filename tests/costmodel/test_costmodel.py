@@ -286,3 +286,14 @@ def test_onnxruntime_node_profile_maps_onto_every_kernel(tiny_template):
     heavy = [i for i, f in enumerate(tiny_template.features) if f.op in ("conv", "gemm")]
     assert not np.isnan(per[heavy]).any(), (list(times), [k.members for k in tiny_template.kernels])
     assert np.nansum(per) + rest == pytest.approx(sum(times.values()))
+
+
+def test_few_points_fit_a_scale_not_an_offset(tiny_template):
+    """Isolated kernels overshoot the whole graph (each carries the per-call cost): few points fit a ratio."""
+    model = _lut_for(tiny_template)
+    shapes = [tiny_template.shape_from_channels({"conv1": (3, c), "conv2": (c, c), "fc": (c, 10)})
+              for c in (4, 8, 16)]
+    sums = np.array([model.predict(s).latency_ms for s in shapes])
+    model.fit_correction(shapes, 0.5 * sums)
+    assert model.alpha == pytest.approx(0.5) and model.power == 1.0 and model.overhead_ms == 0.0
+    assert model.predict(shapes[1]).latency_ms == pytest.approx(0.5 * sums[1])

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from autoprune.errors import ConfigError, ProfilingError
+from autoprune.errors import ConfigError, NoisyMeasurementError, ProfilingError
 from autoprune.profiling.protocol import (
     Measurement,
     ProtocolSettings,
@@ -73,9 +73,29 @@ def test_persistently_noisy_is_rejected():
         calls.append(1)
         return [1.0, 2.0, 3.0, 4.0]
 
-    with pytest.raises(ProfilingError, match="too noisy after 3 batch"):
-        measure_samples(produce, runtime="x", device="d", max_cv=0.05, retries=2)
+    slept = []
+    with pytest.raises(NoisyMeasurementError, match="too noisy after 3 batch"):
+        measure_samples(produce, runtime="x", device="d", max_cv=0.05, retries=2, backoff_s=0.5,
+                        sleep=slept.append)
     assert len(calls) == 3
+    assert slept == [0.5, 1.0]  # a growing pause before each re-measurement, none after the last
+
+
+def test_backoff_never_runs_past_the_timeout():
+    t = [0.0]
+
+    def clock():
+        return t[0]
+
+    def produce():
+        t[0] += 1.0
+        return [1.0, 2.0, 3.0, 4.0]
+
+    slept = []
+    with pytest.raises(NoisyMeasurementError):
+        measure_samples(produce, runtime="x", device="d", max_cv=0.05, retries=3, timeout_s=1.5, backoff_s=2.0,
+                        clock=clock, sleep=slept.append)
+    assert slept == [0.5]  # 1.5 s bound - 1 s spent; the second batch ends past the bound
 
 
 def test_measure_callable_with_fake_clock_repeats_until_min_time():
@@ -97,9 +117,9 @@ def test_measure_callable_stops_at_max_repeats():
 def test_measure_callable_remeasures_noise_and_rejects():
     # Alternating 1 ms / 3 ms: CV far above 5 %, every batch.
     clock = FakeClock([0.001, 0.003])
-    with pytest.raises(ProfilingError, match="too noisy"):
+    with pytest.raises(NoisyMeasurementError, match="too noisy"):
         measure_callable(clock.fn, warmup=0, min_time_s=0.0, min_repeats=10, retries=1, clock=clock,
-                         device="d")
+                         device="d", backoff_s=0.0)
     assert clock.calls == 20  # two batches of 10
 
 
