@@ -277,6 +277,8 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
     from autoprune.profiling import get_runtime
     from autoprune.pruning import PlanSettings, PruningPlan, discover_groups, prune_model
 
+    if max_cv is not None and not (max_cv > 0 and np.isfinite(max_cv)):
+        raise ConfigError(f"max_cv must be a positive number (0.2 = 20 % robust CV), got {max_cv!r}")
     start = time.perf_counter()
     if runtime is None:
         runtime = get_runtime("onnxruntime", threads=threads)
@@ -294,8 +296,6 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
         if progress is not None:
             progress(done, total, what)
 
-    if max_cv is not None and not (max_cv > 0 and np.isfinite(max_cv)):
-        raise ConfigError(f"max_cv must be a positive number (0.2 = 20 % robust CV), got {max_cv!r}")
     kernel_protocol = {**KERNEL_PROTOCOL, **({"max_cv": float(max_cv)} if max_cv is not None else {})}
     rejected: list[str] = []
 
@@ -317,8 +317,7 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
             n_points += 1
             ms = measure_point(kernel_graph(feats, seed=seed), f"{key} cin={ci} cout={co}")
             if ms is not None:
-                base = overhead or 0.0
-                samples.append(FitSample((feats,), (key,), max(ms - base, 0.1 * ms), "kernel"))
+                samples.append(FitSample((feats,), (key,), max(ms - (overhead or 0.0), 0.1 * ms), "kernel"))
             tick(key.split("|")[0])
     if len(rejected) > MAX_REJECTED_SHARE * (n_points + 1):
         raise NoisyMeasurementError(

@@ -76,7 +76,7 @@ class _NoisyFor:
 
 
 def test_noisy_isolated_points_are_rejected_not_stored_and_too_many_fail():
-    from autoprune.errors import NoisyMeasurementError
+    from autoprune.errors import ConfigError, NoisyMeasurementError
 
     # 2 noisy measurements (each is tried strict, then relaxed): the overhead graph is rejected.
     res = calibrate("small", model=Small().eval(), runtime=_NoisyFor(2), input_size=32, plans=2,
@@ -84,6 +84,8 @@ def test_noisy_isolated_points_are_rejected_not_stored_and_too_many_fail():
     assert res.error["rejected_points"][0].startswith("runtime overhead: too noisy")
     assert res.error["runtime_overhead_ms"] is None and res.kernel_points >= 4
     assert all(v > 0 for t in res.model.tables.values() for row in t["ms"] for v in row)
+    with pytest.raises(ConfigError, match="max_cv must be a positive number"):
+        calibrate("small", model=Small().eval(), runtime=_NoisyFor(0), max_cv=0.0)
     with pytest.raises(NoisyMeasurementError, match=r"isolated measurements were too noisy.*profile again"):
         calibrate("small", model=Small().eval(), runtime=_NoisyFor(10**6), input_size=32, plans=2,
                   grid=(0.5, 1.0), round_to=8)
