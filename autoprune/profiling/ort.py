@@ -166,14 +166,7 @@ class OnnxRuntime(Runtime):
         run, used, missing = self._load(model, input_shapes, seed)
         return measure_callable(
             run,
-            warmup=settings.warmup,
-            min_time_s=settings.min_time_s,
-            min_repeats=settings.min_repeats,
-            max_repeats=settings.max_repeats,
-            max_cv=settings.max_cv,
-            retries=settings.retries,
-            timeout_s=settings.timeout_s,
-            backoff_s=settings.backoff_s,
+            **settings.callable_kwargs(),
             runtime=self.describe(used, missing),
             threads=self.threads,
         )

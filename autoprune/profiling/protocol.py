@@ -102,6 +102,14 @@ class ProtocolSettings:
                     "use a non-negative number (max_repeats >= min_repeats >= 1, max_cv and timeout_s > 0)"
                 )
 
+    def callable_kwargs(self) -> dict[str, Any]:
+        """Every setting, as :func:`measure_callable`'s keyword arguments."""
+        return asdict(self)
+
+    def batch_kwargs(self) -> dict[str, Any]:
+        """The settings that :func:`measure_samples` applies to externally produced batches."""
+        return {k: getattr(self, k) for k in ("max_cv", "retries", "min_repeats", "timeout_s", "backoff_s")}
+
     def with_overrides(self, **overrides: Any) -> ProtocolSettings:
         """Return a copy with ``overrides`` applied (``None`` values are ignored).
 

@@ -234,11 +234,7 @@ class TvmRuntime(Runtime):
             runtime=self.describe(),
             device=host_description(),
             threads=self.threads,
-            max_cv=settings.max_cv,
-            retries=settings.retries,
-            min_repeats=settings.min_repeats,
-            timeout_s=settings.timeout_s,
-            backoff_s=settings.backoff_s,
+            **settings.batch_kwargs(),
         )
 
     def _measure_remote(self, ex, feeds, settings: ProtocolSettings) -> Measurement:
@@ -281,9 +277,5 @@ class TvmRuntime(Runtime):
                 runtime=self.describe(),
                 device=where,
                 threads=self.threads,
-                max_cv=settings.max_cv,
-                retries=settings.retries,
-                min_repeats=settings.min_repeats,
-                timeout_s=settings.timeout_s,
-                backoff_s=settings.backoff_s,
+                **settings.batch_kwargs(),
             )
