@@ -46,10 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
         "on a target device.",
     )
     parser.add_argument("--version", action="version", version=f"autoprune {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profiles", metavar="DIR", default=None,
+                        help="a folder of your own hardware profiles (*.yaml), searched before the shipped ones "
+                        "(or set AUTOPRUNE_HW_PROFILES)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, ref in COMMANDS.items():
         cmd = _load(ref)
-        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help, parents=[common])
         cmd.add_arguments(p)
         p.set_defaults(_command=cmd)
     return parser
@@ -62,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_command", None):
         parser.print_help()
         return 2
+    if getattr(args, "profiles", None):
+        folder = os.path.abspath(args.profiles)
+        if not os.path.isdir(folder):
+            print(f"autoprune {args.command}: error: --profiles {args.profiles}: no such folder", file=sys.stderr)
+            return 2
+        # An environment variable, so child processes (Ray workers, dashboard requests) see the same targets.
+        os.environ["AUTOPRUNE_HW_PROFILES"] = os.pathsep.join(
+            [folder, *filter(None, os.environ.get("AUTOPRUNE_HW_PROFILES", "").split(os.pathsep))])
     try:
         return int(args._command.run(args) or 0)
     except AutopruneError as exc:

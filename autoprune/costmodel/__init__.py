@@ -18,10 +18,13 @@ Importing this package imports numpy and scipy, not torch/onnx/onnxruntime.
 
 from .base import COST_MODELS, CostEstimate, CostModel, FitSample, Provenance, get_cost_model_class
 from .calibration import (
+    calibration_name,
     calibration_path,
     load_calibration,
     load_cost_model,
+    profile_command,
     published_path,
+    require_calibration,
     save_calibration,
     template_for,
 )
@@ -46,12 +49,15 @@ __all__ = [
     "Provenance",
     "Regressor",
     "TargetSpec",
+    "calibration_name",
     "calibration_path",
     "detect_kernels",
     "get_cost_model_class",
     "load_calibration",
     "load_cost_model",
+    "profile_command",
     "published_path",
+    "require_calibration",
     "save_calibration",
     "target_spec",
     "template_for",

@@ -25,10 +25,13 @@ __all__ = [
     "CALIBRATION_FORMAT",
     "CALIBRATION_VERSION",
     "PUBLISHED_DIR",
+    "calibration_name",
     "calibration_path",
     "load_calibration",
     "load_cost_model",
+    "profile_command",
     "published_path",
+    "require_calibration",
     "save_calibration",
     "template_for",
 ]
@@ -37,21 +40,29 @@ CALIBRATION_FORMAT = "autoprune-calibration"
 CALIBRATION_VERSION = 1
 PUBLISHED_DIR = Path(__file__).parent / "calibrations"
 
-#: Derived targets: name → (base calibration, compute-time scale, overhead scale, why).
-DERIVED = {
-    "jetson-nano-5w": ("jetson-nano", 921.6 / 640.0, 1479.0 / 918.0,
-                       "jetson-nano calibration clock-scaled to nvpmodel mode 1 (5W): MAC- and bandwidth-bound "
-                       "terms x921.6/640 (GPU clock; assumes EMC scales alike), launch overhead x1479/918 "
-                       "(CPU clock); unverified on a device"),
-}
-
 _TEMPLATES: dict[tuple[str, tuple[int, ...]], ModelTemplate] = {}
 
 
+def calibration_name(model_ref: str) -> str:
+    """The name a model's calibration is stored under: the one place it is worked out.
+
+    A zoo name stays itself (``resnet20``). A user model is named by its file's stem or its
+    module path and its function, so ``usermodel.py:build``, ``./usermodel.py:build`` and
+    ``/abs/path/usermodel.py:build`` all find the same calibration (``usermodel.build``), and
+    ``pkg.models:make`` is ``pkg.models.make``. ``profile`` writes and ``search`` reads this name.
+    """
+    ref = str(model_ref)
+    if ":" in ref:
+        module, func = ref.rsplit(":", 1)
+        module = Path(module).stem if module.endswith(".py") else module
+        ref = f"{module}.{func}"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in ref)
+
+
 def calibration_path(target: str, model: str, input_size: int, root: str | Path | None = None) -> Path:
-    """Where the measured calibration of ``model`` at ``input_size`` on ``target`` lives."""
-    safe = model.replace("/", "_").replace(":", "_")
-    return Path(root or results_dir()) / "calibrations" / target / f"{safe}-{int(input_size)}.json"
+    """Where the measured calibration of ``model`` (a reference or a :func:`calibration_name`) at
+    ``input_size`` on ``target`` lives."""
+    return Path(root or results_dir()) / "calibrations" / target / f"{calibration_name(model)}-{int(input_size)}.json"
 
 
 def published_path(target: str) -> Path:
@@ -59,8 +70,47 @@ def published_path(target: str) -> Path:
     return PUBLISHED_DIR / f"{target}.json"
 
 
+def profile_command(target: str, model_ref: str, *, data: str | None = None, input_size: int | None = None,
+                    extra: str = "") -> str:
+    """The ``autoprune profile`` command line that writes the calibration ``search`` looks for.
+
+    Args:
+        target: Target name.
+        model_ref: The model reference exactly as the user gave it to ``search``.
+        data: The data reference, where it is not the default (``digits``): it sets the classes
+            and the default input size, so the calibration is made for the same model.
+        input_size: The ``--input-size`` the user gave, if any.
+        extra: More arguments (e.g. ``--runtime tvm --rpc HOST:PORT``).
+    """
+    import shlex
+
+    cmd = f"autoprune profile --target {shlex.quote(target)} --model {shlex.quote(str(model_ref))}"
+    if data not in (None, "digits"):
+        cmd += f" --data {shlex.quote(str(data))}"
+    if input_size is not None:
+        cmd += f" --input-size {int(input_size)}"
+    return f"{cmd} {extra}".rstrip()
+
+
 def _fix(target: str, model: str) -> str:
-    return f"run `autoprune profile --target {target} --model {model}`"
+    return f"run `{profile_command(target, model)}`"
+
+
+def require_calibration(target: str, model_ref: str, input_size: int, *, fix: str | None = None,
+                        root: str | Path | None = None) -> None:
+    """Fail now, before any training, when :func:`load_cost_model` would find no calibration.
+
+    A measured calibration at :func:`calibration_path`, a published one, or (on any target but
+    ``local``) the datasheet prior will do.
+
+    Raises:
+        CalibrationError: Naming the file looked for and the command that writes it.
+    """
+    path = calibration_path(target, model_ref, input_size, root)
+    if path.exists() or target != "local":
+        return
+    raise CalibrationError(f"no calibration for {model_ref} at {int(input_size)}px on {target} ({path}); "
+                           f"{fix or _fix(target, model_ref)} first")
 
 
 def save_calibration(model: CostModel, path: str | Path, *, model_name: str, input_shape: tuple[int, ...],
@@ -148,8 +198,32 @@ def template_for(model: Any, input_shape: tuple[int, ...] | None = None, *, name
     return ModelTemplate.from_model(model, torch.zeros(1, *input_shape), name or type(model).__name__)
 
 
+def _derived_scales(target: str) -> tuple[str, float, float, str]:
+    """``(base target, compute-time scale, overhead scale, why)`` for a profile that says
+    ``calibration.derived_from``, from the two profiles' default power modes' clocks."""
+    from autoprune.hardware import load_profile
+
+    try:
+        profile = load_profile(target)
+    except ConfigError:
+        return target, 1.0, 1.0, ""
+    base = profile.calibration.derived_from
+    if not base:
+        return target, 1.0, 1.0, ""
+    mine, theirs = profile.power_mode(), load_profile(base).power_mode()
+    if not (mine.gpu_clock_mhz and theirs.gpu_clock_mhz and mine.cpu_clock_mhz and theirs.cpu_clock_mhz):
+        raise ConfigError(f"hardware profile {profile.path}: calibration.derived_from needs gpu_clock_mhz and "
+                          f"cpu_clock_mhz in both its and {base}'s default power modes")
+    c_scale = theirs.gpu_clock_mhz / mine.gpu_clock_mhz
+    o_scale = theirs.cpu_clock_mhz / mine.cpu_clock_mhz
+    why = (f"{base} calibration clock-scaled to {target}'s {mine.name} mode: MAC- and bandwidth-bound terms "
+           f"x{theirs.gpu_clock_mhz:g}/{mine.gpu_clock_mhz:g} (GPU clock; assumes EMC scales alike), launch "
+           f"overhead x{theirs.cpu_clock_mhz:g}/{mine.cpu_clock_mhz:g} (CPU clock); unverified on a device")
+    return base, c_scale, o_scale, why
+
+
 def _published(target: str, template: ModelTemplate | None) -> CostModel | None:
-    base, c_scale, o_scale, why = DERIVED.get(target, (target, 1.0, 1.0, ""))
+    base, c_scale, o_scale, why = _derived_scales(target)
     path = published_path(base)
     if not path.is_file():
         return None
@@ -170,7 +244,7 @@ def _published(target: str, template: ModelTemplate | None) -> CostModel | None:
 
 def load_cost_model(target: str, model: Any = "resnet20", input_shape: tuple[int, ...] | None = None, *,
                     model_name: str | None = None, num_classes: int = 10, allow_prior: bool = True,
-                    root: str | Path | None = None) -> CostModel:
+                    root: str | Path | None = None, fix: str | None = None) -> CostModel:
     """Return the best available cost model for ``model`` on ``target``.
 
     Order: the measured local calibration (``lut``) at :func:`calibration_path`;
@@ -186,6 +260,7 @@ def load_cost_model(target: str, model: Any = "resnet20", input_shape: tuple[int
         num_classes: Classifier width used to build a zoo model's template.
         allow_prior: Fall back to an unchecked roofline prior instead of failing.
         root: Results folder (defaults to :func:`autoprune.io.results_dir`).
+        fix: What to tell the user to run (default: ``autoprune profile`` with the model's name).
 
     Raises:
         CalibrationError: If a calibration exists but is corrupt, or none exists and
@@ -195,18 +270,19 @@ def load_cost_model(target: str, model: Any = "resnet20", input_shape: tuple[int
     template = template_for(model, input_shape, name=model_name, num_classes=num_classes)
     name = model_name or template.name
     path = calibration_path(target, name, template.input_size, root)
+    fix = fix or _fix(target, name)
     if path.exists():
-        return load_calibration(path, template, fix=_fix(target, name))
+        return load_calibration(path, template, fix=fix)
     published = _published(target, template)
     if published is not None:
         return published
     if target == "local" or not allow_prior:
         raise CalibrationError(f"no calibration for {name} at {template.input_size}px on {target} ({path}); "
-                               f"{_fix(target, name)}")
+                               f"{fix}")
     spec: TargetSpec = target_spec(target)
     prior = Regressor.from_roofline(spec, template=template)
     prior.provenance = Provenance(cost_model="regressor", target=target, runtime="datasheet roofline",
                                   status="prior", calibration_id=f"{target}/datasheet-prior",
                                   note="datasheet roofline with default efficiencies; never checked against a "
-                                       f"measurement; {_fix(target, name)} on the device to calibrate")
+                                       f"measurement; {fix} on the device to calibrate")
     return prior

@@ -1,110 +1,116 @@
-"""The device facts a cost model needs, read from the hardware profile.
+"""The device facts a cost model needs, read from the target's hardware profile.
 
-:func:`target_spec` asks :func:`autoprune.hardware.load_profile` when that module
-is available and falls back to the built-in datasheet facts below (sources in
-``/work/shared/reference/hardware-and-peers.md``) otherwise.
+Every figure comes from ``hw_profiles/<target>.yaml`` (or a user's profiles folder, see
+:func:`autoprune.hardware.profile.profiles_dirs`) and nowhere else: :func:`target_spec`
+picks the processor that runs inference and its precision, and reads its peak, the memory
+bandwidth, the power mode's active power, the DRAM energy per byte and the sparsity the
+kernels exploit. An edited or added profile changes the predictions.
 
-Energy model (documented decision): ``energy_mj = active_power_w × latency_ms +
-dram_pj_per_byte × dram_bytes × 1e-9``. The first term is the board drawing its
-active inference power while the model runs; the second is the DRAM access energy
-of the bytes the kernels move (weights + activations). Sparse weights only
-shrink ``dram_bytes`` on a target whose kernels read a compressed format
-(``sparsity_support``); on a dense target zeros are still stored and moved.
+Energy model (the one energy model; :func:`autoprune.hardware.energy.model_energy` calls
+:func:`energy_mj` too): ``energy_mj = active_power_w × latency_ms + pj_per_byte × dram_bytes ×
+1e-9``. The first term is the board drawing its active inference power while the model runs;
+the second, where the profile gives a pJ/byte figure, is the DRAM access energy of the bytes
+the kernels move (weights + activations). Sparse weights only shrink ``dram_bytes`` on a target
+whose kernels read a compressed format (``sparsity_support``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import Any
 
 from autoprune.errors import ConfigError
 
-__all__ = ["TargetSpec", "energy_mj", "target_spec"]
+__all__ = ["TargetSpec", "energy_mj", "spec_from_profile", "target_spec"]
+
+#: Bytes per element of each precision named in a profile's ``peak_gflops``.
+BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
+#: Execution providers whose presence means the runtime computes on the device's GPU.
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """Device facts used by the cost models.
+    """Device facts used by the cost models (all read from the hardware profile).
 
     Attributes:
         name: Target name (``local``, ``jetson-nano``...).
-        peak_gflops: Peak arithmetic throughput of the runtime's data type, GFLOP/s.
+        peak_gflops: Peak arithmetic throughput of the inference processor at ``precision``, GFLOP/s.
         bandwidth_gbps: DRAM bandwidth, GB/s.
-        active_power_w: Board power while running inference, W.
-        dram_pj_per_byte: DRAM access energy, pJ/byte.
-        sparsity_support: Sparsity the target's kernels exploit (``none``,
-            ``nm-2:4``, ``unstructured``).
-        bytes_per_element: Element size of the runtime's data type.
-        sources: Where the figures come from.
+        active_power_w: Board power of ``power_mode`` while running inference, W (None: no figure).
+        dram_pj_per_byte: DRAM access energy, pJ/byte (None: the profile gives none, not modelled).
+        sparsity_support: Sparsity the target's kernels exploit (``none``, ``nm-2:4``, ``unstructured``).
+        bytes_per_element: Element size of ``precision``.
+        processor: ``cpu`` or ``gpu``: what runs inference (a GPU when the ONNX Runtime providers
+            include CUDA or TensorRT and the profile lists a GPU).
+        precision: ``fp16`` on a GPU that lists an FP16 peak, else ``fp32``.
+        power_mode: The power mode the power figure is for.
+        sources: Where the figures come from (the profile's ``sources:`` entries).
     """
 
     name: str
     peak_gflops: float
     bandwidth_gbps: float
-    active_power_w: float
-    dram_pj_per_byte: float = 20.0
+    active_power_w: float | None
+    dram_pj_per_byte: float | None = None
     sparsity_support: tuple[str, ...] = ("none",)
     bytes_per_element: int = 4
+    processor: str = "cpu"
+    precision: str = "fp32"
+    power_mode: str | None = None
     sources: tuple[str, ...] = ()
 
 
-_BUILTIN = {
-    "local": TargetSpec("local", 100.0, 20.0, 15.0, 20.0, ("none",), 4,
-                        ("generic x86 host; regressor priors only, replaced by `autoprune profile`",)),
-    "jetson-nano": TargetSpec("jetson-nano", 472.0, 25.6, 10.0, 20.0, ("none",), 2,
-                              ("NVIDIA Jetson Nano datasheet: FP16 472 GFLOPS, LPDDR4 25.6 GB/s, MAXN 10 W",)),
-    "jetson-nano-5w": TargetSpec("jetson-nano-5w", 472.0 * 640 / 921.6, 25.6, 5.0, 20.0, ("none",), 2,
-                                 ("jetson-nano scaled to nvpmodel mode 1 (GPU 640 MHz, 2 cores at 918 MHz)",)),
-    "raspberry-pi-4": TargetSpec("raspberry-pi-4", 48.0, 5.0, 6.4, 20.0, ("none",), 4,
-                                 ("Raspberry Pi 4 product brief: 4x Cortex-A72 1.5 GHz (~48 GFLOPS FP32); "
-                                  "~4-6 GB/s STREAM; ~6.4 W under load",)),
-}
+def target_spec(name: str, power_mode: str | None = None) -> TargetSpec:
+    """Return the cost-model facts of target ``name``, read from its hardware profile.
+
+    Args:
+        name: Target name (a profile).
+        power_mode: Power mode for the power figure (default: the profile's default).
+
+    Raises:
+        UnknownNameError: For an unknown target (lists the valid ones).
+        ConfigError: For a profile that lacks a figure the cost model needs (names the key).
+    """
+    from autoprune.hardware import load_profile
+
+    return spec_from_profile(load_profile(name), power_mode)
 
 
-def _from_profile(name: str) -> TargetSpec | None:
-    try:
-        from autoprune.hardware import load_profile  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    try:
-        p = load_profile(name)
-    except Exception:  # noqa: BLE001 - unknown to the profile set: use the built-in facts
-        return None
-    base = _BUILTIN.get(name, _BUILTIN["local"])
-
-    def pick(*names, default):
-        for n in names:
-            v = getattr(p, n, None)
-            if v is not None:
-                return v
-        return default
-
-    support = pick("sparsity_support", default=base.sparsity_support)
-    if isinstance(support, str):
-        support = (support,)
-    return replace(
-        base, name=name,
-        peak_gflops=float(pick("peak_gflops", "peak_gflops_fp16", "peak_gflops_fp32", default=base.peak_gflops)),
-        bandwidth_gbps=float(pick("bandwidth_gbps", "memory_bandwidth_gbps", default=base.bandwidth_gbps)),
-        sparsity_support=tuple(support),
+def spec_from_profile(p: Any, power_mode: str | None = None) -> TargetSpec:
+    """The :class:`TargetSpec` of a loaded :class:`~autoprune.hardware.HardwareProfile` (see :func:`target_spec`)."""
+    providers = p.runtimes.get("onnxruntime", {}).get("providers", ())
+    on_gpu = p.device.gpu is not None and any(pr in GPU_PROVIDERS for pr in providers)
+    proc = p.device.gpu if on_gpu else p.device.cpu
+    precision = "fp16" if on_gpu and "fp16" in proc.peak_gflops else "fp32"
+    if precision not in proc.peak_gflops:
+        raise ConfigError(f"hardware profile {p.path}: device.{'gpu' if on_gpu else 'cpu'}.peak_gflops has no "
+                          f"{precision} figure, which the cost model needs; add it with its source")
+    if p.device.memory_bandwidth_gbs is None:
+        raise ConfigError(f"hardware profile {p.path}: device.memory_bandwidth_gbs is missing, which the cost "
+                          "model needs; add it with its source")
+    mode = p.power_mode(power_mode) if p.power_modes or power_mode else None
+    return TargetSpec(
+        name=p.name,
+        peak_gflops=float(proc.peak_gflops[precision]),
+        bandwidth_gbps=float(p.device.memory_bandwidth_gbs),
+        active_power_w=None if mode is None else float(mode.active_w),
+        dram_pj_per_byte=p.energy_pj_per_byte,
+        sparsity_support=tuple(sorted(p.sparsity_support)),
+        bytes_per_element=BYTES_PER_ELEMENT.get(precision, 4),
+        processor="gpu" if on_gpu else "cpu",
+        precision=precision,
+        power_mode=None if mode is None else mode.name,
+        sources=tuple(f"{k}: {v}" for k, v in p.sources.items() if k.split(".")[0] in ("device", "power")),
     )
 
 
-def target_spec(name: str) -> TargetSpec:
-    """Return the facts of target ``name``.
+def energy_mj(target: TargetSpec, latency_ms: float, dram_bytes: float = 0.0) -> float:
+    """Modelled energy of one inference in millijoules (see the module docstring).
 
-    Raises:
-        ConfigError: If the target is unknown to both the hardware profiles and the
-            built-in table.
+    NaN where the profile has no power figure (an energy objective then says so).
     """
-    spec = _from_profile(name)
-    if spec is not None:
-        return spec
-    if name in _BUILTIN:
-        return _BUILTIN[name]
-    raise ConfigError(f"unknown target {name!r} for the cost model; valid: {', '.join(sorted(_BUILTIN))} "
-                      "(or add a hardware profile)")
-
-
-def energy_mj(target: TargetSpec, latency_ms: float, dram_bytes: float) -> float:
-    """Modelled energy of one inference in millijoules (see the module docstring)."""
-    return target.active_power_w * latency_ms + target.dram_pj_per_byte * dram_bytes * 1e-9
+    if target.active_power_w is None:
+        return float("nan")
+    data = target.dram_pj_per_byte * dram_bytes * 1e-9 if target.dram_pj_per_byte is not None else 0.0
+    return target.active_power_w * latency_ms + data

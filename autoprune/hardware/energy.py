@@ -12,7 +12,8 @@ Measured (``method="measured"``), where the platform exposes a sensor:
 The sysfs root is a parameter so tests point the readers at a fake tree.
 
 Modelled (``method="modelled"``): :func:`model_energy` = active power of the power
-mode × latency, plus bytes moved × the profile's pJ/byte where it gives one.
+mode × latency, plus bytes moved × the profile's pJ/byte where it gives one: the cost
+model's one energy model, :func:`autoprune.costmodel.targets.energy_mj`.
 Units: W × ms = mJ; 1 pJ = 1e-9 mJ.
 """
 
@@ -347,26 +348,28 @@ def model_energy(
         ConfigError: On a non-positive latency or a profile without power figures.
         UnknownNameError: On an unknown power mode.
     """
+    from autoprune.costmodel.targets import energy_mj, spec_from_profile
+
     if not (latency_ms > 0 and latency_ms != float("inf")):
         raise ConfigError(f"latency_ms must be positive and finite, got {latency_ms!r}")
     if bytes_moved < 0:
         raise ConfigError(f"bytes_moved must be >= 0, got {bytes_moved!r}")
-    mode = profile.power_mode(power_mode)
-    energy = mode.active_w * latency_ms  # W x ms = mJ
-    source = f"model:{profile.name}/{mode.name} active_w={mode.active_w:g}"
-    data_mj = 0.0
-    if bytes_moved and profile.energy_pj_per_byte is not None:
-        data_mj = bytes_moved * profile.energy_pj_per_byte * 1e-9
-        source += f" pj_per_byte={profile.energy_pj_per_byte:g}"
+    if not profile.power_modes:
+        profile.power_mode(power_mode)  # raises: no power figures, with the fix
+    spec = spec_from_profile(profile, power_mode)
+    source = f"model:{profile.name}/{spec.power_mode} active_w={spec.active_power_w:g}"
+    if bytes_moved and spec.dram_pj_per_byte is not None:
+        source += f" pj_per_byte={spec.dram_pj_per_byte:g}"
     elif bytes_moved:
         source += " (no pJ/byte figure: data movement not modelled)"
         bytes_moved = 0
+    total = energy_mj(spec, latency_ms, bytes_moved)
     return EnergyEstimate(
-        energy_mj=energy + data_mj,
+        energy_mj=total,
         method="modelled",
         source=source,
         latency_ms=latency_ms,
-        active_w=mode.active_w,
+        active_w=float(spec.active_power_w),
         bytes_moved=bytes_moved,
-        data_energy_mj=data_mj,
+        data_energy_mj=total - spec.active_power_w * latency_ms,
     )

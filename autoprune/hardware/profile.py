@@ -50,7 +50,7 @@ __all__ = [
     "ProfileCatalog",
     "list_profiles",
     "load_profile",
-    "profiles_dir",
+    "profiles_dirs",
 ]
 
 SCHEMA_VERSION = 1
@@ -58,10 +58,18 @@ SPARSITY_KINDS = ("none", "nm-2:4", "unstructured")
 CALIBRATION_STATUSES = ("measured", "published", "prior")
 
 
-def profiles_dir() -> Path:
-    """Return the profiles folder (``$AUTOPRUNE_HW_PROFILES`` or the repository's ``hw_profiles``)."""
-    env = os.environ.get("AUTOPRUNE_HW_PROFILES")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "hw_profiles"
+#: The shipped profiles.
+SHIPPED_PROFILES = Path(__file__).resolve().parents[2] / "hw_profiles"
+
+
+def profiles_dirs() -> list[Path]:
+    """The folders searched for profiles, first match wins: the user's (``$AUTOPRUNE_HW_PROFILES``,
+    several joined with ``os.pathsep``; the CLI's ``--profiles DIR`` sets it), then the shipped ones.
+
+    A user adds a board, or overrides a shipped one, without editing the package.
+    """
+    env = [Path(p) for p in os.environ.get("AUTOPRUNE_HW_PROFILES", "").split(os.pathsep) if p]
+    return [*env, SHIPPED_PROFILES]
 
 
 # -- frozen records --------------------------------------------------------------------------------
@@ -126,6 +134,8 @@ class CalibrationInfo:
         runtime: For ``measured``: the runtime used (e.g. ``onnxruntime-1.31.1/CPU...``).
         notes: Free text (what was fitted to which published figures).
         path: The calibration file, when one was found.
+        derived_from: Another target whose calibration this one scales by the ratio of the two
+            profiles' clocks (e.g. a power mode of the same board).
     """
 
     status: str
@@ -134,6 +144,7 @@ class CalibrationInfo:
     runtime: str | None = None
     notes: str | None = None
     path: str | None = None
+    derived_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -302,6 +313,7 @@ _SCHEMA = {
             "runtime": (str, False),
             "notes": (str, False),
             "upgrade_when_calibrated": (bool, False),
+            "derived_from": (str, False),
         },
         True,
     ),
@@ -564,7 +576,8 @@ def load_profile_file(path: str | os.PathLike) -> HardwareProfile:
 
 @dataclass
 class ProfileCatalog:
-    """The targets: profile name → file in :func:`profiles_dir` (scanned on each use).
+    """The targets: profile name → file in :func:`profiles_dirs` (scanned on each use; the first
+    folder that has a name wins).
 
     ``get`` raises :class:`~autoprune.errors.UnknownNameError` listing the valid names.
     """
@@ -572,13 +585,19 @@ class ProfileCatalog:
     folder: Path | None = None
     kind: str = field(default="target")
 
-    def _dir(self) -> Path:
-        return self.folder or profiles_dir()
+    def _dirs(self) -> list[Path]:
+        return [self.folder] if self.folder else profiles_dirs()
+
+    def _files(self) -> dict[str, Path]:
+        found: dict[str, Path] = {}
+        for d in self._dirs():
+            for p in sorted(d.glob("*.yaml")) if d.is_dir() else []:
+                found.setdefault(p.stem, p)
+        return found
 
     def names(self) -> list[str]:
         """Return the target names, sorted."""
-        d = self._dir()
-        return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+        return sorted(self._files())
 
     def get(self, name: str) -> HardwareProfile:
         """Load target ``name``.
@@ -587,11 +606,11 @@ class ProfileCatalog:
             UnknownNameError: If no profile has that name.
             ConfigError: If the profile is invalid.
         """
-        path = self._dir() / f"{name}.yaml"
-        if not path.is_file():
+        path = self._files().get(name)
+        if path is None:
+            where = ", ".join(str(d) for d in self._dirs())
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; valid: {', '.join(self.names()) or '(none)'} "
-                f"(profiles in {self._dir()})"
+                f"unknown {self.kind} {name!r}; valid: {', '.join(self.names()) or '(none)'} (profiles in {where})"
             )
         return load_profile_file(path)
 

@@ -145,6 +145,9 @@ def test_model_energy_with_per_byte_cost_and_versus_measured(tmp_path):
     assert measured.energy_mj == pytest.approx(model_energy(pi, 40.0).energy_mj)
 
 
-def test_local_profile_has_no_power_figures():
+def test_a_profile_without_power_figures_says_so():
+    import dataclasses
+
+    bare = dataclasses.replace(load_profile("raspberry-pi-4"), power_modes={}, default_power_mode=None)
     with pytest.raises(ConfigError, match="no power figures"):
-        model_energy(load_profile("local"), 1.0)
+        model_energy(bare, 1.0)
