@@ -74,21 +74,36 @@ class Pipeline:
         kd_temperature, kd_weight: Knowledge-distillation settings when enabled.
         measure: Also measure end-to-end latency with ONNX Runtime here (``local`` target).
         seed: Seed for fine-tuning.
+        space: The study's search space: its structures, N:M patterns, largest ratio,
+            ``min_channels`` and ``round_to`` are what the groups are checked for.
+        max_ratio: The largest ratio the groups are test-pruned at (default: the space's
+            largest, else 0.95).
+
+    Attributes:
+        groups: The prunable groups, as checked by :func:`~autoprune.pruning.check_groups`
+            (a group that failed its test prune lost the structures that failed).
+        excluded_groups: Group name → one line: which structures it lost and why.
     """
 
     def __init__(self, dense: nn.Module, data: DataSplits, target: str, model_ref: str, *,
                  finetune_epochs: int = 2, finetune_steps: int | None = None, lr: float = 0.02,
                  lr_schedule: str = "cosine", batch_size: int = 64, kd_temperature: float = 4.0,
-                 kd_weight: float = 0.7, measure: bool | None = None, seed: int = 0) -> None:
-        from autoprune.costmodel import load_cost_model
-        from autoprune.pruning import discover_groups
+                 kd_weight: float = 0.7, measure: bool | None = None, seed: int = 0,
+                 space: Any = None, max_ratio: float | None = None) -> None:
+        from autoprune.costmodel import calibration_name, load_cost_model, profile_command
+        from autoprune.data import natural_input_size
+        from autoprune.pruning import check_groups, discover_groups
 
         self.dense = dense.eval()
         self.data = data
         self.target = target
         self.model_ref = model_ref
         self.example = data.example_input(1)
-        self.groups = discover_groups(self.dense, self.example)
+        # Discovered once, then test-pruned once: what cannot be pruned safely is kept whole.
+        check = check_groups(self.dense, self.example, discover_groups(self.dense, self.example),
+                             **_check_options(space, max_ratio))
+        self.groups = list(check.groups)
+        self.excluded_groups: dict[str, str] = dict(check.excluded)
         self.finetune_epochs = finetune_epochs
         self.finetune_steps = finetune_steps
         self.lr = lr
@@ -98,14 +113,22 @@ class Pipeline:
         self.kd_weight = kd_weight
         self.seed = seed
         self.measure = (target == "local") if measure is None else measure
+        size = int(data.input_shape[-1])
+        fix = profile_command(target, model_ref, data=data.name,
+                              input_size=None if size == natural_input_size(model_ref, data.name) else size)
         self.cost_model = load_cost_model(target, self.dense, tuple(data.input_shape),
-                                          model_name=model_ref.replace(":", "_").replace("/", "_"))
+                                          model_name=calibration_name(model_ref), fix=f"run `{fix}`")
 
     # -- stages ----------------------------------------------------------------------------------
     def prune(self, plan):
-        """Stage 1: apply ``plan`` to a copy of the dense model (physically, or by masks)."""
-        from autoprune.pruning import prune_model
+        """Stage 1: apply ``plan``, fitted to the checked groups, to a copy of the dense model.
 
+        The plan is first snapped (:func:`~autoprune.pruning.snap_plan`); the returned
+        :class:`~autoprune.pruning.PrunedModel`'s ``plan`` is the snapped one.
+        """
+        from autoprune.pruning import prune_model, snap_plan
+
+        plan = snap_plan(plan, self.groups)
         plan.validate(self.groups)
         calib = self.data.loader("train", self.batch_size, seed=self.seed)
         steps_total = max(1, plan.settings.iterative_steps) if plan.settings.schedule == "iterative" else 1
@@ -151,7 +174,8 @@ class Pipeline:
         """Run the whole flow for one plan and return its result.
 
         Args:
-            plan: The candidate's pruning plan.
+            plan: The candidate's pruning plan; it is snapped to the checked groups first,
+                and the result records the snapped plan.
             kd: Distil from the dense teacher during fine-tuning.
             split: ``val`` during search; ``test`` at export.
             epochs: Fine-tuning epochs (defaults to the study's budget).
@@ -165,6 +189,7 @@ class Pipeline:
         t: dict[str, float] = {}
         t0 = time.perf_counter()
         pruned = self.prune(plan)
+        plan = pruned.plan  # the snapped plan: what was actually pruned
         t["prune_s"] = time.perf_counter() - t0
         is_dense = all(gp.structure == "keep" for _, gp in plan.groups) and plan.settings.allocation == "local"
         t0 = time.perf_counter()
@@ -196,11 +221,26 @@ class Pipeline:
             sparse_size_bytes=ev.sparse_size_bytes,
             latency_ms=cost.latency_ms, energy_mj=cost.energy_mj,
             latency_provenance=asdict(cost.provenance),
-            energy_method="modelled: the target profile's active power x predicted latency + data movement",
+            energy_method=cost.provenance.energy,
             per_layer_ms=tuple((str(n), round(float(v), 5)) for n, v in cost.per_kernel_ms),
             measured_latency_ms=measured, measured_runtime=runtime, onnx=onnx,
             seconds={k: round(v, 3) for k, v in t.items()},
         )
+
+
+def _check_options(space: Any, max_ratio: float | None) -> dict[str, Any]:
+    """The :func:`~autoprune.pruning.check_groups` options a search space implies."""
+    from autoprune.pruning import STRUCTURES, PlanSettings
+
+    if space is None:
+        return {"max_ratio": 0.95 if max_ratio is None else max_ratio}
+    highs = [space.ratio.high, *(r.high for r in space.ratio_by_kind.values())]
+    return {
+        "max_ratio": max(max(highs), 0.05) if max_ratio is None else max_ratio,
+        "structures": tuple(s for s in STRUCTURES if s in space.structures),
+        "nm_patterns": tuple(space.nm_patterns),
+        "settings": PlanSettings(min_channels=space.min_channels, round_to=space.round_to),
+    }
 
 
 def measure_onnx_local(path: str | Path, input_shape: tuple[int, ...], threads: int | None = None):

@@ -2,8 +2,8 @@
 
 Typical use::
 
-    groups = discover_groups(model, example_input)
-    plan = PruningPlan.uniform(groups, "channel", 0.5, criterion="l1")
+    groups = check_groups(model, example_input, discover_groups(model, example_input)).groups
+    plan = snap_plan(PruningPlan.uniform(groups, "channel", 0.5, criterion="l1"), groups)
     pruned = prune_model(model, plan, example_input, calib_loader=loader)
     finetune(pruned.module, train_loader, FinetuneConfig(steps=200), teacher=model)
     ev = evaluate(pruned, test_loader, example_input)
@@ -11,6 +11,7 @@ Typical use::
 """
 
 from autoprune.pruning.apply import PrunedModel, kept_count, prune_model, safe_deepcopy
+from autoprune.pruning.check import GroupCheck, check_groups
 from autoprune.pruning.criteria import CRITERIA, Criterion, get_criterion
 from autoprune.pruning.evaluate import Evaluation, count_macs, evaluate, size_report
 from autoprune.pruning.export import ExportResult, export_onnx
@@ -24,6 +25,7 @@ from autoprune.pruning.finetune import (
 )
 from autoprune.pruning.groups import PrunableGroup, discover_groups
 from autoprune.pruning.plan import STRUCTURES, GroupPlan, PlanSettings, PruningPlan, parse_nm
+from autoprune.pruning.snap import snap_plan
 
 __all__ = [
     "CRITERIA",
@@ -34,11 +36,13 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneDivergedError",
     "FinetuneResult",
+    "GroupCheck",
     "GroupPlan",
     "PlanSettings",
     "PrunableGroup",
     "PrunedModel",
     "PruningPlan",
+    "check_groups",
     "count_macs",
     "discover_groups",
     "evaluate",
@@ -52,4 +56,5 @@ __all__ = [
     "regularization_loss",
     "safe_deepcopy",
     "size_report",
+    "snap_plan",
 ]

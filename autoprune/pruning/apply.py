@@ -18,9 +18,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from autoprune.errors import PlanError
 from autoprune.pruning.criteria import Criterion, get_criterion
 from autoprune.pruning.groups import GroupIndex, PrunableGroup, build_index
-from autoprune.pruning.plan import PruningPlan, parse_nm
+from autoprune.pruning.plan import PruningPlan, kept_count, parse_nm
 
 NM_ATTR = "_autoprune_nm"  # module attribute: member name -> "N:M" of its mask
 
@@ -66,18 +67,6 @@ class PrunedModel:
         return 0.0 if total == 0 else 1.0 - kept / total
 
 
-def kept_count(dense: int, ratio: float, round_to: int | None, min_channels: int) -> int:
-    """The channels a group keeps at ``ratio`` (see :mod:`autoprune.pruning.plan`)."""
-    if ratio <= 0.0:
-        return dense
-    keep = max(math.floor(dense * (1.0 - ratio) + 0.5), min_channels, 1)
-    if round_to and dense >= round_to:
-        keep = max(round_to, math.floor(keep / round_to + 0.5) * round_to)
-        if keep < min_channels:
-            keep = math.ceil(min_channels / round_to) * round_to
-    return min(keep, dense)
-
-
 def _masked_modules(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
     for name, m in model.named_modules():
         if hasattr(m, "weight_mask") and hasattr(m, "weight_orig"):
@@ -108,12 +97,22 @@ def _remove_masks(model: nn.Module) -> None:
 
 
 def _nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Keep the top-``n`` of every ``m`` consecutive weights along the input-channel dim."""
+    """Keep the top-``n`` of every ``m`` consecutive weights along the input-channel dim.
+
+    Where channel pruning upstream left the input channels short of a multiple of ``m``,
+    the dimension is padded (as N:M kernels pad it) and the last block keeps its top ``n``
+    real weights.
+    """
     w = scores.movedim(1, -1)  # [O, *k, I]
+    width = w.shape[-1]
+    pad = -width % m
+    if pad:
+        w = torch.nn.functional.pad(w, (0, pad), value=-math.inf)
     blocks = w.reshape(-1, m)
     keep = torch.zeros_like(blocks, dtype=torch.bool)
     keep.scatter_(1, blocks.topk(n, dim=1).indices, True)
-    return keep.reshape(w.shape).movedim(-1, 1)
+    keep = keep.reshape(w.shape)[..., :width]
+    return keep.movedim(-1, 1)
 
 
 def _topk_mask(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
@@ -182,9 +181,12 @@ class _Engine:
             return
         s = self.settings
         crits = self._criteria("channel")
-        scores, current = {}, {}
+        scores, current, units = {}, {}, {}
         for g in groups:
             current[g.name] = self.index.current_channels(g.name)
+            units[g.name] = self.index.units(g.name)
+            if isinstance(units[g.name], str):
+                raise PlanError(f"group {g.name!r} cannot be channel-pruned: {units[g.name]}")
             crit = crits[self.gplans[g.name].criterion]
             tp_group = self.index.tp_group(g.name)
             scores[g.name] = crit.channel_scores(tp_group, self._members(g), current[g.name])
@@ -193,7 +195,8 @@ class _Engine:
         else:
             targets = {
                 g.name: kept_count(
-                    self.dense[g.name], self.gplans[g.name].ratio * frac, s.round_to, s.min_channels
+                    self.dense[g.name], self.gplans[g.name].ratio * frac, s.round_to, s.min_channels,
+                    g.channel_multiple,
                 )
                 for g in groups
             }
@@ -201,8 +204,20 @@ class _Engine:
             n_remove = current[g.name] - targets[g.name]
             if n_remove <= 0:
                 continue
-            idxs = torch.argsort(scores[g.name], stable=True)[:n_remove].tolist()
-            self.index.tp_group(g.name, sorted(idxs)).prune()
+            group_units = units[g.name]
+            # Whole units go: a grouped layer keeps the same channels in each of its groups.
+            unit_scores = torch.stack([scores[g.name][u].mean() for u in group_units])
+            order = torch.argsort(unit_scores, stable=True).tolist()
+            idxs = sorted(i for k in order[: n_remove // len(group_units[0])] for i in group_units[k])
+            if not idxs:
+                continue
+            tp_group = self.index.tp_group(g.name, idxs)
+            if not self.index.dg.check_pruning_group(tp_group):
+                raise PlanError(
+                    f"group {g.name!r}: removing {len(idxs)} of {current[g.name]} channels would empty "
+                    "a layer that sees only some of them; lower its ratio or keep it"
+                )
+            tp_group.prune()
 
     def _global_channel_targets(self, groups, scores, current, ratio):
         s = self.settings
@@ -225,7 +240,9 @@ class _Engine:
         for g in groups:
             keep = current[g.name] - removed[g.name]
             dense_ratio = 1.0 - keep / self.dense[g.name]
-            targets[g.name] = kept_count(self.dense[g.name], dense_ratio, s.round_to, s.min_channels)
+            targets[g.name] = kept_count(
+                self.dense[g.name], dense_ratio, s.round_to, s.min_channels, g.channel_multiple
+            )
         return targets
 
     # --------------------------------------------------------------- weights

@@ -151,8 +151,13 @@ class _TPCriterion(Criterion):
 
     def channel_scores(self, group, members, channels):
         members = list(members)
-        with torch.no_grad():
-            scores = self._tp_importance()(group)
+        try:
+            with torch.no_grad():
+                scores = self._tp_importance()(group)
+        except (RuntimeError, IndexError, ValueError, AttributeError):
+            # Torch-Pruning's importances trip over some layers (FPGM on a grouped conv's
+            # inputs); the members' own weights still rank the channels.
+            scores = None
         if scores is None or scores.numel() != channels or not torch.isfinite(scores).all():
             return _normalise(self._reduce_members(members, channels))
         return _normalise(scores)
@@ -292,15 +297,10 @@ class Taylor(_TPCriterion):
         # Torch-Pruning reads .grad: restore the summed gradient while scoring.
         for n, g in self._sum_grad.items():
             mods[n].weight.grad = g.clone()
-        for m in self._model.modules():
-            if (
-                isinstance(m, nn.modules.batchnorm._BatchNorm)
-                and m.weight is not None
-                and m.weight.grad is None
-            ):
-                m.weight.grad = torch.zeros_like(m.weight)
-                if m.bias is not None:
-                    m.bias.grad = torch.zeros_like(m.bias)
+        # Parameters without a summed gradient (norm layers, attention) count as zero.
+        for p in self._model.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         try:
             return super().channel_scores(group, members, channels)
         finally:

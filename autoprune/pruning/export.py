@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from dataclasses import asdict, dataclass
@@ -61,12 +62,34 @@ def export_onnx(
         ExportError: If tracing fails (naming torch's reason), the checker
             rejects the graph, or the outputs differ by more than ``atol``.
     """
-    onnx = lazy_import("onnx")
-    ort = lazy_import("onnxruntime")
     module = model.module if isinstance(model, PrunedModel) else model
     work = safe_deepcopy(module)
     _remove_masks(work)
     work.eval()
+    with _no_mha_fastpath():
+        return _export_checked(work, path, example_input, opset, atol)
+
+
+@contextlib.contextmanager
+def _no_mha_fastpath():
+    """Trace ``nn.MultiheadAttention`` through its plain ops: in eval mode without gradients it
+    otherwise takes the fused ``_native_multi_head_attention`` kernel, which ONNX cannot export."""
+    mha = getattr(torch.backends, "mha", None)
+    before = mha.get_fastpath_enabled() if mha is not None else None
+    if mha is not None:
+        mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        if mha is not None:
+            mha.set_fastpath_enabled(before)
+
+
+def _export_checked(
+    work: nn.Module, path: str | os.PathLike, example_input: torch.Tensor, opset: int, atol: float
+) -> ExportResult:
+    onnx = lazy_import("onnx")
+    ort = lazy_import("onnxruntime")
     buf = io.BytesIO()
     try:
         with torch.no_grad():

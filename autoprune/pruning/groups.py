@@ -4,11 +4,21 @@ Groups come from Torch-Pruning's ``DependencyGraph``, which follows residual
 adds, depthwise convolutions and concatenations. A layer that produces the model
 output (the classifier) forms its own group that can never be channel-pruned;
 the input is never pruned (it belongs to no group).
+
+Grouped layers (a convolution with ``groups > 1`` that is not depthwise, a
+``GroupNorm``, an ``nn.MultiheadAttention``'s heads) split their channels into equal
+blocks that must keep equal sizes. :func:`channel_units` reads, from Torch-Pruning's
+own index mapping, which of a group's channels sit at the same offset of every block
+of such a layer: those channels form one *unit* and are removed together, so every
+block keeps the same channels at the same offsets (what Torch-Pruning's grouped-conv
+pruning functions assume) and the kept count is a multiple of the unit size
+(``PrunableGroup.channel_multiple``). A group whose channels cover only part of such a
+layer's blocks cannot be channel-pruned at all.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch_pruning as tp
@@ -35,6 +45,12 @@ class PrunableGroup:
             pattern); :meth:`allows_nm` checks other ``M``.
         reduction_channels: Each member's input channels per conv group (the
             dimension N:M blocks run along), in ``members`` order.
+        channel_multiple: Channels are removed in units of this many (1, or the
+            block count of a grouped layer the group feeds or is); the kept count is
+            always a multiple of it.
+        max_ratio: The largest ``channel``/``unstructured`` ratio known to be safe
+            (the ratio :func:`~autoprune.pruning.check.check_groups` tested), or None
+            when unchecked.
     """
 
     name: str
@@ -43,6 +59,8 @@ class PrunableGroup:
     members: tuple[str, ...]
     allowed: tuple[str, ...]
     reduction_channels: tuple[int, ...]
+    channel_multiple: int = 1
+    max_ratio: float | None = None
 
     def allows_nm(self, nm: str) -> bool:
         """Whether every member's input channels are a multiple of ``M``."""
@@ -64,6 +82,89 @@ def _reduction_channels(m: nn.Module) -> int:
     if isinstance(m, nn.Linear):
         return m.in_features
     return m.in_channels // m.groups
+
+
+def _blocks(dg: tp.DependencyGraph, module: object, handler) -> tuple[int, int]:
+    """``(blocks, channels)`` of ``module`` on the side ``handler`` prunes (blocks 1: not grouped)."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        if tp.ops.module2type(module) == tp.ops.OPTYPE.DEPTHWISE_CONV or module.groups <= 1:
+            return 1, 0
+        out = dg.is_out_channel_pruning_fn(handler)
+        return module.groups, (module.out_channels if out else module.in_channels)
+    if isinstance(module, nn.GroupNorm) and module.num_groups > 1:
+        return module.num_groups, module.num_channels
+    if isinstance(module, nn.MultiheadAttention) and module.num_heads > 1:
+        return module.num_heads, module.embed_dim
+    return 1, 0
+
+
+def _is_bad_depthwise(module: object) -> bool:
+    """A conv with ``groups == out_channels`` but other input channels (a channel multiplier
+    on the input side): Torch-Pruning's depthwise function would shrink both sides alike."""
+    return (
+        isinstance(module, nn.modules.conv._ConvNd)
+        and tp.ops.module2type(module) == tp.ops.OPTYPE.DEPTHWISE_CONV
+        and module.in_channels != module.out_channels
+    )
+
+
+def channel_units(dg: tp.DependencyGraph, tp_group, names: dict | None = None) -> list[list[int]] | str:
+    """The units a Torch-Pruning group's channels are removed in, or why it cannot be pruned.
+
+    Args:
+        dg: The live dependency graph.
+        tp_group: A group over all current channels of its root.
+        names: Module → name, for the reason.
+
+    Returns:
+        The root-channel indices of each unit (ordered by their first channel; all of one
+        size), or a one-line reason why no channel of the group can be removed safely.
+    """
+    names = names or {}
+    n = len(tp_group[0].idxs)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for item in tp_group:
+        dep, mod = item.dep, item.dep.target.module
+        label = names.get(mod, type(mod).__name__)
+        if _is_bad_depthwise(mod):
+            return (f"{label} has groups == out_channels but {mod.in_channels} input channels; "
+                    "Torch-Pruning cannot prune it")
+        blocks, size = _blocks(dg, mod, dep.handler)
+        if blocks <= 1:
+            continue
+        if size % blocks:
+            return f"{label}: {size} channels do not split into {blocks} groups"
+        width = size // blocks
+        pos2root: dict[int, list[int]] = {}
+        for pos, root in zip(item.idxs, item.root_idxs or [None] * len(item.idxs), strict=True):
+            if root is None:
+                return f"Torch-Pruning cannot map this group's channels onto grouped layer {label}"
+            pos2root.setdefault(int(pos), []).append(int(root))
+        for pos, roots in pos2root.items():
+            orbit = [pos % width + b * width for b in range(blocks)]
+            if any(q not in pos2root for q in orbit):
+                return (f"its channels fill only part of the {blocks} groups of {label}; "
+                        "removing some would leave that layer's groups unequal")
+            first = find(roots[0])
+            for q in orbit:
+                for r in pos2root[q]:
+                    parent[find(r)] = first
+    units: dict[int, list[int]] = {}
+    for i in range(n):
+        units.setdefault(find(i), []).append(i)
+    out = sorted(units.values(), key=lambda u: u[0])
+    if len({len(u) for u in out}) > 1:
+        return "its grouped layers split the channels into units of unequal sizes"
+    if len(out) == 1 and n > 1:
+        return f"its {n} channels form one indivisible unit of a grouped layer (e.g. a GroupNorm of 1-channel groups)"
+    return out
 
 
 def _output_layers(dg: tp.DependencyGraph) -> set[nn.Module]:
@@ -101,6 +202,11 @@ class GroupIndex:
     roots: dict[str, nn.Module]  # group name -> the tp root module
     handlers: dict[str, object]  # group name -> the root's out-channel pruning function
     modules: dict[str, nn.Module]  # member name -> module
+    unsafe: dict[str, str] = field(default_factory=dict)  # group name -> why it cannot be channel-pruned
+
+    def units(self, name: str) -> list[list[int]] | str:
+        """The current channel units of group ``name`` (see :func:`channel_units`)."""
+        return channel_units(self.dg, self.tp_group(name), self.dg._module2name)
 
     def tp_group(self, name: str, idxs=None):
         """A Torch-Pruning group of ``name`` over ``idxs`` (all current channels if None)."""
@@ -119,7 +225,7 @@ def build_index(model: nn.Module, example_input: torch.Tensor) -> GroupIndex:
     was_training = model.training
     model.eval()
     try:
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
     finally:
         model.train(was_training)
     order = {m: i for i, (_, m) in enumerate(model.named_modules())}
@@ -142,9 +248,11 @@ def build_index(model: nn.Module, example_input: torch.Tensor) -> GroupIndex:
         members.sort(key=lambda m: order[m])
         entries.append((root, g[0].dep.handler, members))
     entries.sort(key=lambda e: order[e[2][0]])
-    groups, roots, handlers, modules = [], {}, {}, {}
+    groups, roots, handlers, modules, unsafe = [], {}, {}, {}, {}
     for root, handler, members in entries:
         name = names[members[0]]
+        units = channel_units(dg, dg.get_pruning_group(root, handler, list(range(dg.get_out_channels(root)))),
+                              names)
         if any(_is_depthwise(m) for m in members):
             kind = "depthwise"
         elif all(isinstance(m, nn.Linear) for m in members):
@@ -152,10 +260,12 @@ def build_index(model: nn.Module, example_input: torch.Tensor) -> GroupIndex:
         else:
             kind = "conv"
         red = tuple(_reduction_channels(m) for m in members)
+        if isinstance(units, str) and not any(m in outputs for m in members):
+            unsafe[name] = units
         allowed = [
             s
             for s in STRUCTURES
-            if not (s == "channel" and any(m in outputs for m in members))
+            if not (s == "channel" and (any(m in outputs for m in members) or isinstance(units, str)))
             and not (s == "nm" and any(c % NM_BLOCK for c in red))
         ]
         groups.append(
@@ -166,11 +276,12 @@ def build_index(model: nn.Module, example_input: torch.Tensor) -> GroupIndex:
                 members=tuple(names[m] for m in members),
                 allowed=tuple(allowed),
                 reduction_channels=red,
+                channel_multiple=1 if isinstance(units, str) else len(units[0]),
             )
         )
         roots[name], handlers[name] = root, handler
         modules.update({names[m]: m for m in members})
-    return GroupIndex(groups, dg, roots, handlers, modules)
+    return GroupIndex(groups, dg, roots, handlers, modules, unsafe)
 
 
 def discover_groups(model: nn.Module, example_input: torch.Tensor) -> list[PrunableGroup]:

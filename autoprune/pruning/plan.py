@@ -7,7 +7,9 @@ imports no torch so that plans can be built, stored and validated cheaply.
 Ratios:
     * ``channel``: the fraction of the group's output channels removed. The kept
       count is ``max(min_channels, round(channels * (1 - ratio)))``, then rounded
-      to a multiple of ``round_to`` (never above the dense count, never below 1).
+      to a multiple of ``round_to`` (never above the dense count, never below 1)
+      and of the group's ``channel_multiple`` (a grouped convolution's groups),
+      see :func:`kept_count`.
     * ``unstructured``: the fraction of weights zeroed in each member's weight
       tensor (local allocation), or across all unstructured members (global).
     * ``nm``: ``ratio`` is not used; every block of ``M`` consecutive weights along
@@ -51,6 +53,35 @@ def parse_nm(nm: str) -> tuple[int, int]:
     if n is None or m is None or not 1 <= n < m:
         raise PlanError(f"bad N:M pattern {nm!r}: write it as 'N:M' with integers 1 <= N < M, e.g. '2:4'")
     return n, m
+
+
+def kept_count(dense: int, ratio: float, round_to: int | None, min_channels: int, multiple: int = 1) -> int:
+    """The channels a group keeps at ``ratio`` (see the module docstring).
+
+    Args:
+        dense: The group's dense channel count (a multiple of ``multiple``).
+        ratio: Fraction of channels removed.
+        round_to: Align the kept count to this multiple (only where ``dense >= round_to``).
+        min_channels: Never keep fewer.
+        multiple: The group's channel unit (a grouped convolution's ``groups``): the kept
+            count is always a multiple of it, aligned to ``lcm(round_to, multiple)`` where
+            that leaves something to prune (is below ``dense``).
+
+    Returns:
+        The kept count, in ``[1, dense]``.
+    """
+    if ratio <= 0.0:
+        return dense
+    keep = max(math.floor(dense * (1.0 - ratio) + 0.5), min_channels, 1)
+    step = round_to if round_to and dense >= round_to else 1
+    if multiple > 1:
+        both = math.lcm(step, multiple)
+        step = both if both < dense else multiple
+    if step > 1:
+        keep = max(step, math.floor(keep / step + 0.5) * step)
+        if keep < min_channels:
+            keep = math.ceil(min_channels / step) * step
+    return min(keep, dense)
 
 
 def _check_ratio(ratio: Any, where: str) -> float:

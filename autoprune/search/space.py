@@ -228,13 +228,17 @@ class SearchSpace:
 def plan_from_params(space: SearchSpace, groups, params: dict[str, Any], seed: int = 0):
     """Build the pruning plan that a trial's parameters describe (a pure function).
 
+    The plan is fitted to what each group can take (:func:`~autoprune.pruning.snap_plan`):
+    grouped convolutions get a kept count their groups divide, and nothing above a
+    group's checked ``max_ratio``.
+
     Args:
         space: The search space.
         groups: The model's prunable groups.
         params: Optuna parameters as suggested by :meth:`SearchSpace.suggest`.
         seed: Seed stored in the plan's settings.
     """
-    from autoprune.pruning import GroupPlan, PlanSettings, PruningPlan
+    from autoprune.pruning import GroupPlan, PlanSettings, PruningPlan, snap_plan
 
     criterion = params.get("criterion", space.criteria[0])
     nm = params.get("nm", space.nm_patterns[0])
@@ -261,7 +265,7 @@ def plan_from_params(space: SearchSpace, groups, params: dict[str, Any], seed: i
         min_channels=space.min_channels,
         seed=seed,
     )
-    return PruningPlan(groups=tuple(entries), settings=settings)
+    return snap_plan(PruningPlan(groups=tuple(entries), settings=settings), groups)
 
 
 def _no_unknown(raw: dict, allowed: set[str], where: str) -> None:
