@@ -223,3 +223,25 @@ def load_data(spec: str = "digits", *, size: int = 32, seed: int = 0) -> DataSpl
         f"unknown dataset {spec!r}; valid: {', '.join(BUILTIN_DATA)}, a .npz file, an image folder, "
         "or module:function"
     )
+
+
+def natural_input_size(model_ref: str, data_ref: str = "digits") -> int:
+    """The square input side a model is used at when the user gives no ``--input-size``.
+
+    A zoo model's own size, 32 for a user's model; capped at 32 px for the 8×8 digits.
+    """
+    from autoprune.models import ZOO
+
+    size = ZOO.get(model_ref).input_size if model_ref in ZOO else 32
+    return min(size, 32) if data_ref == "digits" else size
+
+
+def load_data_for(model_ref: str, data_ref: str = "digits", *, input_size: int | None = None,
+                  seed: int = 0) -> DataSplits:
+    """The data of a model at its input size (``input_size``, else :func:`natural_input_size`).
+
+    ``train``, ``profile`` and ``search`` all load data through this, so they key the same
+    checkpoint and the same calibration.
+    """
+    size = input_size if input_size is not None else natural_input_size(model_ref, data_ref)
+    return load_data(data_ref, size=size, seed=seed)

@@ -125,7 +125,7 @@ def ensure_dense(model_ref: str, data: DataSplits, seed: int = 0, *, checkpoint:
         progress: Show a progress bar while training.
     """
     model = build_model(model_ref, num_classes=data.num_classes, in_channels=data.input_shape[0])
-    _check_input(model, data)
+    check_model_fits(model, data)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
         model.eval()
@@ -154,7 +154,23 @@ def ensure_dense(model_ref: str, data: DataSplits, seed: int = 0, *, checkpoint:
     return model, rec
 
 
-def _check_input(model: nn.Module, data: DataSplits) -> None:
+def load_model_and_data(model_ref: str, data_ref: str = "digits", *, input_size: int | None = None,
+                        checkpoint: str | None = None, seed: int = 0,
+                        progress: bool = True) -> tuple[nn.Module, DataSplits, DenseCheckpoint]:
+    """The dense model (trained and cached when missing), its data and its checkpoint record."""
+    from autoprune.data import load_data_for
+
+    data = load_data_for(model_ref, data_ref, input_size=input_size, seed=seed)
+    model, rec = ensure_dense(model_ref, data, seed, checkpoint=checkpoint, progress=progress)
+    return model, data, rec
+
+
+def check_model_fits(model: nn.Module, data: DataSplits) -> None:
+    """Run one batch through ``model``; a shape that does not fit, or a wrong class count, is one line.
+
+    Raises:
+        ConfigError: Naming the shape and the model's error.
+    """
     from autoprune.errors import ConfigError
 
     model.eval()

@@ -56,22 +56,7 @@ def add_model_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def load_data_for(args: argparse.Namespace):
-    """The data of ``args`` at its input size: ``--input-size``, else the model's natural size (capped at
-    32 px for the 8×8 digits). ``train`` and ``search`` share this, so they key the same checkpoint."""
-    from autoprune.data import load_data
-    from autoprune.models import ZOO
+    """The data of ``args`` at its input size (see :func:`autoprune.data.load_data_for`)."""
+    from autoprune.data import load_data_for as load
 
-    size = args.input_size
-    if size is None:
-        size = ZOO.get(args.model).input_size if args.model in ZOO else 32
-        size = min(size, 32) if args.data == "digits" else size
-    return load_data(args.data, size=size, seed=args.seed)
-
-
-def load_model_and_data(args: argparse.Namespace, *, progress: bool = True):
-    """Resolve the dense model and data of ``args`` (training the dense model if needed)."""
-    from autoprune.train import ensure_dense
-
-    data = load_data_for(args)
-    model, rec = ensure_dense(args.model, data, args.seed, checkpoint=args.checkpoint, progress=progress)
-    return model, data, rec
+    return load(args.model, args.data, input_size=args.input_size, seed=args.seed)

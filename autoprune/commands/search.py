@@ -98,6 +98,7 @@ class SearchCommand(Command):
               f"({c['completed'] / max(trial_min, 1e-9):.1f} trials/min); {minutes:.1f} min in all with set-up "
               "(dense training when not cached, calibration loading)")
         print(f"target {out['config'].target}; dense accuracy {out['dense_checkpoint'].val_accuracy:.4f} (val)")
+        _print_excluded(out["excluded_groups"])
         if not out["front"]:
             print("no feasible point: no completed trial meets the constraints "
                   f"(max latency {out['config'].max_latency_ms} ms, min accuracy {out['config'].min_accuracy}, "
@@ -108,6 +109,14 @@ class SearchCommand(Command):
         print(f"front written to {out['dir']}/pareto.{{csv,json,png,html}}; watch or resume: "
               f"`autoprune dashboard --study {study_name}`, `autoprune search --study {study_name}`")
         return 0
+
+
+def _print_excluded(excluded: dict[str, str]) -> None:
+    """The groups kept whole because their test prune at discovery failed, one line each."""
+    if excluded:
+        print(f"{len(excluded)} group(s) kept whole: they failed a test prune when the model's groups were found")
+        for name, why in excluded.items():
+            print(f"  {name}: {why}")
 
 
 def _validate_early(given: dict) -> None:

@@ -28,6 +28,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ import numpy as np
 from autoprune.errors import ConfigError, NoisyMeasurementError
 
 from .base import CostModel, FitSample, Provenance
+from .energy_fit import apply_energy_fit, fit_energy
 from .kernels import attribute_node_times
 from .lut import LutCostModel, one_dimensional
 from .microbench import kernel_graph, overhead_graph
@@ -77,6 +79,8 @@ class RelativeMeasurement:
         reference_ms: The reference's median time in the same rounds.
         rounds: Interleaved rounds.
         ratio_spread: Interquartile range of the per-round ratios, relative to ``ratio``.
+        energy: The candidate's energy reading where the runtime reads a sensor
+            (:meth:`~autoprune.hardware.energy.EnergyReading.to_dict`), else ``None``.
     """
 
     ratio: float
@@ -84,6 +88,7 @@ class RelativeMeasurement:
     reference_ms: float
     rounds: int
     ratio_spread: float
+    energy: dict[str, Any] | None = None
 
 
 def measure_vs_reference(runtime: Any, model: Any, reference: Any,
@@ -101,29 +106,18 @@ def measure_vs_reference(runtime: Any, model: Any, reference: Any,
     Raises:
         ProfilingError: If either model cannot run, or a timing is not a positive number.
     """
-    import statistics
-
-    from autoprune.profiling.protocol import measure_callable
+    from autoprune.profiling.interleave import measure_interleaved
 
     cfg = {**RELATIVE_PROTOCOL, **(settings or {})}
+    if hasattr(runtime, "measure_relative"):  # onnxruntime, here or on a device server: + energy where read
+        return RelativeMeasurement(**runtime.measure_relative(model, reference, cfg))
     if not hasattr(runtime, "runner"):
         a = measure_ms(runtime, model, MODEL_PROTOCOL)
         b = measure_ms(runtime, reference, MODEL_PROTOCOL)
         return RelativeMeasurement(a / b, a, b, 1, float("nan"))
     run_a = runtime.runner(model)
     run_b = reference if callable(reference) else runtime.runner(reference)
-    rounds = max(1, int(cfg["rounds"]))
-    a_ms, b_ms = [], []
-    for r in range(rounds):
-        for fn, out in ((run_a, a_ms), (run_b, b_ms)):
-            m = measure_callable(fn, warmup=int(cfg["warmup"]) if r == 0 else 1, min_time_s=float(cfg["min_time_s"]),
-                                 min_repeats=int(cfg["min_repeats"]), max_cv=1e9, retries=0)
-            out.append(m.latency_ms)
-    ratios = sorted(x / y for x, y in zip(a_ms, b_ms))
-    ratio = statistics.median(ratios)
-    q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
-    return RelativeMeasurement(ratio, statistics.median(a_ms), statistics.median(b_ms), rounds,
-                               (q3 - q1) / ratio if len(ratios) >= 4 else float("nan"))
+    return RelativeMeasurement(**measure_interleaved(run_a, run_b, **cfg))
 
 
 @dataclass(frozen=True)
@@ -183,10 +177,13 @@ def kernel_grid(template: ModelTemplate, grid: Sequence[float] = DEFAULT_GRID, r
         if key in plan or f.op == "reshape":
             continue
 
-        def counts(c: int, fixed: bool) -> list[int]:
-            if fixed:
+        # A grouped (not depthwise) conv keeps both counts divisible by its groups, as pruning does.
+        grouped = f.op_class == "conv" and f.groups > 1
+        step = math.lcm(max(1, round_to), f.groups) if grouped else max(1, round_to)
+
+        def counts(c: int, fixed: bool, r: int = step, grouped: bool = grouped) -> list[int]:
+            if fixed or (grouped and c % r):
                 return [c]
-            r = max(1, round_to)
             return sorted({min(c, max(r, round(c * g / r) * r)) for g in grid})
 
         if one_dimensional(key):
@@ -244,7 +241,7 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
               plans: int = 8, grid: Sequence[float] = DEFAULT_GRID, seed: int = 0, num_classes: int = 10,
               input_size: int | None = None, progress: Callable[[int, int, str], None] | None = None,
               model: Any = None, round_to: int = 8, in_context: bool = False,
-              max_cv: float | None = None) -> CalibrationResult:
+              max_cv: float | None = None, in_channels: int = 3) -> CalibrationResult:
     """Measure and fit a LUT cost model for ``model_name`` on this machine (or an RPC device).
 
     Args:
@@ -257,6 +254,7 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
         seed: Seed of the random plans.
         num_classes: Classifier width of the zoo model.
         input_size: Input side (defaults to the zoo model's).
+        in_channels: Input channels (3 for images).
         progress: ``progress(done, total, what)`` callback (the CLI passes a tqdm bar).
         model: An ``nn.Module`` to use instead of building ``model_name`` from the zoo.
         round_to: Channel alignment of the grid and of the random plans (8 = AVX2 NCHWc
@@ -275,7 +273,7 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
 
     from autoprune.models import ZOO, build_model
     from autoprune.profiling import get_runtime
-    from autoprune.pruning import PlanSettings, PruningPlan, discover_groups, prune_model
+    from autoprune.pruning import PlanSettings, PruningPlan, check_groups, discover_groups, prune_model
 
     if max_cv is not None and not (max_cv > 0 and np.isfinite(max_cv)):
         raise ConfigError(f"max_cv must be a positive number (0.2 = 20 % robust CV), got {max_cv!r}")
@@ -283,8 +281,9 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
     if runtime is None:
         runtime = get_runtime("onnxruntime", threads=threads)
     size = input_size or (ZOO.get(model_name).input_size if model is None else 32)
-    dense = (model if model is not None else build_model(model_name, num_classes=num_classes)).eval()
-    example = torch.zeros(1, 3, size, size)
+    dense = (model if model is not None else build_model(model_name, num_classes=num_classes,
+                                                         in_channels=in_channels)).eval()
+    example = torch.zeros(1, in_channels, size, size)
     template = ModelTemplate.from_model(dense, example, model_name)
     todo = kernel_grid(template, grid, round_to)
     total = sum(len(v) for v in todo.values()) + 1 + 1 + len(UNIFORM_LADDER) + plans
@@ -327,7 +326,10 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
     cost_model.fit(samples)
 
     rng = np.random.default_rng(seed)
-    groups = discover_groups(dense, example)
+    # The groups a search would use: each test-pruned at the largest ratio the random plans draw, so a
+    # user's model with shuffles or grouped convs never breaks a calibration plan.
+    groups = list(check_groups(dense, example, discover_groups(dense, example), max_ratio=0.9,
+                               structures=("keep", "channel", "unstructured")).groups)
     shapes: list[CandidateShape] = []
     relative: list[RelativeMeasurement] = []
     node_times: list[dict[str, float]] = []
@@ -399,4 +401,7 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
         cost_model="lut", target=target, runtime=desc, status="measured", calibration_id="(unsaved)",
         heldout_mape=error["heldout_mape"], heldout_spearman=error["heldout_spearman"],
         n_heldout=int(error["n_heldout"]), note=error["note"])
+    # Energy: fitted to sensor readings where the runtime read one, else modelled (one place; see energy_fit).
+    error["energy"] = fit_energy([m.energy for m in relative], n_fit)
+    apply_energy_fit(cost_model, error["energy"])
     return CalibrationResult(cost_model, error, desc, len(samples), time.perf_counter() - start)

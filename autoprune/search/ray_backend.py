@@ -62,7 +62,7 @@ _WORKER_CACHE: dict[str, tuple[Any, Any, Any]] = {}
 
 
 # -- driver --------------------------------------------------------------------------------------
-def run_ray(study, config: SearchConfig, storage_url: str, *, workers: int = 1, address: str | None = None,
+def run_ray(study, config: SearchConfig, storage_url: str, groups, *, workers: int = 1, address: str | None = None,
             timeout_s: float | None = None, progress: bool = False) -> dict[str, int]:
     """Run the study's remaining trials as Ray Tune trials and return trial counts.
 
@@ -71,6 +71,8 @@ def run_ray(study, config: SearchConfig, storage_url: str, *, workers: int = 1, 
             anchors already enqueued).
         config: The study's configuration (budget, objectives, sampler, constraints).
         storage_url: The study's Optuna storage URL (the searcher opens its own storage).
+        groups: The model's checked prunable groups (the driver's pipeline's), which the searcher
+            suggests over; the workers' pipelines find the same ones.
         workers: Trials run at once (``max_concurrent_trials``), one CPU each.
         address: A Ray cluster (``host:port``); ``None`` starts a local Ray on loopback.
         timeout_s: Stop starting trials after this many seconds.
@@ -93,7 +95,6 @@ def run_ray(study, config: SearchConfig, storage_url: str, *, workers: int = 1, 
     t_start = time.monotonic()
     asked: dict[int, int] = {}  # Optuna trial number -> trial id, over all rounds
     _shorten_trial_errors()
-    groups = _driver_groups(config)
     started_here = _connect(ray, address)
     try:
         for _ in range(MAX_ROUNDS):
@@ -266,19 +267,6 @@ class _Heartbeats:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-
-def _driver_groups(config: SearchConfig):
-    """The model's prunable groups (the dense checkpoint is cached by then, so this only loads it)."""
-    import argparse
-
-    from autoprune.commands.common import load_model_and_data
-    from autoprune.pruning import discover_groups
-
-    ns = argparse.Namespace(model=config.model, data=config.data, input_size=config.input_size,
-                            checkpoint=config.checkpoint, seed=config.data_seed)
-    dense, data, _ = load_model_and_data(ns, progress=False)
-    return discover_groups(dense.eval(), data.example_input(1))
 
 
 _SEARCHER_CLASS = None

@@ -25,6 +25,7 @@ from autoprune.search.study import (
 SEEDED_ATTR = "autoprune.seeded"
 SPACE_ATTR = "autoprune.space"
 ARTIFACTS_ATTR = "autoprune.artifacts"
+EXCLUDED_ATTR = "autoprune.excluded_groups"
 
 
 def study_space(study, config: SearchConfig) -> SearchSpace:
@@ -54,19 +55,22 @@ def artifact_store(storage_url: str):
 
 def build_pipeline(config: SearchConfig, space: SearchSpace, progress: bool = True):
     """The dense model (trained if missing), its data and the per-candidate pipeline."""
-    import argparse
-
-    from autoprune.commands.common import load_model_and_data
+    from autoprune.costmodel import profile_command, require_calibration
+    from autoprune.data import load_data_for
     from autoprune.pipeline import Pipeline
+    from autoprune.train import ensure_dense
 
-    ns = argparse.Namespace(model=config.model, data=config.data, input_size=config.input_size,
-                            checkpoint=config.checkpoint, seed=config.data_seed)
-    dense, data, rec = load_model_and_data(ns, progress=progress)
+    data = load_data_for(config.model, config.data, input_size=config.input_size, seed=config.data_seed)
+    # A missing calibration is found before the dense model is trained, with the command that makes it.
+    fix = profile_command(config.target, config.model, data=config.data, input_size=config.input_size)
+    require_calibration(config.target, config.model, data.input_shape[-1], fix=f"run `{fix}`")
+    dense, rec = ensure_dense(config.model, data, config.data_seed, checkpoint=config.checkpoint, progress=progress)
     ft = space.finetune
     return Pipeline(dense, data, config.target, config.model,
                     finetune_epochs=config.finetune_epochs if config.finetune_epochs is not None else ft.epochs,
                     finetune_steps=ft.steps, lr=ft.lr, lr_schedule=ft.lr_schedule, batch_size=ft.batch_size,
-                    kd_temperature=space.kd_temperature, kd_weight=space.kd_weight, seed=config.seed), rec
+                    kd_temperature=space.kd_temperature, kd_weight=space.kd_weight, seed=config.seed,
+                    space=space), rec
 
 
 def make_objective(pipeline, space: SearchSpace, config: SearchConfig, storage_url: str | None = None):
@@ -128,6 +132,7 @@ def run_search(config: SearchConfig | None, *, study_name: str, storage_url: str
     Returns:
         A summary: the study, its config, trial counts and the front (see :func:`write_front`).
     """
+    from autoprune.dashboard.note import update_study_note
     from autoprune.search.report import write_front
 
     prepared: dict[str, Any] = {}
@@ -143,14 +148,18 @@ def run_search(config: SearchConfig | None, *, study_name: str, storage_url: str
             retried = stale_trials_to_retry(study, "stale: left RUNNING by a process that was killed; retried")
         pipeline, dense_rec = prepared.get("pipeline") or build_pipeline(config, space, progress)
         seeded = seed_study(study, space, pipeline.groups) if created or exclusive else 0
+        if created or exclusive:  # groups that failed their test prune at discovery are kept whole: say which
+            study.set_user_attr(EXCLUDED_ATTR, pipeline.excluded_groups)
         if create_only:
+            update_study_note(study, storage_url)
             return {"study": study, "config": config, "created": created, "seeded": seeded,
-                    "dense_checkpoint": dense_rec}
+                    "dense_checkpoint": dense_rec, "excluded_groups": pipeline.excluded_groups}
         t_trials = time.perf_counter()
         if backend == "ray":
             from autoprune.search.ray_backend import run_ray
 
-            counts = run_ray(study, config, storage_url, workers=workers, address=address, timeout_s=timeout_s)
+            counts = run_ray(study, config, storage_url, pipeline.groups, workers=workers, address=address,
+                             timeout_s=timeout_s)
         else:
             attach_sampler(study, config, salt=0 if exclusive else os.getpid())  # workers sample apart
             study.set_user_attr(ARTIFACTS_ATTR, str(artifact_dir(storage_url)))
@@ -158,5 +167,6 @@ def run_search(config: SearchConfig | None, *, study_name: str, storage_url: str
                                 timeout_s=timeout_s, progress=progress)
         trials_s = time.perf_counter() - t_trials
         summary = write_front(study, config)
+        update_study_note(study, storage_url)  # the dashboard's view: config, front, equivalent commands
     return {"study": study, "config": config, "counts": {**counts, "stale_retried": retried}, "trials_s": trials_s,
-            "dense_checkpoint": dense_rec, **summary}
+            "dense_checkpoint": dense_rec, "excluded_groups": pipeline.excluded_groups, **summary}
