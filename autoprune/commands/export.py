@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any
 
 from autoprune.commands.base import Command
-from autoprune.commands.common import fraction, positive_float
+from autoprune.commands.common import fraction, positive_float, positive_int
 from autoprune.commands.pareto import add_study_args, load_existing
 
 
@@ -13,7 +15,8 @@ class ExportCommand(Command):
     """Rebuild a trial's plan, fine-tune longer, test, and export ONNX (+ TVM module)."""
 
     name = "export"
-    help = "export a Pareto point: ONNX (parity-checked), a TVM module, a report and a per-layer chart"
+    help = ("export a Pareto point: ONNX (parity-checked) with reference outputs, a TVM module for the target, "
+            "latency measured against the dense model on `local`, a report and a per-layer chart")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_study_args(parser)
@@ -24,6 +27,11 @@ class ExportCommand(Command):
                             help="export the fastest front point at or above this accuracy")
         parser.add_argument("--epochs", type=int, default=None,
                             help="fine-tuning epochs (default: 3x the search's budget)")
+        parser.add_argument("--repeats", type=positive_int, default=1,
+                            help="fine-tune with this many seeds and report test accuracy as mean ± sd; "
+                                 "the exported model is the first seed's (default: 1)")
+        parser.add_argument("--out", default=None,
+                            help="export folder (default: results/<study>/export-<trial>)")
         parser.add_argument("--no-tvm", action="store_true", help="skip building the TVM module")
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -37,20 +45,75 @@ class ExportCommand(Command):
         study, config, _storage = load_existing(args)
         row = pick_trial(study, config, trial=args.trial, max_latency_ms=args.max_latency_ms,
                          min_accuracy=args.min_accuracy)
-        out = export_point(study, config, row, epochs=args.epochs, storage_url=args.storage or default_storage_url(),
-                           progress=not args.no_progress, tvm=not args.no_tvm)
-        r = out["report"]
-        print(f"exported trial {r['trial']} ({r['plan_summary']}) to {out['dir']}")
-        print(f"  test accuracy {r['test']['accuracy']:.4f} (dense {r['dense_test_accuracy']:.4f}), "
-              f"macro F1 {r['test']['f1_macro']:.4f}")
-        p = r["predicted"]
-        print(f"  PREDICTED on {r['target']}: {p['latency_ms']:.4g} ms ({p['speedup']:.2f}x vs dense "
-              f"{p['dense_latency_ms']:.4g} ms), {p['energy_mj']:.4g} mJ [{p['provenance'].get('status')} "
-              f"calibration {p['provenance'].get('calibration_id')}]")
-        if r["measured"]:
-            print(f"  MEASURED here: {r['measured']['latency_ms']:.4g} ms with {r['measured']['runtime']}")
-        o = r["onnx"]
-        print(f"  ONNX: {o['file_bytes']} bytes, parity max |diff| {o['max_abs_diff']:.2e} <= atol {o['atol']:g}")
-        t = r["tvm"]
-        print(f"  TVM module: {t['path']}" if t.get("built") else f"  TVM module not built here: {t['reason']}")
+
+        def say(msg: str) -> None:
+            if not args.no_progress:
+                print(f"  ... {msg}", flush=True)
+
+        out = export_point(study, config, row, epochs=args.epochs, out_dir=args.out,
+                           storage_url=args.storage or default_storage_url(), progress=not args.no_progress,
+                           tvm=not args.no_tvm, repeats=args.repeats, say=say)
+        for line in summary_lines(out["report"], out["dir"]):
+            print(line)
         return 0
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
+def summary_lines(r: dict[str, Any], folder: Any) -> list[str]:
+    """What ``export`` prints: one line per figure, one line per part that could not be done here."""
+    lines = [f"exported trial {r['trial']} ({r['plan_summary']}) to {folder}"]
+    t, rep = r["test"], r["repeats"]
+    if rep["k"] > 1:
+        lines.append(f"  test accuracy {rep['mean']:.4f} ± {rep['sd']:.4f} over {rep['k']} seeds {rep['seeds']} "
+                     f"(exported model: seed {rep['exported_seed']}, {t['accuracy']:.4f}; dense "
+                     f"{r['dense_test_accuracy']:.4f}), macro F1 {t['f1_macro']:.4f}")
+    else:
+        lines.append(f"  test accuracy {t['accuracy']:.4f} (dense {r['dense_test_accuracy']:.4f}), "
+                     f"macro F1 {t['f1_macro']:.4f}; the ONNX file itself: {t['onnx_accuracy']:.4f} "
+                     f"on {t['samples']} samples")
+    p, c = r["predicted"], r["predicted"]["calibration"]
+    err = "error never measured against a device"
+    if c.get("heldout_mape") is not None:
+        rho = f", Spearman {c['heldout_spearman']:.2f}" if c.get("heldout_spearman") is not None else ""
+        err = f"held-out MAPE {_pct(c['heldout_mape'])}{rho} (n={c.get('n_heldout', 0)})"
+    lines.append(f"  PREDICTED on {r['target']}: {p['latency_ms']:.4g} ms ({p['speedup']:.2f}x vs dense "
+                 f"{p['dense_latency_ms']:.4g} ms), {p['energy_mj']:.4g} mJ [{c.get('status')} calibration "
+                 f"{c.get('calibration_id')}, {err}]")
+    m = r.get("measured")
+    if m:
+        lines.append(f"  MEASURED here on {m.get('host', 'this machine')}, pruned vs dense in one interleaved run:")
+        for name, rec in m["runtimes"].items():
+            if "speedup" in rec:
+                flag = "" if rec.get("ok") else "  (too noisy to trust)"
+                lines.append(f"    {rec['runtime']}, {rec['threads']} thread(s): {rec['pruned_ms']:.4g} ms vs dense "
+                             f"{rec['dense_ms']:.4g} ms, speedup {rec['speedup']:.2f}x{flag}")
+            else:
+                lines.append(f"    {name}: {rec['reason']}")
+        if m.get("prediction_error_pct") is not None:
+            lines.append(f"    prediction error: {m['prediction_error_pct']:+.1f} % on latency "
+                         f"({p['latency_ms']:.4g} ms predicted), {m['speedup_prediction_error_pct']:+.1f} % on "
+                         f"speedup, against {m['compared_runtime']}")
+        elif m.get("reason"):
+            lines.append(f"    {m['reason']}")
+    o = r["onnx"]
+    lines.append(f"  ONNX: model.onnx {o['file_bytes']} bytes, parity max |diff| {o['max_abs_diff']:.2e} <= atol "
+                 f"{o['atol']:g}, sha256 {o['sha256'][:16]}…; reference outputs of {r['reference']['samples']} "
+                 "test inputs in reference.npz")
+    tv = r["tvm"]
+    if tv.get("checked"):
+        lines.append(f"  TVM module: model_tvm.so for {json.dumps(tv['target'])}, loaded back and run: "
+                     f"max |diff| vs ONNX Runtime {tv['max_abs_diff']:.2e} <= {tv['tolerance']:.1e}")
+    elif tv.get("built"):
+        lines.append(f"  TVM module: {tv['path']} ({tv['reason']})")
+    else:
+        lines.append(f"  TVM module not built here: {tv['reason']}")
+    d = r.get("device")
+    if d:
+        lines.append(f"  on the device ({d['runtime']}, as calibrated): {d['commands'][0]}")
+    for note in r.get("notes", []):
+        if not note.startswith(("TVM:", "onnxruntime measurement", "tvm measurement")):
+            lines.append(f"  not done: {note}")
+    return lines

@@ -22,10 +22,11 @@ machine's), uploaded, loaded and timed on the remote device.
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,11 @@ def make_target(spec: Mapping[str, Any]):
         return tvm.target.Target(dict(spec))
     except Exception as exc:  # noqa: BLE001 - foreign library errors become ProfilingError
         raise ConfigError(f"TVM rejects target {dict(spec)}: {str(exc).strip().splitlines()[-1]}") from None
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _target_triple(target) -> str:
@@ -195,6 +201,87 @@ class TvmRuntime(Runtime):
         if self.rpc is None:
             return self._measure_local(ex, feeds, settings)
         return self._measure_remote(ex, feeds, settings)
+
+    def load(self, model: Any, input_shapes: dict[str, tuple[int, ...]] | tuple[int, ...] | None = None):
+        """Load ``model`` on this machine and return ``(vm, device, inputs)``.
+
+        Args:
+            model: An ONNX model (path, bytes or proto), compiled here for :attr:`target`, or the
+                path of a library written by ``export_library`` (``.so``; a ``.tar`` of objects is
+                linked by ``tvm.runtime.load_module`` with this machine's compiler).
+            input_shapes: As in :meth:`measure`. For a library they name its inputs' shapes
+                (float32 assumed); without them ``inputs`` is empty.
+
+        Returns:
+            ``(relax.VirtualMachine, tvm device, [(name, shape, numpy dtype), ...])``.
+
+        Raises:
+            ConfigError: On an RPC runtime (this loads locally).
+            ProfilingError: If the model cannot be compiled, the library cannot be loaded, or
+                the virtual machine cannot be created.
+        """
+        tvm = lazy_import("tvm", "apache-tvm")
+        relax = lazy_import("tvm.relax", "apache-tvm")
+        if self.rpc is not None:
+            raise ConfigError("TvmRuntime.load runs the model on this machine; use measure() for an RPC device")
+        if isinstance(model, (str, os.PathLike)) and str(model).endswith((".so", ".tar")):
+            path = Path(model)
+            if not path.is_file():
+                raise ProfilingError(f"TVM library not found: {path}; export it first")
+            try:
+                ex = tvm.runtime.load_module(str(path))
+            except Exception as exc:  # noqa: BLE001 - foreign library errors become ProfilingError
+                raise ProfilingError(f"cannot load the TVM library {path}: {_last_line(exc)}") from None
+            if input_shapes is None:
+                inputs = []
+            elif isinstance(input_shapes, Mapping):
+                inputs = [(n, tuple(s), "float32") for n, s in input_shapes.items()]
+            else:
+                inputs = [("input", tuple(input_shapes), "float32")]
+        else:
+            ex, graph, shapes = self.compile(model, input_shapes)
+            inputs = [(n, shapes[n], dt) for n, _, dt in graph]
+        if self.threads:
+            tvm.get_global_func("runtime.config_threadpool")(1, self.threads)
+        dev = self._device()
+        try:
+            vm = relax.VirtualMachine(ex, dev)
+        except Exception as exc:  # noqa: BLE001 - foreign library errors become ProfilingError
+            raise ProfilingError(f"TVM cannot create a virtual machine for the model: {_last_line(exc)}") from None
+        return vm, dev, inputs
+
+    def local_runner(
+        self,
+        model: Any,
+        input_shapes: dict[str, tuple[int, ...]] | tuple[int, ...] | None = None,
+        *,
+        seed: int = 0,
+    ) -> Callable[[], None]:
+        """Load ``model`` once on this machine (see :meth:`load`) and return a zero-argument callable
+        that runs one inference on deterministic inputs, after one checked run.
+
+        For measurements that interleave several models in one time window (the export's
+        speedup over the dense model, :func:`autoprune.search.verify.measure_speedup`). It is
+        deliberately not called ``runner``: :func:`~autoprune.costmodel.calibrate.measure_vs_reference`
+        takes a runtime with ``runner`` to be one that interleaves, and a TVM calibration (possibly
+        over RPC) keeps timing with ``time_evaluator`` instead.
+
+        Raises:
+            ConfigError: A library without ``input_shapes``.
+            ProfilingError: If the model cannot be loaded or run.
+        """
+        tvm = lazy_import("tvm", "apache-tvm")
+        vm, dev, inputs = self.load(model, input_shapes)
+        if not inputs:
+            raise ConfigError(f"give input_shapes to time the TVM library {model}")
+        feeds = make_inputs(inputs, {n: s for n, s, _ in inputs}, seed=seed)
+        try:
+            vm.set_input("main", *[tvm.runtime.tensor(v, dev) for v in feeds.values()])
+            vm.invoke_stateful("main")
+        except Exception as exc:  # noqa: BLE001 - foreign library errors become ProfilingError
+            raise ProfilingError(f"TVM failed to run the model: {_last_line(exc)}") from None
+        invoke = vm.invoke_stateful
+        return lambda: invoke("main")
 
     # -- timing ---------------------------------------------------------------------------------
 

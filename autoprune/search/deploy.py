@@ -1,22 +1,45 @@
 """Pick a Pareto point and export it for deployment.
 
-Rebuild the plan from the dense checkpoint, fine-tune longer, report test-set
-metrics, export ONNX (with the parity check) and a TVM module where it can be
-built here, and write a per-layer latency chart and a JSON report to
-``results/<study>/export-<trial>/``.
+Rebuild the plan from the dense checkpoint, fine-tune longer (``repeats`` seeds), report
+test-set metrics, and write to ``results/<study>/export-<trial>/`` (or ``out_dir``):
+
+* ``model.onnx`` (parity-checked against PyTorch) and ``dense.onnx`` (the speed reference);
+* ``reference.npz``: a fixed batch of test inputs and ``model.onnx``'s outputs on it, so that
+  ``autoprune verify`` can re-check the file later (:mod:`autoprune.search.verify`);
+* a TVM module for the target's own TVM target (``runtimes.tvm.target`` of its profile):
+  ``model_tvm.so`` when it can be linked here (natively, or with a cross compiler), loaded
+  back and run on the reference batch against ONNX Runtime's outputs where it is native;
+  ``model_tvm.tar`` (the target's object files, linked on the board by
+  ``tvm.runtime.load_module``) when no cross linker is installed; nothing, with the reason,
+  for a CUDA target without NVIDIA's toolchain;
+* on ``local``, the pruned and dense models timed against each other in one interleaved run
+  per runtime (ONNX Runtime, and TVM where the module was built);
+* for a CUDA (Jetson) target, the ``trtexec`` command lines to time both files on the device;
+* ``latency_per_layer.png`` and ``report.json`` (with sha256 checksums of the files).
+
+Only the ONNX export and the reference outputs are required: every other part that fails
+(TVM build or run, a measurement, the chart) becomes a one-line ``notes`` entry and a field
+in the report, and the export still lands.
 """
 
 from __future__ import annotations
 
 import io
+import platform
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from autoprune.errors import AutopruneError, ConfigError
-from autoprune.io import atomic_write_bytes, results_dir, write_json
+from autoprune.io import atomic_write_bytes, file_sha256, results_dir, write_json
 from autoprune.search.report import front_rows, plan_summary
 from autoprune.search.study import SearchConfig
+
+#: Files an export writes that a re-export to the same folder must not leave stale.
+_ARTIFACTS = ("model_tvm.so", "model_tvm.tar", "dense.onnx", "reference.npz", "latency_per_layer.png",
+              "report.json")
 
 
 def pick_trial(study, config: SearchConfig, *, trial: int | None = None, max_latency_ms: float | None = None,
@@ -50,69 +73,349 @@ def pick_trial(study, config: SearchConfig, *, trial: int | None = None, max_lat
     return max(ok, key=lambda r: (r["accuracy"], -r["latency_ms"]))
 
 
-def build_tvm_module(onnx_path: Path, target: str, out_dir: Path) -> dict[str, Any]:
-    """Compile the ONNX model with TVM Relax for the target's TVM target and export the library.
+# -- TVM -------------------------------------------------------------------------------------------
 
-    Returns a record with ``path`` or the ``reason`` it could not be built here.
+
+def _reason(exc: BaseException) -> str:
+    """One line for a failed optional step (the type is named for errors autoprune did not raise)."""
+    text = " ".join(str(exc).split())[:300]
+    return text if isinstance(exc, AutopruneError) else f"{type(exc).__name__}: {text}"
+
+
+def _cuda_blocker(profile_name: str, arch: str) -> str | None:
+    """Why a CUDA module for ``arch`` (e.g. ``sm_53``) cannot be built here, or ``None`` when it can.
+
+    Building one needs an ``nvcc`` that still compiles for ``arch`` (CUDA 13 dropped Maxwell's
+    sm_5x, for instance) and a TVM with the CUDA runtime; without them TVM keeps the kernels as
+    CUDA source, which no device can load.
     """
-    from autoprune.hardware import load_profile
-    from autoprune.profiling.tvm_runtime import TvmRuntime, _cross_compiler, _target_triple
+    import subprocess
 
-    spec = load_profile(target).tvm_target
+    import tvm
+
+    why = []
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        why.append("no nvcc here")
+    else:
+        try:
+            listed = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, timeout=60).stdout
+            version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            listed, version = "", str(exc)
+        archs = listed.split()
+        release = next((ln.split("release", 1)[1].split(",")[0].strip() for ln in version.splitlines()
+                        if "release" in ln), "?")
+        want = arch.replace("sm_", "compute_")
+        if want not in archs:
+            oldest = min(archs, key=lambda a: int("".join(c for c in a if c.isdigit()) or 0)) if archs else "?"
+            why.append(f"the nvcc here (CUDA {release}) cannot compile for {arch} (its oldest is {oldest})")
+    if not tvm.runtime.enabled("cuda"):
+        why.append("this TVM has no CUDA runtime here")
+    if not why:
+        return None
+    return (f"{profile_name}'s TVM target is CUDA ({arch}); building it needs NVIDIA's toolchain for {arch}: "
+            + "; ".join(why))
+
+
+def build_tvm_module(onnx_path: Path, profile: Any, out_dir: Path,
+                     reference: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Compile the ONNX model with TVM Relax for the target's own TVM target and export it.
+
+    Args:
+        onnx_path: The exported ONNX model.
+        profile: The target's :class:`~autoprune.hardware.profile.HardwareProfile`.
+        out_dir: Where ``model_tvm.so`` (or ``.tar``) is written.
+        reference: ``(inputs, ONNX Runtime outputs)``: a library linked for this machine is
+            loaded back, run on the inputs and compared with the outputs.
+
+    Returns:
+        A record: ``built``, ``target`` (the JSON dict), ``kind`` (``cuda``, ``llvm``), ``native``,
+        ``path``/``bytes``/``format`` when a file was written, ``checked`` with ``max_abs_diff`` and
+        ``tolerance`` when it was run here, and ``reason`` whenever something could not be done here.
+        It never raises.
+    """
+    from autoprune.search.verify import max_abs_diff, output_tolerance, tvm_outputs
+
     try:
-        rt = TvmRuntime(target=spec)
-        ex, _, _ = rt.compile(str(onnx_path))
-        lib = out_dir / "model_tvm.so"
-        triple = _target_triple(rt.target)
-        import platform
-
-        native = not triple or triple.startswith(platform.machine())
-        fcompile = None if native else _cross_compiler(rt.target)
-        ex.export_library(str(lib), fcompile=fcompile) if fcompile else ex.export_library(str(lib))
-        return {"built": True, "path": str(lib), "target": spec, "bytes": lib.stat().st_size}
+        spec = profile.runtime_options("tvm")["target"]
     except AutopruneError as exc:
-        return {"built": False, "target": spec, "reason": str(exc)}
-    except Exception as exc:  # noqa: BLE001 - TVM raises its own error types
-        return {"built": False, "target": spec, "reason": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
+        return {"built": False, "target": None, "reason": _reason(exc)}
+    rec: dict[str, Any] = {"built": False, "target": spec, "native": False, "checked": False}
+    try:
+        from autoprune.profiling.tvm_runtime import TvmRuntime, _cross_compiler, _target_triple
+
+        rt = TvmRuntime(target=spec, threads=profile.runtime_options("tvm").get("threads"))
+        kind = rec["kind"] = rt.target.kind.name
+        if kind == "cuda":
+            blocker = _cuda_blocker(profile.name, str(rt.target.attrs.get("arch", "")) or "cuda")
+            if blocker is not None:
+                rec["reason"] = blocker
+                return rec
+            import tvm.support.nvcc  # noqa: F401 - registers the CUDA compile callback
+
+        ex, _, _ = rt.compile(str(onnx_path))
+        triple = _target_triple(rt.target)
+        try:
+            fcompile = _cross_compiler(rt.target)
+        except AutopruneError:  # no cross linker: the objects still build, as a .tar
+            lib = out_dir / "model_tvm.tar"
+            ex.export_library(str(lib))
+            rec.update(built=True, format="tar", path=str(lib), bytes=lib.stat().st_size,
+                       reason=f"no {triple} cross compiler here (apt-get install g++-{triple}), so not linked: "
+                              f"wrote {lib.name}, the {triple} object files; "
+                              f"`tvm.runtime.load_module('{lib.name}')` links them on the board")
+            return rec
+        rec["native"] = native = fcompile is None and kind == "llvm"
+        if native:
+            rec["host_arch"] = platform.machine()
+        lib = out_dir / "model_tvm.so"
+        if fcompile is not None:
+            ex.export_library(str(lib), fcompile=fcompile)
+        else:
+            ex.export_library(str(lib))
+        rec.update(built=True, format="so", path=str(lib), bytes=lib.stat().st_size)
+        if not native:
+            what = f"cross-built for {triple}" if triple else f"built for {kind}"
+            rec["reason"] = f"{what} ({profile.name}), so not run here; `tvm.runtime.load_module` loads it on the board"
+            return rec
+        if reference is not None:
+            x, want = reference
+            got = tvm_outputs(rt, lib, x)
+            diff, tol = max_abs_diff(got, want), output_tolerance(want)
+            rec.update(max_abs_diff=diff if diff != float("inf") else None, tolerance=tol, samples=len(x))
+            rec["checked"] = diff <= tol
+            if not rec["checked"]:
+                rec["reason"] = (f"loaded back, but its outputs differ from ONNX Runtime's by {diff:.3g} > {tol:.1e} "
+                                 f"on {len(x)} test inputs: do not deploy {lib.name}")
+        return rec
+    except Exception as exc:  # noqa: BLE001 - an optional step: TVM raises its own error types
+        rec["reason"] = _reason(exc)
+        return rec
+
+
+def device_commands(profile: Any, provenance: dict[str, Any]) -> dict[str, Any] | None:
+    """What to run on a Jetson target to time the export there, or ``None`` for other targets.
+
+    A Jetson is a target whose TVM target is an ``nvidia/jetson*`` tag. The command lines time
+    ``model.onnx`` and ``dense.onnx`` with TensorRT's ``trtexec``, in FP16 unless the target's
+    calibration describes TensorRT without FP16 (the Jetson Nano's describes TensorRT FP16).
+    """
+    try:
+        spec = profile.runtime_options("tvm")["target"]
+    except AutopruneError:
+        return None
+    if not str(spec.get("tag", "")).startswith("nvidia/jetson"):
+        return None
+    runtime = str(provenance.get("runtime", ""))
+    fp16 = "fp16" in runtime.lower() or "TensorRT" not in runtime
+    flags = " --fp16" if fp16 else ""
+
+    def cmd(name: str) -> str:
+        return (f"trtexec --onnx={name}{flags} --saveEngine={name.rsplit('.', 1)[0]}{'_fp16' if fp16 else ''}.engine "
+                "--warmUp=500 --iterations=200 --avgRuns=100")
+
+    mode = profile.default_power_mode
+    return {
+        "runtime": "TensorRT" + (" FP16" if fp16 else ""),
+        "commands": [cmd("model.onnx"), cmd("dense.onnx")],
+        "note": (f"run on the {profile.name} in power mode {mode!r} (nvpmodel), as its calibration assumes "
+                 "(JetPack puts trtexec in /usr/src/tensorrt/bin); the speedup on the device is dense.onnx's "
+                 "mean GPU time over model.onnx's"),
+    }
+
+
+# -- the export ------------------------------------------------------------------------------------
+
+
+def _optional(notes: list[str], what: str, fn: Callable[[], Any]) -> tuple[Any, str | None]:
+    """Run an optional step: ``(result, None)``, or ``(None, reason)`` with a line added to ``notes``."""
+    try:
+        return fn(), None
+    except Exception as exc:  # noqa: BLE001 - optional steps never abort an export
+        reason = _reason(exc)
+        notes.append(f"{what}: {reason}")
+        return None, reason
+
+
+def _data_record(config: SearchConfig, data: Any) -> dict[str, Any]:
+    ref = str(config.data)
+    path = Path(ref)
+    if ref != "digits" and path.exists():
+        ref = str(path.resolve())
+    return {"ref": ref, "input_size": int(data.input_shape[-1]), "input_shape": list(data.input_shape),
+            "seed": int(config.data_seed), "key": data.key, "num_classes": int(data.num_classes)}
+
+
+def _measure_local(out_dir: Path, profile: Any, provenance: dict[str, Any], predicted_ms: float,
+                   predicted_speedup: float, input_shape: tuple[int, ...], tvm_rec: dict[str, Any],
+                   notes: list[str]) -> dict[str, Any]:
+    """Time model.onnx (and model_tvm.so) against dense.onnx here, one interleaved run per runtime."""
+    from autoprune.profiling.protocol import host_description
+    from autoprune.search.verify import local_runtimes, measure_speedup
+
+    lib = Path(tvm_rec["path"]) if tvm_rec.get("checked") and tvm_rec.get("format") == "so" else None
+    runtimes = local_runtimes(profile, provenance.get("runtime", ""), lib)
+    out: dict[str, Any] = {"where": "measured here", "host": host_description(), "input_shape": list(input_shape),
+                           "runtimes": {}}
+    if "tvm" not in runtimes:
+        why = "--no-tvm" if tvm_rec.get("reason") == "skipped (--no-tvm)" else (
+            tvm_rec.get("reason") or "no TVM module linked for this machine")
+        out["runtimes"]["tvm"] = {"ok": False, "reason": f"not measured: {why}"}
+    for name, (rt, pruned) in runtimes.items():
+        m, reason = _optional(notes, f"{name} measurement",
+                              lambda rt=rt, pruned=pruned: measure_speedup(rt, str(out_dir / pruned),
+                                                                           str(out_dir / "dense.onnx"), input_shape))
+        if m is None:
+            out["runtimes"][name] = {"ok": False, "reason": reason}
+            continue
+        rec = {"ok": not m.noisy, **m.to_dict()}
+        if m.noisy:
+            rec["reason"] = (f"too noisy: per-round ratios spread {m.ratio_spread:.0%} (> 25 %) over {m.attempts} "
+                             "interleaved runs; the figures are kept but verify will not compare against them")
+            notes.append(f"{name} measurement: {rec['reason']}")
+        out["runtimes"][name] = rec
+    # the prediction describes the calibration's runtime: compare with that one
+    cal_runtime = str(provenance.get("runtime", ""))
+    name = "tvm" if cal_runtime.startswith("tvm") else "onnxruntime"
+    rec = out["runtimes"].get(name, {})
+    if "pruned_ms" in rec:
+        out.update(latency_ms=rec["pruned_ms"], runtime=f"{rec['runtime']} on {rec['host']}",
+                   compared_runtime=name,
+                   prediction_error_pct=100.0 * (predicted_ms / rec["pruned_ms"] - 1.0),
+                   speedup_prediction_error_pct=100.0 * (predicted_speedup / rec["speedup"] - 1.0))
+    return out
 
 
 def export_point(study, config: SearchConfig, row: dict[str, Any], *, epochs: int | None = None,
                  out_dir: Path | None = None, storage_url: str | None = None, progress: bool = True,
-                 tvm: bool = True) -> dict[str, Any]:
-    """Rebuild, fine-tune longer, evaluate on the test split and export one trial's plan."""
-    from autoprune.pruning import PruningPlan
-    from autoprune.search.runner import artifact_store, build_pipeline, study_space
+                 tvm: bool = True, repeats: int = 1,
+                 say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Rebuild, fine-tune longer, evaluate on the test split and export one trial's plan.
 
+    Args:
+        study: The Optuna study.
+        config: Its search configuration.
+        row: The picked trial (from :func:`pick_trial`).
+        epochs: Fine-tuning epochs (default: three times the search's).
+        out_dir: Export folder (default ``results/<study>/export-<trial>``).
+        storage_url: Attach ``model.onnx`` to the study as an Optuna artifact when given.
+        progress: Progress bars while the dense model is loaded.
+        tvm: Build the TVM module.
+        repeats: Fine-tune the plan with this many seeds (``seed``, ``seed + 1``, ...) and report the
+            test accuracy as mean ± sd; the exported model is the first seed's.
+        say: Progress messages (one line each).
+
+    Returns:
+        ``{"dir": folder, "report": the report dict}`` (also written as ``report.json``).
+
+    Raises:
+        AutopruneError: The plan cannot be rebuilt, fine-tuned, evaluated or exported to ONNX.
+    """
+    from autoprune.hardware import load_profile
+    from autoprune.pruning import PruningPlan, export_onnx
+    from autoprune.search.runner import artifact_store, build_pipeline, study_space
+    from autoprune.search.verify import (
+        REFERENCE_SAMPLES,
+        REPORT_FORMAT,
+        REPORT_VERSION,
+        mean_sd,
+        onnx_accuracy,
+        onnx_outputs,
+        reference_batch,
+        save_reference,
+    )
+
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be at least 1, got {repeats}")
+    say = say or (lambda _msg: None)
     t0 = time.perf_counter()
+    profile = load_profile(config.target)
     space = study_space(study, config)
     pipeline, dense_rec = build_pipeline(config, space, progress)
+    pipeline.measure = False  # timed below, against the dense model in one interleaved run
     plan = PruningPlan.from_dict(row["plan"])
     epochs = epochs if epochs is not None else 3 * pipeline.finetune_epochs
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == row["number"])
     kd = bool(trial.params.get("kd", space.distillation[0]))
     out_dir = Path(out_dir or results_dir() / study.study_name / f"export-{row['number']}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in _ARTIFACTS:
+        (out_dir / name).unlink(missing_ok=True)
     onnx_path = out_dir / "model.onnx"
+    notes: list[str] = []
+
+    say(f"fine-tuning trial {row['number']} for {epochs} epoch(s), seed {pipeline.seed}, and exporting model.onnx")
+    base_seed = pipeline.seed
     result = pipeline.run(plan, kd=kd, split="test", epochs=epochs, onnx_path=onnx_path)
+    seeds, accs = [base_seed], [result.accuracy]
+    for i in range(1, repeats):
+        pipeline.seed = base_seed + i
+        say(f"repeat {i + 1}/{repeats}: fine-tuning with seed {pipeline.seed}")
+        accs.append(pipeline.run(plan, kd=kd, split="test", epochs=epochs).accuracy)
+        seeds.append(pipeline.seed)
+    pipeline.seed = base_seed
+    mean, sd = mean_sd(accs)
+
+    dense_onnx, dense_reason = _optional(notes, "dense.onnx", lambda: export_onnx(
+        pipeline.dense, out_dir / "dense.onnx", pipeline.example))
+    x, y = reference_batch(pipeline.data, REFERENCE_SAMPLES)
+    ref_out = onnx_outputs(onnx_path, x)
+    save_reference(out_dir / "reference.npz", x, y, ref_out)
+    onnx_acc, n_test = onnx_accuracy(onnx_path, pipeline.data)
+
+    if tvm:
+        say(f"building the TVM module for {config.target}")
+        tvm_rec = build_tvm_module(onnx_path, profile, out_dir, reference=(x, ref_out))
+        if tvm_rec.get("reason"):
+            notes.append(f"TVM: {tvm_rec['reason']}")
+    else:
+        tvm_rec = {"built": False, "reason": "skipped (--no-tvm)"}
+
     dense_cost = pipeline.cost_model.predict(pipeline.dense)
-    tvm_rec = build_tvm_module(onnx_path, config.target, out_dir) if tvm else {"built": False, "reason": "skipped"}
-    chart = out_dir / "latency_per_layer.png"
-    _layer_chart(dense_cost.per_kernel_ms, result.per_layer_ms, chart, config.target)
+    provenance = dict(result.latency_provenance)
+    predicted_speedup = dense_cost.latency_ms / result.latency_ms
+    measured = None
+    if config.target == "local" and dense_onnx is None:
+        measured = {"where": "measured here", "runtimes": {}, "reason": f"not measured: dense.onnx: {dense_reason}"}
+    elif config.target == "local":
+        say("timing pruned vs dense here (interleaved)")
+        measured = _measure_local(out_dir, profile, provenance, result.latency_ms, predicted_speedup,
+                                  tuple(pipeline.example.shape), tvm_rec, notes)
+    device = device_commands(profile, provenance)
+
+    _optional(notes, "per-layer chart", lambda: _layer_chart(dense_cost.per_kernel_ms, result.per_layer_ms,
+                                                             out_dir / "latency_per_layer.png", config.target))
+    checksums = {p.name: file_sha256(p) for p in sorted(out_dir.iterdir())
+                 if p.is_file() and not p.name.startswith(".") and p.name != "report.json"}
     report = {
+        "format": REPORT_FORMAT, "version": REPORT_VERSION,
         "study": study.study_name, "trial": row["number"], "target": config.target, "model": config.model,
+        "seed": base_seed, "data": {**_data_record(config, pipeline.data), "test_samples": n_test},
         "plan_summary": plan_summary(row["plan"]), "plan": row["plan"], "finetune_epochs": epochs,
         "test": {"accuracy": result.accuracy, "precision_macro": result.precision_macro,
-                 "recall_macro": result.recall_macro, "f1_macro": result.f1_macro},
+                 "recall_macro": result.recall_macro, "f1_macro": result.f1_macro, "onnx_accuracy": onnx_acc,
+                 "samples": n_test},
+        "repeats": {"k": repeats, "seeds": seeds, "accuracies": accs, "mean": mean, "sd": sd,
+                    "exported_seed": base_seed},
         "dense_test_accuracy": dense_rec.test_accuracy,
         "predicted": {"latency_ms": result.latency_ms, "energy_mj": result.energy_mj,
-                      "dense_latency_ms": dense_cost.latency_ms,
-                      "speedup": dense_cost.latency_ms / result.latency_ms,
-                      "provenance": result.latency_provenance, "energy": result.energy_method},
-        "measured": {"latency_ms": result.measured_latency_ms, "runtime": result.measured_runtime}
-        if result.measured_latency_ms is not None else None,
+                      "dense_latency_ms": dense_cost.latency_ms, "speedup": predicted_speedup,
+                      "provenance": provenance, "energy": result.energy_method,
+                      "calibration": {k: provenance.get(k) for k in
+                                      ("status", "calibration_id", "runtime", "heldout_mape", "heldout_spearman",
+                                       "n_heldout", "note")}},
+        "measured": measured,
         "params": result.params, "macs": result.macs, "size_bytes": result.size_bytes,
-        "sparse_size_bytes": result.sparse_size_bytes, "onnx": result.onnx, "tvm": tvm_rec,
-        "files": [*sorted(p.name for p in out_dir.iterdir()), "report.json"],
+        "sparse_size_bytes": result.sparse_size_bytes,
+        "onnx": {**(result.onnx or {}), "path": str(onnx_path), "sha256": checksums["model.onnx"]},
+        "dense_onnx": {"path": str(out_dir / "dense.onnx"), "file_bytes": dense_onnx.file_bytes,
+                       "max_abs_diff": dense_onnx.max_abs_diff, "atol": dense_onnx.atol}
+        if dense_onnx is not None else {"path": None, "reason": dense_reason},
+        "reference": {"file": "reference.npz", "samples": len(x), "split": "test",
+                      "runtime": "onnxruntime CPUExecutionProvider, 1 thread"},
+        "tvm": tvm_rec, "device": device, "notes": notes, "checksums": checksums,
+        "files": [*sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(".")), "report.json"],
         "seconds": round(time.perf_counter() - t0, 1),
     }
     write_json(out_dir / "report.json", report)
@@ -122,6 +425,9 @@ def export_point(study, config: SearchConfig, row: dict[str, Any], *, epochs: in
         art = upload_artifact(artifact_store=artifact_store(storage_url), file_path=str(onnx_path),
                               study_or_trial=study, mimetype="application/octet-stream")
         study.set_user_attr(f"autoprune.export.{row['number']}", {"onnx_artifact_id": art, "dir": str(out_dir)})
+        from autoprune.dashboard.note import update_study_note
+
+        update_study_note(study, storage_url)
     return {"dir": out_dir, "report": report}
 
 
