@@ -54,7 +54,7 @@ def cases(tmp_path, results_root):
                                                             "ratio: {low: 0.0, high: .nan}\n")], "finite number"),
         "ratio true": (["search", *FAST, "--space", raw_file(tmp_path, "bool.yaml",
                                                              "ratio: {low: 0.0, high: true}\n")], "finite number"),
-        "unknown target": (["search", *FAST[:2], "--target", "jetson-orin"], "valid: jetson-nano"),
+        "unknown target": (["search", *FAST[:2], "--target", "jetson-orin"], "valid: cuda, jetson-nano"),
         "unknown model": (["search", "--model", "resnet1000", "--trials", "1"], "valid: mobilenet_v2"),
         "unknown criterion": (["search", *FAST, "--space",
                                raw_file(tmp_path, "crit.yaml", "criteria: [magic]\n")], "unknown criterion 'magic'"),

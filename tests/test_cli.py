@@ -52,7 +52,7 @@ def test_bad_argument_is_one_line_exit_2(args):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["search", "--target", "jetson-xavier"], "valid: jetson-nano"),
+    (["search", "--target", "jetson-xavier"], "valid: cuda, jetson-nano"),
     (["search", "--model", "resnet999"], "valid: mobilenet_v2"),
     (["search", "--space", "nope"], "valid: default"),
     (["search", "--study", "does-not-exist", "--storage", "sqlite:///{tmp}/x.db"], "no study named"),

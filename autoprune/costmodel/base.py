@@ -58,6 +58,8 @@ class Provenance:
         heldout_spearman: Spearman ρ on the same held-out set (``None`` if unknown).
         n_heldout: Size of the held-out set.
         note: One line on how the error was measured.
+        energy: Whether ``energy_mj`` is ``measured`` (fitted to a sensor's readings, naming it) or
+            ``modelled`` (the profile's power figures); see :mod:`autoprune.costmodel.energy_fit`.
     """
 
     method: str = "predicted"
@@ -72,6 +74,7 @@ class Provenance:
     heldout_spearman: float | None = None
     n_heldout: int = 0
     note: str = ""
+    energy: str = "modelled: the profile's active power x predicted latency (no sensor was read)"
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,9 @@ def load_calibration(path: str | Path, template: ModelTemplate | None = None, *,
         heldout_mape=err.get("heldout_mape"), heldout_spearman=err.get("heldout_spearman"),
         n_heldout=int(err.get("n_heldout", 0)), note=err.get("note", ""),
     )
-    return model
+    from .energy_fit import apply_energy_fit
+
+    return apply_energy_fit(model, err.get("energy"))  # measured energy where the calibration read a sensor
 
 
 def template_for(model: Any, input_shape: tuple[int, ...] | None = None, *, name: str | None = None,

@@ -41,6 +41,10 @@ __all__ = [
     "model_energy",
 ]
 
+#: Board-input rails, most specific first: ``VDD_IN`` (Xavier/Orin, mainline hwmon labels) and
+#: ``POM_5V_IN`` (Nano/TX2 on L4T 32.x) measure the whole module's input power.
+BOARD_RAILS = ("VDD_IN", "POM_5V_IN")
+
 
 @dataclass(frozen=True)
 class EnergyReading:
@@ -63,6 +67,17 @@ class EnergyReading:
     duration_s: float
     calls: int
     average_power_w: float
+
+    @property
+    def window_latency_ms(self) -> float:
+        """Wall time per call during the reading, in ms (what the energy was spent over)."""
+        return self.duration_s * 1e3 / self.calls
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        """A JSON-serialisable dict (sent back by the device server, stored in calibrations)."""
+        return {"energy_mj": self.energy_mj, "method": self.method, "source": self.source,
+                "total_energy_mj": self.total_energy_mj, "duration_s": self.duration_s, "calls": self.calls,
+                "average_power_w": self.average_power_w, "window_latency_ms": self.window_latency_ms}
 
 
 @dataclass(frozen=True)
@@ -99,6 +114,9 @@ class EnergySensor(ABC):
     """
 
     source: str = ""
+    #: Seconds the last reading integrated over, where the sensor knows it (sampled power meters);
+    #: ``None`` for counters, whose window is the caller's clock between ``start`` and ``stop``.
+    window_s: float | None = None
 
     @abstractmethod
     def start(self) -> None:
@@ -182,6 +200,7 @@ class _SampledPowerSensor(EnergySensor):
         if self._thread is not None:
             self._thread.join()
         self._samples.append((time.monotonic(), self._power_w()))
+        self.window_s = self._samples[-1][0] - self._samples[0][0]
         joules = sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(self._samples, self._samples[1:]))
         return joules * 1e3
 
@@ -264,12 +283,9 @@ class NvmlSensor(EnergySensor):
 
 def detect_sensor(sysfs_root: str | Path = "/sys") -> EnergySensor | None:
     """Return the first available sensor (INA3221 ``VDD_IN``/``POM_5V_IN``, RAPL, NVML), or ``None``."""
-    for make in (
-        lambda: Ina3221Sensor("VDD_IN", sysfs_root),
-        lambda: Ina3221Sensor("POM_5V_IN", sysfs_root),
-        lambda: RaplSensor(sysfs_root),
-        NvmlSensor,
-    ):
+    makers: list[Callable[[], EnergySensor]] = [lambda r=r: Ina3221Sensor(r, sysfs_root) for r in BOARD_RAILS]
+    makers += [lambda: RaplSensor(sysfs_root), NvmlSensor]
+    for make in makers:
         try:
             return make()
         except (ProfilingError, MissingDependencyError):
@@ -317,6 +333,8 @@ def measure_energy(
         calls += 1
     duration = clock() - t0
     total_mj = sensor.stop()
+    if sensor.window_s:  # a power meter integrated over its own sample times: divide by the same window
+        duration = sensor.window_s
     if not (total_mj > 0 and total_mj != float("inf")) or duration <= 0:
         raise ProfilingError(
             f"energy reading from {sensor.source} is {total_mj!r} mJ over {duration:.3f} s; "

@@ -9,6 +9,10 @@ is written into ``Measurement.runtime``.
 Session creation is cheap (a few milliseconds for a single-layer graph), so the
 lookup-table builder can call :meth:`OnnxRuntime.measure` on hundreds of small
 graphs.
+
+With an ``energy_sensor`` (:mod:`autoprune.hardware.energy`), :meth:`OnnxRuntime.measure_relative`
+also reads the energy of the candidate around a run of it: the one energy path, used here (a local
+GPU through NVML, RAPL on x86) and by the device server on a board (INA3221 rails).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 from autoprune.errors import ConfigError, ProfilingError
 from autoprune.profiling.base import RUNTIMES, Runtime, make_inputs, model_bytes, normalise_shapes
+from autoprune.profiling.interleave import measure_interleaved
 from autoprune.profiling.protocol import DEFAULT_PROTOCOL, Measurement, ProtocolSettings, measure_callable
 from autoprune.registry import lazy_import
 
@@ -126,6 +131,9 @@ class OnnxRuntime(Runtime):
         providers: Execution providers in priority order (default CPU).
         optimization: Graph optimisation level (default ``"all"``).
         protocol: Measurement protocol settings.
+        energy_sensor: A :class:`~autoprune.hardware.energy.EnergySensor` read around each
+            :meth:`measure_relative` candidate (``None``: energy is not measured).
+        energy_min_time_s: How long each energy reading runs the candidate.
     """
 
     name = "onnxruntime"
@@ -137,10 +145,21 @@ class OnnxRuntime(Runtime):
         providers: Sequence[str] | None = None,
         optimization: str = "all",
         protocol: ProtocolSettings = DEFAULT_PROTOCOL,
+        energy_sensor: Any = None,
+        energy_min_time_s: float = 0.5,
     ) -> None:
         super().__init__(threads=threads, protocol=protocol)
         self.providers = list(providers or ["CPUExecutionProvider"])
         self.optimization = optimization
+        if not energy_min_time_s > 0:
+            raise ConfigError(f"energy_min_time_s must be positive seconds, got {energy_min_time_s!r}")
+        self.energy_sensor = energy_sensor
+        self.energy_min_time_s = float(energy_min_time_s)
+
+    @property
+    def energy_source(self) -> str | None:
+        """The sensor read around measurements (e.g. ``ina3221:VDD_IN:...``), or ``None``."""
+        return getattr(self.energy_sensor, "source", None) if self.energy_sensor is not None else None
 
     def describe(self, used: Sequence[str] | None = None, missing: Sequence[str] = ()) -> str:
         """Return ``onnxruntime-<version>/<providers used>[ (fallback: X unavailable)]``."""
@@ -187,6 +206,34 @@ class OnnxRuntime(Runtime):
             ProfilingError: If the model cannot be loaded or run.
         """
         return self._load(model, input_shapes, seed)[0]
+
+    def measure_relative(self, model: Any, reference: Any, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Time ``model`` against ``reference`` in interleaved rounds (:func:`measure_interleaved`).
+
+        Args:
+            model: The candidate (ONNX path, bytes or proto).
+            reference: The reference model, or a runner already made for it (:meth:`runner`).
+            settings: ``rounds``, ``warmup``, ``min_time_s``, ``min_repeats``, ``timeout_s``.
+
+        Returns:
+            :func:`measure_interleaved`'s dict plus ``"energy"``: the candidate's
+            :class:`~autoprune.hardware.energy.EnergyReading` as a dict when a sensor is set, else ``None``.
+
+        Raises:
+            ProfilingError: If a model cannot run, a timing is bad, or the sensor reading fails.
+        """
+        cfg = dict(settings or {})
+        run_a = self.runner(model)
+        run_b = reference if callable(reference) else self.runner(reference)
+        keys = ("rounds", "warmup", "min_time_s", "min_repeats", "timeout_s")
+        out: dict[str, Any] = dict(measure_interleaved(run_a, run_b, **{k: cfg[k] for k in keys if k in cfg}))
+        out["energy"] = None
+        if self.energy_sensor is not None:
+            from autoprune.hardware.energy import measure_energy
+
+            out["energy"] = measure_energy(run_a, self.energy_sensor, warmup=1,
+                                           min_time_s=self.energy_min_time_s).to_dict()
+        return out
 
     def _load(self, model: Any, input_shapes: Any, seed: int) -> tuple[Any, list[str], list[str]]:
         """``(run one inference, providers used, providers missing)``, after one checked run."""

@@ -1,0 +1,134 @@
+"""Measured energy in calibrations: sensor specs, the power fit, how a cost model then predicts and labels energy,
+and a local calibration against a fake RAPL counter that runs at a known power."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoprune.costmodel.energy_fit import MODELLED, apply_energy_fit, fit_energy, sensor_and_rail
+from autoprune.errors import ConfigError, ProfilingError
+from autoprune.hardware.energy import Ina3221Sensor, RaplSensor
+from autoprune.hardware.sensor_spec import sensor_from_spec
+from tests.device.conftest import make_ina3221_tree
+
+
+def _reading(latency_ms: float, power_w: float, source: str = "ina3221:VDD_IN:/sys/x") -> dict:
+    calls = 100
+    return {"energy_mj": power_w * latency_ms, "method": "measured", "source": source,
+            "total_energy_mj": power_w * latency_ms * calls, "duration_s": latency_ms * calls / 1e3, "calls": calls,
+            "average_power_w": power_w, "window_latency_ms": latency_ms}
+
+
+def test_fit_energy_recovers_the_power_and_measures_heldout_error():
+    rng = np.random.default_rng(0)
+    lat = rng.uniform(0.5, 20.0, 12)
+    noisy = [_reading(x, 7.0 * (1 + rng.normal(0, 0.02))) for x in lat]
+    fit = fit_energy(noisy, n_fit=9)
+    assert fit["method"] == "measured" and fit["n_fit"] == 9 and fit["n_heldout"] == 3
+    assert fit["power_w"] == pytest.approx(7.0, rel=0.03)
+    assert 0 < fit["heldout_mape"] < 0.08 and (fit["sensor"], fit["rail"]) == ("ina3221", "VDD_IN")
+    # the held-out points do not move the fit
+    changed = noisy[:9] + [_reading(x, 50.0) for x in lat[9:]]
+    assert fit_energy(changed, n_fit=9)["power_w"] == pytest.approx(fit["power_w"])
+    assert fit_energy(changed, n_fit=9)["heldout_mape"] == pytest.approx(1 - 7 / 50, abs=0.03)
+    assert fit_energy([None, None], n_fit=1) is None  # no sensor: energy stays modelled
+
+
+def test_sensor_and_rail_names():
+    assert sensor_and_rail("ina3221:POM_5V_IN:/sys/bus/x") == ("ina3221", "POM_5V_IN")
+    assert sensor_and_rail("rapl:/sys/class/powercap/intel-rapl:0,/sys/class/powercap/intel-rapl:1") == \
+        ("rapl", "intel-rapl:0,intel-rapl:1")
+    assert sensor_and_rail("nvml:gpu0") == ("nvml", "gpu0")
+
+
+def test_sensor_specs(tmp_path):
+    make_ina3221_tree(tmp_path, {"POM_5V_IN": 5000, "POM_5V_GPU": 900})
+    assert sensor_from_spec("none", tmp_path) is None and sensor_from_spec(None, tmp_path) is None
+    board = sensor_from_spec("ina3221", tmp_path)
+    assert isinstance(board, Ina3221Sensor) and board.source.startswith("ina3221:POM_5V_IN:")
+    assert sensor_from_spec("ina3221:POM_5V_GPU", tmp_path).source.startswith("ina3221:POM_5V_GPU:")
+    assert sensor_from_spec("auto", tmp_path).source.startswith("ina3221:POM_5V_IN:")
+    with pytest.raises(ProfilingError, match="rails found: POM_5V_IN, POM_5V_GPU"):
+        sensor_from_spec("ina3221:VDD_CPU", tmp_path)
+    with pytest.raises(ProfilingError, match="no RAPL"):
+        sensor_from_spec("rapl", tmp_path)
+    with pytest.raises(ConfigError, match="valid: auto, none"):
+        sensor_from_spec("thermometer", tmp_path)
+    with pytest.raises(ConfigError, match="nvml:0"):
+        sensor_from_spec("nvml:first", tmp_path)
+
+
+def test_a_measured_fit_changes_the_predicted_energy_and_its_label():
+    from autoprune.costmodel import load_cost_model
+
+    model = load_cost_model("jetson-nano", "resnet20")
+    shape = model.template.describe(_dense("resnet20"))
+    before = model.predict(shape)
+    assert model.provenance.energy == MODELLED and before.provenance.energy.startswith("modelled:")
+    assert before.energy_mj == pytest.approx(10.0 * before.latency_ms, rel=1e-6)  # MAXN's 10 W, no pJ/byte
+    fit = fit_energy([_reading(2.0, 3.2), _reading(4.0, 3.2), _reading(3.0, 3.2)], n_fit=2)
+    after = apply_energy_fit(model, fit).predict(shape)
+    assert after.latency_ms == pytest.approx(before.latency_ms)
+    assert after.energy_mj == pytest.approx(3.2 * after.latency_ms, rel=1e-6)
+    assert after.provenance.energy.startswith("measured: 3.2 W from ina3221 rail VDD_IN")
+
+
+def _dense(name: str):
+    from autoprune.models import build_model
+
+    return build_model(name, num_classes=10).eval()
+
+
+class RaplWriter:
+    """A fake RAPL package counter that a thread advances at ``power_w`` in real time (atomic writes)."""
+
+    def __init__(self, root: Path, power_w: float) -> None:
+        self.dir = root / "class" / "powercap" / "intel-rapl:0"
+        self.dir.mkdir(parents=True)
+        (self.dir / "max_energy_range_uj").write_text("262143328850\n")
+        self.power_w, self.t0 = power_w, time.monotonic()
+        self._write()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _write(self) -> None:
+        uj = int(self.power_w * 1e6 * (time.monotonic() - self.t0)) + 1_000
+        tmp = self.dir / ".energy_uj.tmp"
+        tmp.write_text(f"{uj}\n")
+        os.replace(tmp, self.dir / "energy_uj")
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.0005):
+            self._write()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join()
+
+
+def test_local_calibration_with_a_rapl_counter_recovers_its_power(tmp_path):
+    """The one energy path, here: ONNX Runtime reads the sensor around each whole model of calibrate()."""
+    from autoprune.costmodel.calibrate import calibrate
+    from autoprune.profiling import get_runtime
+    from tests.fixtures.tiny_cnn import tiny_cnn
+
+    writer = RaplWriter(tmp_path, power_w=12.5)
+    try:
+        runtime = get_runtime("onnxruntime", threads=1, energy_sensor=RaplSensor(tmp_path), energy_min_time_s=0.3)
+        result = calibrate("tiny", runtime=runtime, plans=4, grid=(1.0,), model=tiny_cnn(), input_size=16,
+                           max_cv=3.0)
+    finally:
+        writer.stop()
+    fit = result.error["energy"]
+    assert fit["sensor"] == "rapl" and fit["rail"] == "intel-rapl:0" and fit["n_fit"] == 7
+    assert fit["power_w"] == pytest.approx(12.5, rel=0.03)
+    assert result.model.provenance.energy.startswith("measured:")
+    est = result.model.predict(result.model.template.describe(tiny_cnn()))
+    assert est.energy_mj == pytest.approx(fit["power_w"] * est.latency_ms, rel=1e-6)
