@@ -1,4 +1,9 @@
-"""``autoprune dashboard``: serve a study storage with optuna-dashboard (and its artifacts)."""
+"""``autoprune dashboard``: optuna-dashboard plus the controller that carries out its requests.
+
+Studies are watched live (objectives, user attributes, plan and export artifacts), and
+driven from each study's control form: resume, stop, export, verify (see
+:mod:`autoprune.dashboard.control`).
+"""
 
 from __future__ import annotations
 
@@ -9,24 +14,30 @@ from autoprune.commands.common import positive_int
 
 
 class DashboardCommand(Command):
-    """Watch studies live in optuna-dashboard; front plans and exports are attached as artifacts."""
+    """Watch and drive studies in optuna-dashboard (loopback by default)."""
 
     name = "dashboard"
-    help = "serve the study storage in optuna-dashboard (loopback by default)"
+    help = "serve the study storage in optuna-dashboard, with a form per study to resume, stop, export, verify"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--study", default=None, help="check that this study exists and print its URL")
         parser.add_argument("--storage", default=None,
                             help="Optuna storage URL (default: sqlite:///results/autoprune.db)")
-        parser.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+        parser.add_argument("--host", default="127.0.0.1",
+                            help="bind address (default: 127.0.0.1; another address needs --allow-remote)")
+        parser.add_argument("--allow-remote", action="store_true",
+                            help="allow a non-loopback --host (no authentication: anyone who reaches the port "
+                            "can start and stop searches)")
         parser.add_argument("--port", type=positive_int, default=8080, help="port (default: 8080)")
+        parser.add_argument("--no-control", action="store_true",
+                            help="plain optuna-dashboard: no control studies, no requests")
 
     def run(self, args: argparse.Namespace) -> int:
-        from optuna_dashboard import run_server
-
+        from autoprune.dashboard.server import check_host, serve
         from autoprune.search.runner import artifact_store
         from autoprune.search.storage import default_storage_url, make_storage, redact_url
 
+        warning = check_host(args.host, args.allow_remote)
         url = args.storage or default_storage_url()
         storage = make_storage(url)
         path = "/dashboard/"
@@ -35,8 +46,14 @@ class DashboardCommand(Command):
 
             study, _, _ = open_study(url, args.study, None, {}, None)
             path = f"/dashboard/studies/{study._study_id}"
-        if args.host not in ("127.0.0.1", "localhost", "::1"):
-            print(f"warning: serving on {args.host}: anyone who can reach it can read and edit the studies")
-        print(f"optuna-dashboard for {redact_url(url)} at http://{args.host}:{args.port}{path} (Ctrl-C stops)")
-        run_server(storage, host=args.host, port=args.port, artifact_store=artifact_store(url))
-        return 0
+        if warning:
+            print(warning)
+        shown = f"[{args.host}]" if ":" in args.host else args.host
+
+        def ready(controller) -> None:
+            what = "with the control forms" if controller is not None else "watch-only (--no-control)"
+            print(f"optuna-dashboard for {redact_url(url)} at http://{shown}:{args.port}{path} {what} "
+                  "(Ctrl-C stops)", flush=True)
+
+        return serve(storage, url, host=args.host, port=args.port, artifact_store=artifact_store(url),
+                     control=not args.no_control, ready=ready)
