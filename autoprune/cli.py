@@ -23,6 +23,8 @@ COMMANDS = {
     "targets": "autoprune.commands.targets:TargetsCommand",
     "dashboard": "autoprune.commands.dashboard:DashboardCommand",
     "train": "autoprune.commands.train:TrainCommand",
+    "device": "autoprune.commands.device:DeviceCommand",
+    "verify": "autoprune.commands.verify:VerifyCommand",
 }
 
 
