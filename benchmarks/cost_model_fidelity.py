@@ -6,7 +6,7 @@ dense model, a uniform ladder and three quarters of ``--calib-plans`` random pla
 seed 0), then draw *different* random plans (seed 1000+), prune each with the
 pruning engine, predict it, and measure it end to end with ONNX Runtime CPU at
 batch 1 **against the dense model in interleaved rounds** (the calibration's
-protocol, :func:`~autoprune.costmodel.calibrate.measure_vs_reference`).
+protocol, :func:`~autoprune.costmodel.builder.measure.measure_vs_reference`).
 
 This host's speed drifts (±20 % within a minute, seen here), so a plan's raw time
 is not reproducible to ±10 % minutes later. The primary figure therefore compares
@@ -41,7 +41,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autoprune.costmodel.calibrate import (
+from autoprune.costmodel.builder import (
+    CalibrationOptions,
     calibrate,
     error_metrics,
     measure_vs_reference,
@@ -53,8 +54,7 @@ from autoprune.io import results_dir, write_json
 SIZES = {"resnet20": 32, "vgg11": 32, "resnet18": 224, "mobilenet_v2": 224}
 
 
-def run_model(name: str, plans: int, calib_plans: int, threads: int, round_to: int, in_context: bool = False,
-              repeats: int = 20) -> dict:
+def run_model(name: str, plans: int, calib_plans: int, threads: int, round_to: int, repeats: int = 20) -> dict:
     from scipy.stats import spearmanr
 
     from autoprune.models import build_model
@@ -64,7 +64,7 @@ def run_model(name: str, plans: int, calib_plans: int, threads: int, round_to: i
     size = SIZES[name]
     runtime = get_runtime("onnxruntime", threads=threads)
     t0 = time.perf_counter()
-    cal = calibrate(name, runtime=runtime, plans=calib_plans, seed=0, round_to=round_to, in_context=in_context)
+    cal = calibrate(name, CalibrationOptions(plans=calib_plans, seed=0, round_to=round_to), runtime=runtime)
     calib_s = time.perf_counter() - t0
     cm = cal.model
     dense_cal_ms = cal.error["dense_reference_ms"]
@@ -118,7 +118,7 @@ def run_model(name: str, plans: int, calib_plans: int, threads: int, round_to: i
         "calibrate_s": calib_s, "calibration_heldout": {k: cal.error.get(k) for k in
                                                         ("heldout_mape", "heldout_spearman", "heldout_within_10pct",
                                                          "n_heldout")},
-        "whole_model_fit": cal.error.get("whole_model_fit"), "in_context": cal.error.get("in_context"),
+        "whole_model_fit": cal.error.get("whole_model_fit"),
         "dense_calibration_ms": dense_cal_ms, "dense_during_benchmark_ms": [min(dense_now), max(dense_now)],
         "measured_normalised_ms": normalised, "measured_raw_ms": raw, "ratio_to_dense": ratio,
         "ratio_spread": spread, "predicted_ms": predicted, "macs": macs,
@@ -136,8 +136,6 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--round-to", type=int, default=8, help="channel alignment of all plans (1 = none)")
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--in-context", action="store_true",
-                   help="also fit per-kernel in-context lines on onnxruntime's node profiles (an experiment)")
     args = p.parse_args()
     torch.set_num_threads(1)
     models = ["vgg11"] if args.quick else args.models.split(",")
@@ -145,8 +143,7 @@ def main() -> int:
     load_before = os.getloadavg()
     rows = []
     for name in models:
-        rows.append(run_model(name, plans, args.calib_plans, args.threads, args.round_to, args.in_context,
-                              args.repeats))
+        rows.append(run_model(name, plans, args.calib_plans, args.threads, args.round_to, args.repeats))
     load_after = os.getloadavg()
     print(f"\nhost load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
           f"({os.cpu_count()} CPUs); runtime onnxruntime CPU, threads={args.threads}, batch 1, "

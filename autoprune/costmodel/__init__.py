@@ -13,7 +13,15 @@ The search calls one function::
     est = cm.predict(pruned_module)                       # < 1 ms once loaded
     est.latency_ms, est.energy_mj, est.provenance.status
 
-Importing this package imports numpy and scipy, not torch/onnx/onnxruntime.
+Layout (as nn-Meter keeps its builder apart from its predictor): this top level *is* the
+predictor, everything the search needs to load a calibration and predict (kernels, features,
+templates, targets, the ``lut`` and ``regressor`` models, calibration files, measured/modelled
+energy). :mod:`autoprune.costmodel.builder` makes calibrations (``autoprune profile``'s
+measurements, the published Jetson Nano fit) and imports the predictor; the predictor never
+imports the builder.
+
+Importing this package imports numpy and scipy, not torch/onnx/onnxruntime; it also fills
+:data:`COST_MODELS` (importing :mod:`.lut` and :mod:`.regressor` registers them).
 """
 
 from .base import COST_MODELS, CostEstimate, CostModel, FitSample, Provenance, get_cost_model_class

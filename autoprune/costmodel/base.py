@@ -16,6 +16,7 @@ Contract of every implementation:
 
 from __future__ import annotations
 
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -24,14 +25,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from autoprune.errors import ConfigError
+from autoprune.errors import CalibrationError, ConfigError
 from autoprune.registry import Registry
+from autoprune.structures import STRUCTURES
 
 from .features import OP_CLASSES, KernelFeatures
 from .targets import TargetSpec, energy_mj
 from .template import CandidateShape, KernelArrays, ModelTemplate
 
-__all__ = ["COST_MODELS", "CostEstimate", "CostModel", "FitSample", "Provenance", "get_cost_model_class"]
+__all__ = ["COST_MODELS", "CostEstimate", "CostModel", "FitSample", "Provenance", "finite_latencies",
+           "get_cost_model_class"]
 
 #: Unstructured sparse kernels spend ~1.5x the time per non-zero of a dense kernel
 #: (index decoding, irregular access), so they break even at ~67 % density.
@@ -59,7 +62,7 @@ class Provenance:
         n_heldout: Size of the held-out set.
         note: One line on how the error was measured.
         energy: Whether ``energy_mj`` is ``measured`` (fitted to a sensor's readings, naming it) or
-            ``modelled`` (the profile's power figures); see :mod:`autoprune.costmodel.energy_fit`.
+            ``modelled`` (the profile's power figures); see :mod:`autoprune.costmodel.energy`.
     """
 
     method: str = "predicted"
@@ -109,6 +112,9 @@ class FitSample:
         keys: Dense config keys of those kernels (LUT entries), same order.
         latency_ms: Measured latency (kernel: minus the runtime's empty-call overhead).
         kind: ``"kernel"`` (isolated) or ``"model"`` (end to end).
+
+    Raises:
+        ConfigError: If ``latency_ms`` is not a positive finite number (NaN and ±inf are never fitted).
     """
 
     features: tuple[KernelFeatures, ...]
@@ -116,16 +122,47 @@ class FitSample:
     latency_ms: float
     kind: str = "kernel"
 
+    def __post_init__(self) -> None:
+        finite_latencies([self.latency_ms], "a fit sample")
 
+
+def finite_latencies(values: Sequence[float], what: str) -> np.ndarray:
+    """``values`` as a float array, after checking that every one is a positive finite number of ms.
+
+    Raises:
+        ConfigError: Naming ``what`` and the first bad value (NaN, ±inf, zero or negative).
+    """
+    try:
+        y = np.asarray(values, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what}: latencies must be numbers of milliseconds, got {values!r}") from None
+    bad = np.flatnonzero(~(np.isfinite(y) & (y > 0)))
+    if bad.size:
+        raise ConfigError(f"{what}: latency #{int(bad[0])} is {y[bad[0]]!r} ms; only positive finite "
+                          "measurements are fitted (measure it again)")
+    return y
+
+
+#: Cost-model name → class; filled by :mod:`autoprune.costmodel` importing :mod:`.lut` and :mod:`.regressor`.
 COST_MODELS: Registry[type[CostModel]] = Registry("cost model")
 
 
 def get_cost_model_class(name: str) -> type[CostModel]:
-    """Return the cost-model class called ``name`` (``lut`` or ``regressor``)."""
-    from . import lut as _lut  # noqa: F401 - registers
-    from . import regressor as _regressor  # noqa: F401 - registers
+    """Return the cost-model class called ``name`` (``lut`` or ``regressor``).
 
+    The implementations register themselves when :mod:`autoprune.costmodel` imports them (any import
+    of this module imports the package first), so this base never imports its subclasses.
+
+    Raises:
+        UnknownNameError: If there is no such cost model (the message lists the valid names).
+    """
     return COST_MODELS.get(name)
+
+
+def _nm_kept(pattern: str) -> float:
+    """N/M of an ``"N:M"`` pattern."""
+    n, m = (int(v) for v in pattern.split(":"))
+    return n / m
 
 
 class CostModel(ABC):
@@ -184,11 +221,16 @@ class CostModel(ABC):
         whole graph for big layers and slower for tiny ones, so the whole graph's time grows faster
         than their sum. A linear fit with a free offset goes negative and predicts ~0 ms for heavily
         pruned candidates.
+
+        Raises:
+            ConfigError: If a measured latency is NaN, ±inf or not positive, or the counts differ.
         """
         if not shapes:
             return
+        y = finite_latencies(measured_ms, "fit_correction")
+        if len(y) != len(shapes):
+            raise ConfigError(f"fit_correction: {len(shapes)} shapes but {len(y)} measured latencies")
         sums = np.array([self._kernel_ms(s)[0].sum() for s in shapes])
-        y = np.asarray(measured_ms, dtype=float)
         ok = (sums > 0) & (y > 0)
         self.power = 1.0
         if ok.sum() < 6:  # too few points to separate scale from shape robustly
@@ -240,6 +282,12 @@ class CostModel(ABC):
             arrays, keys = self.template.arrays, self.template.keys  # type: ignore[union-attr]
         cin = np.asarray(shape.cin, dtype=float)
         cout = np.asarray(shape.cout, dtype=float)
+        density = np.asarray(shape.weight_density, dtype=float)
+        if not (np.isfinite(cin).all() and np.isfinite(cout).all() and np.isfinite(density).all()
+                and (cin >= 0).all() and (cout >= 0).all()):
+            raise ConfigError("cannot predict a candidate whose channel counts or weight densities are not "
+                              f"finite non-negative numbers (cin={shape.cin}, cout={shape.cout}, "
+                              f"density={shape.weight_density})")
         dense = self.dense_kernel_ms(arrays, cin, cout, keys)
         macs, act_b, w_b = arrays.costs(cin, cout)
         split = self.split_model()
@@ -247,16 +295,18 @@ class CostModel(ABC):
         frac_c = np.divide(comp, total, out=np.zeros_like(comp), where=total > 0)
         frac_w = np.divide(mem_w, total, out=np.zeros_like(comp), where=total > 0)
         support = set(self.target.sparsity_support)
-        density = np.asarray(shape.weight_density, dtype=float)
-        nm = np.array([bool(p) for p in shape.nm_pattern])
-        compute_scale = np.ones_like(dense)
-        weight_scale = np.ones_like(dense)
+        structures = STRUCTURES  # what each structure needs from a target to run faster: autoprune.structures
+        # N:M kernels the target's kernels exploit: N/M of the compute, N/M of the values plus their indices.
+        kept = np.array([_nm_kept(p) if p and structures.get("nm").speeds_up_on(support, p) else 1.0
+                         for p in shape.nm_pattern])
+        index_bits = np.array([math.ceil(math.log2(int(p.split(":")[1]))) if p else 0 for p in shape.nm_pattern])
+        nm = kept < 1.0
         bpe = float(self.target.bytes_per_element)
-        if "nm-2:4" in support:
-            compute_scale = np.where(nm, 0.5, compute_scale)
-            weight_scale = np.where(nm, 0.5 + 0.5 * 2.0 / (8 * bpe), weight_scale)  # values + 2-bit indices
-        if "unstructured" in support:
-            uns = (density < 1.0) & ~(nm & ("nm-2:4" in support))
+        compute_scale = kept.copy()
+        weight_scale = kept * (1.0 + index_bits / (8 * bpe))
+        weight_scale = np.where(nm, weight_scale, 1.0)
+        if structures.get("unstructured").speeds_up_on(support):
+            uns = (density < 1.0) & ~nm
             compute_scale = np.where(uns, np.minimum(1.0, UNSTRUCTURED_OVERHEAD * density), compute_scale)
             weight_scale = np.where(uns, np.minimum(1.0, density * (1.0 + 4.0 / bpe)), weight_scale)  # CSR
         factor = 1.0 - frac_c * (1.0 - compute_scale) - frac_w * (1.0 - weight_scale)
@@ -272,14 +322,18 @@ class CostModel(ABC):
                 :class:`CandidateShape`, or an exported ONNX file (path, bytes, proto).
 
         Raises:
-            ConfigError: If the candidate cannot be described.
+            ConfigError: If the candidate cannot be described, or its shape holds NaN or ±inf.
+            CalibrationError: If the fitted parameters give a non-finite latency (never returned).
         """
         arrays, shape, modules, keys = self._arrays_for(candidate)
         ms, extra = self._kernel_ms(shape, arrays, keys)
         total = float(ms.sum())
         scale = self.alpha * (total ** (self.power - 1.0) if total > 0 and self.power != 1.0 else 1.0)
-        per = ms * scale  # per-kernel shares of the corrected total
+        per = ms * scale if math.isfinite(scale) else ms + scale  # per-kernel shares of the corrected total
         latency = float(per.sum() + self.overhead_ms)
+        if not math.isfinite(latency):  # a corrupt or hand-edited calibration: never a NaN estimate
+            raise CalibrationError(f"the {self.name} cost model of {self.target.name} predicts {latency} ms: its "
+                                   "parameters are not finite; profile the model again")
         latency = max(latency, 1e-6)
         dram = float(extra[1].sum())
         return CostEstimate(

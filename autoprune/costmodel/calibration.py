@@ -17,6 +17,7 @@ from autoprune.errors import CalibrationError, ConfigError
 from autoprune.io import read_json, results_dir, write_json
 
 from .base import CostModel, Provenance, get_cost_model_class
+from .energy import apply_energy_fit
 from .regressor import Regressor
 from .targets import TargetSpec, target_spec
 from .template import ModelTemplate
@@ -171,8 +172,6 @@ def load_calibration(path: str | Path, template: ModelTemplate | None = None, *,
         heldout_mape=err.get("heldout_mape"), heldout_spearman=err.get("heldout_spearman"),
         n_heldout=int(err.get("n_heldout", 0)), note=err.get("note", ""),
     )
-    from .energy_fit import apply_energy_fit
-
     return apply_energy_fit(model, err.get("energy"))  # measured energy where the calibration read a sensor
 
 
@@ -229,8 +228,8 @@ def _published(target: str, template: ModelTemplate | None) -> CostModel | None:
     path = published_path(base)
     if not path.is_file():
         return None
-    model = load_calibration(path, template, target=base,
-                             fix=f"reinstall autoprune or run `python -m autoprune.costmodel.published` ({path})")
+    model = load_calibration(path, template, target=base, fix="reinstall autoprune or run "
+                             f"`python -m autoprune.costmodel.builder.published` ({path})")
     if base != target:
         spec = target_spec(target)
         derived = Regressor(spec, template)

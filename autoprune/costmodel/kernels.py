@@ -29,8 +29,7 @@ from autoprune.registry import lazy_import
 
 from .features import KernelFeatures, kernel_cost
 
-__all__ = ["Kernel", "attribute_node_times", "detect_kernels", "module_name_from_node", "nm_pattern_of",
-           "weight_density_of"]
+__all__ = ["Kernel", "detect_kernels", "module_name_from_node", "nm_pattern_of", "weight_density_of"]
 
 _ACTIVATIONS = {"Relu": "relu", "Clip": "clip", "LeakyRelu": "leakyrelu", "HardSwish": "hardswish"}
 _RESHAPES = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
@@ -48,15 +47,12 @@ class Kernel:
         module: The torch module it came from (``""`` when unknown).
         features: Its :class:`~autoprune.costmodel.features.KernelFeatures`.
         inputs_from: Indices (in the kernel list) of the kernels producing its inputs.
-        members: Names of the ONNX nodes fused into it and of their outputs (a
-            runtime's per-node profile is mapped back to kernels with them).
     """
 
     name: str
     module: str
     features: KernelFeatures
     inputs_from: tuple[int, ...] = ()
-    members: tuple[str, ...] = ()
 
 
 def module_name_from_node(node_name: str) -> str:
@@ -206,13 +202,11 @@ def detect_kernels(model: Any, *, bytes_per_element: int = 4, with_weights: bool
     kernels: list[Kernel] = []
     producer_kernel: dict[str, int] = {}
 
-    by_id = {id(n): n for n in g.node}
     for node in g.node:
         if id(node) in consumed or node.op_type in _SKIP:
             continue
         if node.op_type == "Identity" and node.input[0] in consts:
             continue
-        consumed_before = set(consumed)
         fused: list[str] = []
         last = node
         data_inputs = [i for i in node.input if i and i not in consts]
@@ -296,43 +290,9 @@ def detect_kernels(model: Any, *, bytes_per_element: int = 4, with_weights: bool
         )
         srcs = tuple(sorted({producer_kernel[i] for i in data_inputs if i in producer_kernel}))
         idx = len(kernels)
-        parts = [node] + [by_id[i] for i in consumed - consumed_before if i in by_id]
-        members = tuple(dict.fromkeys([n.name for n in parts] + [o for n in parts for o in n.output]))
-        kernels.append(Kernel(node.name, module_name_from_node(node.name), feats, srcs, members))
+        kernels.append(Kernel(node.name, module_name_from_node(node.name), feats, srcs))
         for n in (node, last):
             for o in n.output:
                 producer_kernel[o] = idx
     return tuple(kernels)
 
-
-def attribute_node_times(kernels: tuple[Kernel, ...] | list[Kernel],
-                         node_times_ms: dict[str, float]) -> tuple[np.ndarray, float]:
-    """Map a runtime's per-node times (e.g. onnxruntime's profiler) onto ``kernels``.
-
-    A runtime node is matched by its name, or by the name with a layout suffix
-    (``_nchwc``) removed, against the ONNX node and tensor names of each kernel's
-    members. Unmatched nodes (layout conversions the runtime inserted) are summed
-    into the second value.
-
-    Returns:
-        ``(per-kernel ms, unmatched ms)``; a kernel no node maps to gets NaN.
-    """
-    owner: dict[str, int] = {}
-    for i, k in enumerate(kernels):
-        for m in k.members or (k.name,):
-            owner.setdefault(m, i)
-    per = np.full(len(kernels), np.nan)
-    rest = 0.0
-    for name, ms in node_times_ms.items():
-        name = name.removeprefix("fused ")
-        i = owner.get(name)
-        if i is None:
-            for suffix in ("_nchwc", "_fused"):
-                if name.endswith(suffix) and name[: -len(suffix)] in owner:
-                    i = owner[name[: -len(suffix)]]
-                    break
-        if i is None:
-            rest += ms
-        else:
-            per[i] = ms if np.isnan(per[i]) else per[i] + ms
-    return per, rest

@@ -16,9 +16,7 @@ depends on where a kernel sits. :meth:`LutCostModel.fit_kernel_scales` (what
 ``autoprune profile`` uses) fits one such factor per kernel, and a per-model
 overhead, on whole pruned models measured end to end: ``latency = c + Σ_k a_k ×
 table_k``. Fewer end-to-end measurements fall back to the global correction of
-:meth:`~autoprune.costmodel.base.CostModel.fit_correction`. An experiment,
-:meth:`LutCostModel.fit_in_context`, instead fits per-kernel lines on onnxruntime's
-per-node profiles (off by default: it predicted worse).
+:meth:`~autoprune.costmodel.base.CostModel.fit_correction`.
 """
 
 from __future__ import annotations
@@ -28,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .base import COST_MODELS, CostModel, FitSample
+from autoprune.errors import ConfigError
+
+from .base import COST_MODELS, CostModel, FitSample, finite_latencies
 from .regressor import Regressor
 from .targets import TargetSpec
 from .template import KernelArrays, ModelTemplate
@@ -52,11 +52,11 @@ class LutCostModel(CostModel):
         self._split = self.regressor
         self.tables: dict[str, dict[str, list]] = {}
         self._index_cache: dict[int, tuple] = {}
-        #: Per template kernel ``(c0, c1, c2, table scale)``: lines from in-context profiles
-        #: (:meth:`fit_in_context`) or scales from whole models (:meth:`fit_kernel_scales`); or None.
+        #: Per template kernel ``(unused, unused, unused, table scale)``: the scales fitted on whole
+        #: models (:meth:`fit_kernel_scales`), or None. The first three columns are NaN (calibration files
+        #: keep four columns per kernel).
         self.kernel_fit: np.ndarray | None = None
         self.kernel_fit_keys: tuple[str, ...] | None = None
-        self._dense_costs: tuple[np.ndarray, np.ndarray] | None = None
         self._scale_cache: tuple[np.ndarray, np.ndarray] | None = None
 
     def fit(self, samples: Sequence[FitSample]) -> None:
@@ -125,56 +125,6 @@ class LutCostModel(CostModel):
         w = np.divide(x - lo, den, out=np.zeros_like(x), where=den > 0)
         return j, np.clip(w, -1.0, 1.0)
 
-    def fit_in_context(self, shapes: Sequence[Any], kernel_ms: Sequence[np.ndarray]) -> dict[str, float]:
-        """Fit each template kernel's in-context time from whole-model per-node profiles.
-
-        Per kernel ``k``, on the profiled models: ``ms = c0 + c1 × macs/macs_dense +
-        c2 × bytes/bytes_dense`` with non-negative coefficients, least squares on
-        relative error. Kernels with fewer than three profiled points keep their
-        isolated table, scaled by the median in-context/table ratio.
-
-        Args:
-            shapes: :class:`~autoprune.costmodel.template.CandidateShape` of each profiled model.
-            kernel_ms: Per-kernel in-context times of each model (NaN where no node mapped).
-
-        Returns:
-            Fit statistics: kernels fitted, and the in-sample relative error of the kernel fits.
-        """
-        from scipy.optimize import lsq_linear
-
-        if self.template is None or not shapes:
-            return {"kernels_fitted": 0}
-        arrays, keys = self.template.arrays, self.template.keys
-        saved, self.kernel_fit = self.kernel_fit, None
-        tables = np.stack([self.dense_kernel_ms(arrays, np.asarray(s.cin, float), np.asarray(s.cout, float), keys)
-                           for s in shapes])
-        self.kernel_fit = saved
-        feats = np.stack([self._context_features(arrays, np.asarray(s.cin, float), np.asarray(s.cout, float))
-                          for s in shapes])  # (plans, kernels, 3)
-        y = np.stack([np.asarray(k, float) for k in kernel_ms])
-        n = y.shape[1]
-        fit = np.full((n, 4), np.nan)  # c0, c1, c2, table scale (fallback)
-        errs: list[float] = []
-        fitted = 0
-        for k in range(n):
-            ok = np.isfinite(y[:, k]) & (y[:, k] > 0)
-            if not ok.any():
-                continue
-            yk = y[ok, k]
-            if ok.sum() >= 3:
-                a_mat = feats[ok, k, :] / yk[:, None]  # relative error
-                res = lsq_linear(a_mat, np.ones_like(yk), bounds=(0.0, np.inf))
-                fit[k, :3] = res.x
-                errs.extend(np.abs(feats[ok, k, :] @ res.x / yk - 1.0))
-            else:
-                tk = tables[ok, k]
-                fit[k, 3] = float(np.median(yk / np.maximum(tk, 1e-9))) if (tk > 0).all() else 1.0
-            fitted += 1
-        self.kernel_fit, self.kernel_fit_keys = fit, tuple(keys)
-        self._index_cache.clear()
-        return {"kernels_fitted": fitted, "kernels": n,
-                "kernel_fit_mape": float(np.mean(errs)) if errs else None}
-
     def fit_kernel_scales(self, shapes: Sequence[Any], measured_ms: Sequence[float],
                           ridge: float = 0.1) -> dict[str, Any]:
         """Fit each kernel's in-context scale on whole-model measurements.
@@ -196,14 +146,19 @@ class LutCostModel(CostModel):
 
         Returns:
             Fit statistics: the class scales, the overhead and the in-sample MAPE.
+
+        Raises:
+            ConfigError: If a measured latency is NaN, ±inf or not positive, or the counts differ.
         """
         from scipy.optimize import lsq_linear
 
         if self.template is None:
             raise ValueError("fit_kernel_scales needs the model's template")
         self.kernel_fit = self.kernel_fit_keys = None
+        y = finite_latencies(measured_ms, "fit_kernel_scales")
+        if len(y) != len(shapes):
+            raise ConfigError(f"fit_kernel_scales: {len(shapes)} shapes but {len(y)} measured latencies")
         self.alpha, self.power, self.overhead_ms = 1.0, 1.0, 0.0
-        y = np.asarray(measured_ms, dtype=float)
         tab = np.stack([self._kernel_ms(s)[0] for s in shapes])  # (models, kernels): isolated tables
         ok = np.isfinite(y) & (y > 0)
         tab, y = tab[ok], y[ok]
@@ -233,28 +188,13 @@ class LutCostModel(CostModel):
                 "kernel_scale_range": [float(scales.min()), float(scales.max())], "fit_points": int(n),
                 "fit_mape": float(np.mean(np.abs(pred / y - 1.0)))}
 
-    def _context_features(self, arrays: KernelArrays, cin: np.ndarray, cout: np.ndarray) -> np.ndarray:
-        """``(kernels, 3)``: 1, MACs and bytes moved, each relative to the dense kernel's."""
-        norm = self._dense_costs
-        if norm is None or norm[0].shape != cin.shape:
-            dense = self.template.dense_shape()  # type: ignore[union-attr]
-            m, a, w = arrays.costs(np.asarray(dense.cin, float), np.asarray(dense.cout, float))
-            norm = self._dense_costs = (np.maximum(m, 1.0), np.maximum(a + w, 1.0))
-        m, a, w = arrays.costs(cin, cout)
-        return np.stack([np.ones_like(m), m / norm[0], (a + w) / norm[1]], axis=1)
-
     def dense_kernel_ms(self, arrays: KernelArrays, cin: np.ndarray, cout: np.ndarray,
                         keys: Sequence[str] | None) -> np.ndarray:
         ms = self._table_ms(arrays, cin, cout, keys)
         fit = self.kernel_fit
         if fit is None or keys is None or len(keys) != len(fit) or tuple(keys) != self.kernel_fit_keys:
             return ms
-        scaled = ms * self._scales(fit)
-        lines = np.isfinite(fit[:, 0])
-        if not lines.any():  # scales only (fit_kernel_scales): no line features to compute
-            return scaled
-        ctx = np.einsum("kf,kf->k", self._context_features(arrays, cin, cout), np.nan_to_num(fit[:, :3]))
-        return np.where(lines, ctx, scaled)
+        return ms * self._scales(fit)
 
     def _scales(self, fit: np.ndarray) -> np.ndarray:
         cached = self._scale_cache
@@ -295,6 +235,9 @@ class LutCostModel(CostModel):
         fit = params.get("kernel_fit")
         self.kernel_fit = None if fit is None else np.array(
             [[np.nan if v is None else v for v in row] for row in fit], dtype=float).reshape(-1, 4)
+        if self.kernel_fit is not None and np.isfinite(self.kernel_fit[:, :3]).any():
+            raise ValueError("per-kernel in-context lines (a removed experiment) are no longer read; "
+                             "profile the model again")
         self.kernel_fit_keys = None if fit is None else tuple(params.get("kernel_fit_keys", ()))
         self._index_cache.clear()
 

@@ -174,7 +174,7 @@ class ModelTemplate:
         else:
             raise ConfigError(f"cannot map the {len(param_kernels)} ONNX conv/gemm kernels of {name} to its "
                               f"{len(order)} conv/linear modules; use plain nn.Conv2d/nn.Linear layers")
-        kernels = [Kernel(k.name, param_modules[i] or k.module, k.features, k.inputs_from, k.members)
+        kernels = [Kernel(k.name, param_modules[i] or k.module, k.features, k.inputs_from)
                    for i, k in enumerate(kernels)]
         sources = [() if param_modules[i] else k.inputs_from for i, k in enumerate(kernels)]
         shape = tuple(example_input.shape[1:])

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoprune.errors import ConfigError, MissingDependencyError, ProfilingError
-from autoprune.hardware.profile import HardwareProfile
+from autoprune.hardware.records import HardwareProfile
 
 __all__ = [
     "EnergyEstimate",

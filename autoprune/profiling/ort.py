@@ -68,7 +68,6 @@ def create_session(
     threads: int | None = 1,
     providers: Sequence[str] | None = None,
     optimization: str = "all",
-    profile_prefix: str | None = None,
 ):
     """Create an ``onnxruntime.InferenceSession`` with the measuring settings.
 
@@ -78,7 +77,6 @@ def create_session(
         providers: Execution providers in priority order; unavailable ones are
             dropped with a warning and CPU is always appended as a fallback.
         optimization: ``"all"`` (default), ``"extended"``, ``"basic"`` or ``"disable"``.
-        profile_prefix: Enable onnxruntime's per-node profiler, writing to this prefix.
 
     Returns:
         ``(session, providers_used, providers_missing)``.
@@ -102,9 +100,6 @@ def create_session(
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = levels[optimization]
     so.log_severity_level = 3
-    if profile_prefix is not None:
-        so.enable_profiling = True
-        so.profile_file_prefix = profile_prefix
     usable, missing = _resolve_providers(providers)
     try:
         sess = ort.InferenceSession(model_bytes(model), sess_options=so, providers=usable)
@@ -200,7 +195,7 @@ class OnnxRuntime(Runtime):
         """Load ``model`` once and return a zero-argument callable that runs one inference.
 
         For measurements that interleave several models in one time window (see
-        :func:`autoprune.costmodel.calibrate.measure_vs_reference`).
+        :func:`autoprune.costmodel.builder.measure.measure_vs_reference`).
 
         Raises:
             ProfilingError: If the model cannot be loaded or run.
@@ -249,51 +244,3 @@ class OnnxRuntime(Runtime):
                 f"onnxruntime failed to run the model with shapes {shapes}: {str(exc).splitlines()[0]}"
             ) from None
         return (lambda: run(None, feeds)), used, missing
-
-    def node_times_ms(
-        self,
-        model: Any,
-        input_shapes: dict[str, tuple[int, ...]] | tuple[int, ...] | None = None,
-        *,
-        runs: int = 30,
-        warmup: int = 5,
-        seed: int = 0,
-    ) -> dict[str, float]:
-        """Per-node kernel times **in context** (inside the whole optimised graph), in ms.
-
-        Runs the model ``runs`` times under onnxruntime's profiler and returns the
-        median time of each node of the optimised graph, keyed by the node name
-        onnxruntime gives it (fused nodes are named after an original node or its
-        output tensor, e.g. ``/features/features.0/Relu_output_0_nchwc``). The
-        layout conversions the runtime inserts (``Reorder*``) are included, so the
-        times add up to most of a run; the rest is per-run overhead.
-
-        Raises:
-            ProfilingError: If the model does not run, or the profile has no node times.
-        """
-        import json
-        import os
-        import statistics
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            sess, _, _ = create_session(model, threads=self.threads, providers=self.providers,
-                                        optimization=self.optimization, profile_prefix=os.path.join(tmp, "p"))
-            _, feeds = _feeds(sess, input_shapes, seed)
-            try:
-                for _ in range(max(0, warmup) + max(1, runs)):
-                    sess.run(None, feeds)
-            except Exception as exc:  # noqa: BLE001 - foreign library errors become ProfilingError
-                raise ProfilingError(f"onnxruntime failed to run the model: {str(exc).splitlines()[0]}") from None
-            path = sess.end_profiling()
-            with open(path) as fh:
-                events = json.load(fh)
-        times: dict[str, list[float]] = {}
-        for e in events:
-            name = e.get("name", "")
-            if e.get("cat") == "Node" and name.endswith("_kernel_time"):
-                times.setdefault(name[: -len("_kernel_time")], []).append(float(e.get("dur", 0.0)) / 1000.0)
-        if not times:
-            raise ProfilingError("onnxruntime's profile has no node times; is profiling supported by this build?")
-        keep = max(1, runs)  # drop the warm-up runs: keep the last `runs` times of each node
-        return {k: statistics.median(v[-keep:]) for k, v in times.items()}

@@ -45,16 +45,8 @@ from typing import Any
 
 from autoprune.errors import ConfigError, NoisyMeasurementError, ProfilingError
 
-__all__ = [
-    "DEFAULT_PROTOCOL",
-    "Measurement",
-    "ProtocolSettings",
-    "host_description",
-    "measure_callable",
-    "measure_samples",
-    "robust_cv",
-    "summarize_timings",
-]
+__all__ = ["DEFAULT_PROTOCOL", "Measurement", "ProtocolSettings", "host_description", "measure_callable",
+           "measure_samples", "robust_cv", "summarize_timings"]
 
 #: Normal-consistency constant: IQR / 1.349 estimates the standard deviation.
 _IQR_TO_STD = 1.349
@@ -147,6 +139,9 @@ class Measurement:
         method: Always ``"measured"`` here (predictions use other types).
         timestamp: ISO-8601 UTC time when the accepted batch finished.
         attempts: Batches measured (1 + retries used).
+
+    Raises:
+        ProfilingError: If ``latency_ms`` or a sample is NaN, infinite, zero or negative (also when read back).
     """
 
     latency_ms: float
@@ -160,6 +155,9 @@ class Measurement:
     method: str = "measured"
     timestamp: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     attempts: int = 1
+
+    def __post_init__(self) -> None:
+        _validate((self.latency_ms, *self.samples_ms), f"measurement on {self.runtime}")
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict (samples as a list)."""

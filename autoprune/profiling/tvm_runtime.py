@@ -261,8 +261,8 @@ class TvmRuntime(Runtime):
         that runs one inference on deterministic inputs, after one checked run.
 
         For measurements that interleave several models in one time window (the export's
-        speedup over the dense model, :func:`autoprune.search.verify.measure_speedup`). It is
-        deliberately not called ``runner``: :func:`~autoprune.costmodel.calibrate.measure_vs_reference`
+        speedup over the dense model, :func:`autoprune.deploy.speed.measure_speedup`). It is
+        deliberately not called ``runner``: :func:`~autoprune.costmodel.builder.measure.measure_vs_reference`
         takes a runtime with ``runner`` to be one that interleaves, and a TVM calibration (possibly
         over RPC) keeps timing with ``time_evaluator`` instead.
 

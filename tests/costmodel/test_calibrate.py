@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.costmodel.calibrate import calibrate, prune_random
+from autoprune.costmodel.builder import CalibrationOptions, calibrate, prune_random
 from autoprune.costmodel.template import export_onnx_bytes
 
 torch.set_num_threads(1)
@@ -38,7 +38,8 @@ def test_tiny_lut_calibration_predicts_fresh_measurement():
     model = Small().eval()
     # Noise rejection is tested below with a runtime that is noisy on purpose; this one must calibrate
     # on a shared CI machine, where a 15 us graph can show a 50-80 % CV.
-    res = calibrate("small", model=model, input_size=32, plans=4, grid=(0.5, 1.0), round_to=8, max_cv=2.0)
+    res = calibrate("small", CalibrationOptions(input_size_px=32, plans=4, grid=(0.5, 1.0), round_to=8, max_cv=2.0),
+                    model=model)
     assert res.error["kernel_protocol"]["max_cv"] == 2.0
     assert res.kernel_points >= 4 and res.model.provenance.status == "measured"
     example = torch.zeros(1, 3, 32, 32)
@@ -79,16 +80,15 @@ def test_noisy_isolated_points_are_rejected_not_stored_and_too_many_fail():
     from autoprune.errors import ConfigError, NoisyMeasurementError
 
     # 2 noisy measurements (each is tried strict, then relaxed): the overhead graph is rejected.
-    res = calibrate("small", model=Small().eval(), runtime=_NoisyFor(2), input_size=32, plans=2,
-                    grid=(0.5, 1.0), round_to=8)
+    options = CalibrationOptions(input_size_px=32, plans=2, grid=(0.5, 1.0), round_to=8)
+    res = calibrate("small", options, model=Small().eval(), runtime=_NoisyFor(2))
     assert res.error["rejected_points"][0].startswith("runtime overhead: too noisy")
     assert res.error["runtime_overhead_ms"] is None and res.kernel_points >= 4
     assert all(v > 0 for t in res.model.tables.values() for row in t["ms"] for v in row)
     with pytest.raises(ConfigError, match="max_cv must be a positive number"):
-        calibrate("small", model=Small().eval(), runtime=_NoisyFor(0), max_cv=0.0)
+        calibrate("small", CalibrationOptions(max_cv=0.0), model=Small().eval(), runtime=_NoisyFor(0))
     with pytest.raises(NoisyMeasurementError, match=r"isolated measurements were too noisy.*profile again"):
-        calibrate("small", model=Small().eval(), runtime=_NoisyFor(10**6), input_size=32, plans=2,
-                  grid=(0.5, 1.0), round_to=8)
+        calibrate("small", options, model=Small().eval(), runtime=_NoisyFor(10**6))
 
 
 def _wide(width: int) -> nn.Module:
@@ -100,7 +100,7 @@ def _wide(width: int) -> nn.Module:
 
 
 def test_measure_vs_reference_orders_models_and_is_near_one_for_itself():
-    from autoprune.costmodel.calibrate import measure_vs_reference
+    from autoprune.costmodel.builder import measure_vs_reference
     from autoprune.profiling import get_runtime
 
     rt = get_runtime("onnxruntime", threads=1)

@@ -85,7 +85,7 @@ def test_describe_reads_pruned_channels(tiny_template):
 def _lut_for(template: ModelTemplate, target: str = "local") -> LutCostModel:
     """A LUT model with synthetic (but monotone, realistic-shaped) tables: no timing needed."""
     from autoprune.costmodel.base import FitSample
-    from autoprune.costmodel.calibrate import kernel_grid
+    from autoprune.costmodel.builder import kernel_grid
 
     spec = target_spec(target)
     reg = Regressor.from_roofline(spec)
@@ -178,7 +178,7 @@ def test_missing_and_corrupt_calibration_name_the_fix(tiny_template, tmp_path):
 
 def test_published_jetson_nano_loo_error_bound():
     """The shipped fit reproduces from its stored design rows, and its LOO error stays as measured."""
-    from autoprune.costmodel.published import PUBLISHED_MS, leave_one_out
+    from autoprune.costmodel.builder.published import PUBLISHED_MS, leave_one_out
 
     data = json.loads(published_path("jetson-nano").read_text())
     assert data["status"] == "published" and "TensorRT" in data["runtime"]
@@ -230,39 +230,6 @@ def test_candidate_shape_is_frozen():
         s.cin = (2,)  # type: ignore[misc]
 
 
-def test_in_context_fit_predicts_each_kernels_line_and_round_trips(tiny_template, tmp_path):
-    """Per-kernel in-context lines: fitted from whole-model profiles, applied in predict, saved and loaded."""
-    model = _lut_for(tiny_template)
-    arrays, keys = tiny_template.arrays, tiny_template.keys
-
-    def shape(c):
-        return tiny_template.shape_from_channels({"conv1": (3, c), "conv2": (c, c), "fc": (c, 10)})
-
-    rng = np.random.default_rng(0)
-    c0, c1 = rng.uniform(0.001, 0.01, len(keys)), rng.uniform(0.05, 0.5, len(keys))
-
-    def truth(s):  # in context, each kernel: its own offset + its own cost per relative MAC
-        f = model._context_features(arrays, np.asarray(s.cin, float), np.asarray(s.cout, float))
-        return c0 + c1 * f[:, 1]
-
-    shapes = [shape(c) for c in (4, 6, 8, 10, 12, 16)]
-    profiles = [truth(s) for s in shapes]
-    profiles[0][-1] = np.nan  # a kernel the profiler did not report in one model
-    stats = model.fit_in_context(shapes, profiles)
-    assert stats["kernels_fitted"] == len(keys)
-    probe = shape(7)
-    got = model.dense_kernel_ms(arrays, np.asarray(probe.cin, float), np.asarray(probe.cout, float), keys)
-    np.testing.assert_allclose(got, truth(probe), rtol=1e-3)
-    before = model.predict(probe).latency_ms
-    path = tmp_path / "cal.json"
-    save_calibration(model, path, model_name="tiny", input_shape=(3, 16, 16), runtime="test", status="measured",
-                     error={"heldout_mape": None})
-    loaded = load_calibration(path, tiny_template)
-    assert loaded.predict(probe).latency_ms == pytest.approx(before)
-    other = ModelTemplate.from_model(Tiny(c=24).eval(), torch.zeros(1, 3, 16, 16), "tiny24")
-    assert load_calibration(path, other).predict(other.dense_shape()).latency_ms > 0  # keys differ: fit not applied
-
-
 def test_power_law_correction_fits_a_whole_graph_that_grows_faster_than_its_kernels(tiny_template):
     model = _lut_for(tiny_template)
     shapes = [tiny_template.shape_from_channels({"conv1": (3, c), "conv2": (c, c), "fc": (c, 10)})
@@ -273,19 +240,6 @@ def test_power_law_correction_fits_a_whole_graph_that_grows_faster_than_its_kern
     est = model.predict(shapes[3])
     assert est.latency_ms == pytest.approx(1.7 * sums[3] ** 1.2, rel=1e-6)
     assert sum(v for _, v in est.per_kernel_ms) == pytest.approx(est.latency_ms)
-
-
-def test_onnxruntime_node_profile_maps_onto_every_kernel(tiny_template):
-    from autoprune.costmodel.kernels import attribute_node_times
-    from autoprune.profiling import get_runtime
-
-    graph = export_onnx_bytes(Tiny().eval(), torch.zeros(1, 3, 16, 16))
-    times = get_runtime("onnxruntime", threads=1).node_times_ms(graph, None, runs=5, warmup=1)
-    assert times and all(v >= 0 for v in times.values())
-    per, rest = attribute_node_times(tiny_template.kernels, times)
-    heavy = [i for i, f in enumerate(tiny_template.features) if f.op in ("conv", "gemm")]
-    assert not np.isnan(per[heavy]).any(), (list(times), [k.members for k in tiny_template.kernels])
-    assert np.nansum(per) + rest == pytest.approx(sum(times.values()))
 
 
 def test_few_points_fit_a_scale_not_an_offset(tiny_template):

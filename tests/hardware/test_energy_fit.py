@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoprune.costmodel.energy_fit import MODELLED, apply_energy_fit, fit_energy, sensor_and_rail
+from autoprune.costmodel.builder.energy_fit import fit_energy, sensor_and_rail
+from autoprune.costmodel.energy import MODELLED, apply_energy_fit
 from autoprune.errors import ConfigError, ProfilingError
 from autoprune.hardware.energy import Ina3221Sensor, RaplSensor
 from autoprune.hardware.sensor_spec import sensor_from_spec
@@ -115,15 +116,15 @@ class RaplWriter:
 
 def test_local_calibration_with_a_rapl_counter_recovers_its_power(tmp_path):
     """The one energy path, here: ONNX Runtime reads the sensor around each whole model of calibrate()."""
-    from autoprune.costmodel.calibrate import calibrate
+    from autoprune.costmodel.builder import CalibrationOptions, calibrate
     from autoprune.profiling import get_runtime
     from tests.fixtures.tiny_cnn import tiny_cnn
 
     writer = RaplWriter(tmp_path, power_w=12.5)
     try:
         runtime = get_runtime("onnxruntime", threads=1, energy_sensor=RaplSensor(tmp_path), energy_min_time_s=0.3)
-        result = calibrate("tiny", runtime=runtime, plans=4, grid=(1.0,), model=tiny_cnn(), input_size=16,
-                           max_cv=3.0)
+        result = calibrate("tiny", CalibrationOptions(plans=4, grid=(1.0,), input_size_px=16, max_cv=3.0),
+                           runtime=runtime, model=tiny_cnn())
     finally:
         writer.stop()
     fit = result.error["energy"]

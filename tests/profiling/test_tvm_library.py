@@ -33,7 +33,7 @@ def library(tmp_path_factory):
 def test_exported_library_loads_back_and_matches_onnxruntime(library):
     import onnxruntime as ort
 
-    from autoprune.search.verify import max_abs_diff, tvm_outputs
+    from autoprune.deploy.reference import max_abs_diff, tvm_outputs
 
     rt = get_runtime("tvm", target=TARGET)
     x = np.random.default_rng(3).random((4, *SHAPE[1:]), dtype=np.float32)
@@ -49,7 +49,7 @@ def test_exported_library_loads_back_and_matches_onnxruntime(library):
 
 
 def test_library_and_onnx_timed_against_each_other(library):
-    from autoprune.search.verify import measure_speedup
+    from autoprune.deploy.speed import measure_speedup
 
     rt = get_runtime("tvm", target=TARGET)
     m = measure_speedup(rt, str(library / "small.so"), str(library / "wide.onnx"), SHAPE, attempts=1)

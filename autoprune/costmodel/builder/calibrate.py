@@ -1,29 +1,28 @@
 """Measured calibration: what ``autoprune profile`` does.
 
 1. **Kernels in isolation**: every distinct kernel configuration of the model is
-   rebuilt as a single-kernel ONNX graph (:mod:`~autoprune.costmodel.microbench`)
+   rebuilt as a single-kernel ONNX graph (:mod:`~autoprune.costmodel.builder.microbench`)
    over a grid of kept ``(cin, cout)`` counts and timed with the target's runtime
    and the shared protocol; the runtime's empty-call overhead (measured on a
    trivial graph) is subtracted from each.
 2. **Whole models**: the dense model, three uniform plans and ``plans`` random
    pruning plans (random per-group channel ratios, some unstructured groups) are
    pruned with the pruning engine, exported and timed end to end, each **against
-   the dense model in interleaved rounds** (:func:`measure_vs_reference`): a shared
+   the dense model in interleaved rounds** (:func:`~autoprune.costmodel.builder.measure.measure_vs_reference`): a shared
    host's speed drifts (here by ±20 % within a minute), so each candidate's time is
    taken as its ratio to the dense model measured in the same window, times the
    dense model's median time over the whole calibration.
    Uniform plans (``UNIFORM_LADDER``) anchor the small end a search explores.
-   With ``in_context=True`` and a runtime that profiles nodes (onnxruntime), each
-   of these models is also profiled, and its per-node times are mapped back to
-   the template's kernels.
 3. **Fit**: the LUT and its fallback regressor on (1); then, on (2), each kernel's
    in-context scale (:meth:`~autoprune.costmodel.lut.LutCostModel.fit_kernel_scales`:
    ``latency = c + Σ_k a_k × table_k``, the ``a_k`` shrunk towards one scale per op
    class), or with fewer than :data:`MIN_SCALE_FIT` fit models the global
    ``alpha × Σ^power`` correction. The fit uses the dense model, the uniform plans and
    the first three quarters of the random plans; the rest are held out and only
-   used to measure the error stored in the calibration. (``in_context=True`` instead
-   fits per-kernel lines on onnxruntime's per-node profiles; an experiment, off.)
+   used to measure the error stored in the calibration.
+
+What to measure is a :class:`CalibrationOptions` record; what to measure it on (the model, the
+runtime, the target) and the progress callback are :func:`calibrate`'s other arguments.
 """
 
 from __future__ import annotations
@@ -38,28 +37,24 @@ import numpy as np
 
 from autoprune.errors import ConfigError, NoisyMeasurementError
 
-from .base import CostModel, FitSample, Provenance
-from .energy_fit import apply_energy_fit, fit_energy
-from .kernels import attribute_node_times
-from .lut import LutCostModel, one_dimensional
+from ..base import CostModel, FitSample, Provenance
+from ..energy import apply_energy_fit
+from ..lut import LutCostModel, one_dimensional
+from ..targets import target_spec
+from ..template import CandidateShape, ModelTemplate, export_onnx_bytes
+from .energy_fit import fit_energy
+from .measure import KERNEL_PROTOCOL, RelativeMeasurement, measure_ms, measure_vs_reference
 from .microbench import kernel_graph, overhead_graph
-from .targets import target_spec
-from .template import CandidateShape, ModelTemplate, export_onnx_bytes
 
 __all__ = [
-    "DEFAULT_GRID", "CalibrationResult", "RelativeMeasurement", "calibrate", "error_metrics", "kernel_grid",
-    "measure_ms", "measure_relaxed", "measure_vs_reference", "random_plan",
+    "DEFAULT_GRID", "CalibrationOptions", "CalibrationResult", "calibrate", "error_metrics", "kernel_grid",
+    "prune_random", "random_plan",
 ]
 
 #: Kept-channel fractions measured per layer.
 DEFAULT_GRID: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75, 1.0)
-KERNEL_PROTOCOL = {"warmup": 3, "min_time_s": 0.03, "min_repeats": 7, "max_cv": 0.2, "retries": 2}
 #: Uniform channel ratios measured end to end with every calibration (they fit the correction).
 UNIFORM_LADDER = (0.5, 0.75, 0.9)
-MODEL_PROTOCOL = {"warmup": 5, "min_time_s": 0.2, "min_repeats": 10, "max_cv": 0.1, "retries": 3}
-#: A candidate against its reference: ``rounds`` alternating batches of each (``min_time_s`` and
-#: ``min_repeats`` per batch); the ratio is the median of the per-round ratios of batch medians.
-RELATIVE_PROTOCOL = {"rounds": 12, "warmup": 3, "min_time_s": 0.03, "min_repeats": 3}
 #: Largest share of isolated measurements that may be rejected as too noisy before a calibration fails
 #: (the rest are kept: a missing grid point is filled from its table, a missing table by the regressor).
 MAX_REJECTED_SHARE = 0.25
@@ -70,54 +65,42 @@ FIT_SHARE = 0.75
 
 
 @dataclass(frozen=True)
-class RelativeMeasurement:
-    """A candidate measured against a reference model in the same time window.
+class CalibrationOptions:
+    """What a calibration measures (everything but the model, the runtime and the target).
 
     Attributes:
-        ratio: Candidate time / reference time, median over the rounds.
-        latency_ms: The candidate's median time (raw, drifts with the host).
-        reference_ms: The reference's median time in the same rounds.
-        rounds: Interleaved rounds.
-        ratio_spread: Interquartile range of the per-round ratios, relative to ``ratio``.
-        energy: The candidate's energy reading where the runtime reads a sensor
-            (:meth:`~autoprune.hardware.energy.EnergyReading.to_dict`), else ``None``.
-    """
-
-    ratio: float
-    latency_ms: float
-    reference_ms: float
-    rounds: int
-    ratio_spread: float
-    energy: dict[str, Any] | None = None
-
-
-def measure_vs_reference(runtime: Any, model: Any, reference: Any,
-                         settings: dict[str, Any] | None = None) -> RelativeMeasurement:
-    """Measure ``model`` against ``reference`` in interleaved rounds (drift cancels in the ratio).
-
-    Args:
-        runtime: A runtime; with a ``runner`` method (onnxruntime) both models stay loaded
-            and alternate in ``rounds`` batches; otherwise each is measured once with
-            :data:`MODEL_PROTOCOL` (no drift cancellation).
-        model: The candidate (ONNX bytes, path or proto).
-        reference: The reference model, or a runner callable already made for it.
-        settings: Overrides of :data:`RELATIVE_PROTOCOL`.
+        plans: Random plans measured end to end (three quarters fit, the rest are held out).
+        grid: Kept-channel fractions per layer, each in (0, 1].
+        seed: Seed of the random plans (and of the isolated kernels' random weights).
+        round_to: Channel alignment of the grid and of the random plans (8 = AVX2 NCHWc
+            block of ONNX Runtime's CPU kernels; unaligned counts take slower paths; 1 = none).
+        max_cv: Noise bound of the isolated measurements as a robust CV (``None``: ``KERNEL_PROTOCOL``'s
+            0.2; a noisy point is measured again under three times the bound, then rejected).
+        threads: Intra-op threads of the default runtime (when :func:`calibrate` gets none).
+        num_classes: Classifier width of a zoo model.
+        input_size_px: Input side in pixels (``None``: the zoo model's, or 32 for a given module).
+        in_channels: Input channels (3 for images).
 
     Raises:
-        ProfilingError: If either model cannot run, or a timing is not a positive number.
+        ConfigError: On a ``max_cv`` that is not a positive number, or a grid fraction outside (0, 1].
     """
-    from autoprune.profiling.interleave import measure_interleaved
 
-    cfg = {**RELATIVE_PROTOCOL, **(settings or {})}
-    if hasattr(runtime, "measure_relative"):  # onnxruntime, here or on a device server: + energy where read
-        return RelativeMeasurement(**runtime.measure_relative(model, reference, cfg))
-    if not hasattr(runtime, "runner"):
-        a = measure_ms(runtime, model, MODEL_PROTOCOL)
-        b = measure_ms(runtime, reference, MODEL_PROTOCOL)
-        return RelativeMeasurement(a / b, a, b, 1, float("nan"))
-    run_a = runtime.runner(model)
-    run_b = reference if callable(reference) else runtime.runner(reference)
-    return RelativeMeasurement(**measure_interleaved(run_a, run_b, **cfg))
+    plans: int = 8
+    grid: tuple[float, ...] = DEFAULT_GRID
+    seed: int = 0
+    round_to: int = 8
+    max_cv: float | None = None
+    threads: int | None = 1
+    num_classes: int = 10
+    input_size_px: int | None = None
+    in_channels: int = 3
+
+    def __post_init__(self) -> None:
+        if self.max_cv is not None and not (self.max_cv > 0 and np.isfinite(self.max_cv)):
+            raise ConfigError(f"max_cv must be a positive number (0.2 = 20 % robust CV), got {self.max_cv!r}")
+        object.__setattr__(self, "grid", tuple(float(g) for g in self.grid))
+        if not self.grid or not all(0 < g <= 1 for g in self.grid):  # NaN fails both comparisons
+            raise ConfigError(f"grid fractions must lie in (0, 1], got {self.grid!r}")
 
 
 @dataclass(frozen=True)
@@ -219,52 +202,18 @@ def prune_random(model: Any, example: Any, groups: Sequence[Any], rng: np.random
     return prune_model(model, random_plan(groups, rng, **kw), example).make_permanent()
 
 
-def measure_relaxed(runtime: Any, model: Any, settings: dict[str, Any]) -> Any:
-    """Measure with the shared protocol; one retry with a relaxed noise bound on a busy machine.
-
-    Returns:
-        The :class:`~autoprune.profiling.Measurement` (its ``cv`` tells which bound it passed).
-    """
-    try:
-        return runtime.measure(model, None, **settings)
-    except NoisyMeasurementError:
-        relaxed = {**settings, "max_cv": max(0.5, settings.get("max_cv", 0.1) * 3)}
-        return runtime.measure(model, None, **relaxed)
-
-
-def measure_ms(runtime: Any, onnx_bytes: bytes, settings: dict[str, Any]) -> float:
-    """:func:`measure_relaxed`'s latency in ms."""
-    return measure_relaxed(runtime, onnx_bytes, settings).latency_ms
-
-
-def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, threads: int | None = 1,
-              plans: int = 8, grid: Sequence[float] = DEFAULT_GRID, seed: int = 0, num_classes: int = 10,
-              input_size: int | None = None, progress: Callable[[int, int, str], None] | None = None,
-              model: Any = None, round_to: int = 8, in_context: bool = False,
-              max_cv: float | None = None, in_channels: int = 3) -> CalibrationResult:
+def calibrate(model_name: str, options: CalibrationOptions = CalibrationOptions(), *, target: str = "local",
+              runtime: Any = None, model: Any = None,
+              progress: Callable[[int, int, str], None] | None = None) -> CalibrationResult:
     """Measure and fit a LUT cost model for ``model_name`` on this machine (or an RPC device).
 
     Args:
         model_name: Zoo model name (or a name for ``model``).
+        options: What to measure (plans, grid, seed, alignment, noise bound...).
         target: Target name whose facts (sparsity support, power) apply.
-        runtime: A :class:`~autoprune.profiling.Runtime`; default ONNX Runtime CPU with ``threads``.
-        threads: Intra-op threads of the default runtime.
-        plans: Random plans measured end to end (three quarters fit, the rest are held out).
-        grid: Kept-channel fractions per layer.
-        seed: Seed of the random plans.
-        num_classes: Classifier width of the zoo model.
-        input_size: Input side (defaults to the zoo model's).
-        in_channels: Input channels (3 for images).
-        progress: ``progress(done, total, what)`` callback (the CLI passes a tqdm bar).
+        runtime: A :class:`~autoprune.profiling.Runtime`; default ONNX Runtime CPU with ``options.threads``.
         model: An ``nn.Module`` to use instead of building ``model_name`` from the zoo.
-        round_to: Channel alignment of the grid and of the random plans (8 = AVX2 NCHWc
-            block of ONNX Runtime's CPU kernels; unaligned counts take slower paths).
-        in_context: Also fit per-kernel in-context lines where the runtime profiles nodes.
-            Off by default: on VGG-11 here it was worse than the isolated tables (12 held-out
-            plans, quiet host: 17 % vs 50 % within ±10 %, Spearman 0.82 vs 0.86), because a
-            kernel's in-context time varies with its neighbours more than with its own MACs.
-        max_cv: Noise bound of the isolated measurements (default ``KERNEL_PROTOCOL``'s 0.2; a noisy
-            point is measured again under three times the bound, then rejected).
+        progress: ``progress(done, total, what)`` callback (the CLI passes a tqdm bar).
 
     Returns:
         A :class:`CalibrationResult`.
@@ -275,18 +224,17 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
     from autoprune.profiling import get_runtime
     from autoprune.pruning import PlanSettings, PruningPlan, check_groups, discover_groups, prune_model
 
-    if max_cv is not None and not (max_cv > 0 and np.isfinite(max_cv)):
-        raise ConfigError(f"max_cv must be a positive number (0.2 = 20 % robust CV), got {max_cv!r}")
+    o = options
     start = time.perf_counter()
     if runtime is None:
-        runtime = get_runtime("onnxruntime", threads=threads)
-    size = input_size or (ZOO.get(model_name).input_size if model is None else 32)
-    dense = (model if model is not None else build_model(model_name, num_classes=num_classes,
-                                                         in_channels=in_channels)).eval()
-    example = torch.zeros(1, in_channels, size, size)
+        runtime = get_runtime("onnxruntime", threads=o.threads)
+    size = o.input_size_px or (ZOO.get(model_name).input_size if model is None else 32)
+    dense = (model if model is not None else build_model(model_name, num_classes=o.num_classes,
+                                                         in_channels=o.in_channels)).eval()
+    example = torch.zeros(1, o.in_channels, size, size)
     template = ModelTemplate.from_model(dense, example, model_name)
-    todo = kernel_grid(template, grid, round_to)
-    total = sum(len(v) for v in todo.values()) + 1 + 1 + len(UNIFORM_LADDER) + plans
+    todo = kernel_grid(template, o.grid, o.round_to)
+    total = sum(len(v) for v in todo.values()) + 1 + 1 + len(UNIFORM_LADDER) + o.plans
     done = 0
 
     def tick(what: str) -> None:
@@ -295,7 +243,7 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
         if progress is not None:
             progress(done, total, what)
 
-    kernel_protocol = {**KERNEL_PROTOCOL, **({"max_cv": float(max_cv)} if max_cv is not None else {})}
+    kernel_protocol = {**KERNEL_PROTOCOL, **({"max_cv": float(o.max_cv)} if o.max_cv is not None else {})}
     rejected: list[str] = []
 
     def measure_point(graph: bytes, what: str) -> float | None:
@@ -314,7 +262,7 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
         for f, ci, co in points:
             feats = f.with_channels(ci, co)
             n_points += 1
-            ms = measure_point(kernel_graph(feats, seed=seed), f"{key} cin={ci} cout={co}")
+            ms = measure_point(kernel_graph(feats, seed=o.seed), f"{key} cin={ci} cout={co}")
             if ms is not None:
                 samples.append(FitSample((feats,), (key,), max(ms - (overhead or 0.0), 0.1 * ms), "kernel"))
             tick(key.split("|")[0])
@@ -325,15 +273,13 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
     cost_model = LutCostModel(target_spec(target), template)
     cost_model.fit(samples)
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(o.seed)
     # The groups a search would use: each test-pruned at the largest ratio the random plans draw, so a
     # user's model with shuffles or grouped convs never breaks a calibration plan.
     groups = list(check_groups(dense, example, discover_groups(dense, example), max_ratio=0.9,
                                structures=("keep", "channel", "unstructured")).groups)
     shapes: list[CandidateShape] = []
     relative: list[RelativeMeasurement] = []
-    node_times: list[dict[str, float]] = []
-    profiles = in_context and hasattr(runtime, "node_times_ms")  # per-node profiles in context (onnxruntime)
     dense_graph = export_onnx_bytes(dense, example)
     reference = runtime.runner(dense_graph) if hasattr(runtime, "runner") else dense_graph
 
@@ -341,35 +287,24 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
         graph = graph if graph is not None else export_onnx_bytes(module, example)
         shapes.append(template.describe(module))
         relative.append(measure_vs_reference(runtime, graph, reference))
-        if profiles:
-            node_times.append(runtime.node_times_ms(graph, None, runs=20))
         tick(what)
 
     measure_model(dense, "dense model", dense_graph)
     # The correction must span what a search explores (down to a few % of the channels):
     # uniform plans anchor the small end, random plans the mixtures.
+    aligned = PlanSettings(round_to=o.round_to if o.round_to > 1 else None, min_channels=4)
     for ratio in UNIFORM_LADDER:
-        measure_model(prune_model(dense, PruningPlan.uniform(groups, "channel", ratio, "l1", settings=PlanSettings(
-            round_to=round_to if round_to > 1 else None, min_channels=4)), example).make_permanent(), "uniform plan")
-    for _ in range(plans):
-        measure_model(prune_random(dense, example, groups, rng, round_to=round_to), "random plan")
+        measure_model(prune_model(dense, PruningPlan.uniform(groups, "channel", ratio, "l1", settings=aligned),
+                                  example).make_permanent(), "uniform plan")
+    for _ in range(o.plans):
+        measure_model(prune_random(dense, example, groups, rng, round_to=o.round_to), "random plan")
     # The host's speed drifts; each model's time is its ratio to the dense model in the same window,
     # times the dense model's median time over the whole calibration.
     dense_ms = float(np.median([m.reference_ms for m in relative]))
     measured = [m.ratio * dense_ms for m in relative]
-    fit_plans = min(plans - 1, int(np.ceil(FIT_SHARE * plans))) if plans > 1 else plans  # >= 1 held out
+    fit_plans = min(o.plans - 1, int(np.ceil(FIT_SHARE * o.plans))) if o.plans > 1 else o.plans  # >= 1 held out
     n_fit = 1 + len(UNIFORM_LADDER) + fit_plans
-    context_fit: dict[str, Any] = {}
-    if profiles:
-        # The profiler's own cost per node inflates small models' node times: estimate it from the
-        # fit models (node sum - unprofiled end-to-end time, per node) and take it off every node.
-        per_node = [(sum(t.values()) - m) / len(t) for t, m in zip(node_times[:n_fit], measured[:n_fit])]
-        delta = max(0.0, float(np.median(per_node)))
-        in_context = [attribute_node_times(template.kernels, {k: max(v - delta, 0.1 * v) for k, v in t.items()})[0]
-                      for t in node_times]
-        context_fit = {**cost_model.fit_in_context(shapes[:n_fit], in_context[:n_fit]),
-                       "profiler_overhead_ms_per_node": delta}
-    if not profiles and n_fit >= MIN_SCALE_FIT:
+    if n_fit >= MIN_SCALE_FIT:
         whole_fit = {"method": "per-kernel in-context scales (c + sum a_k x table_k)",
                      **cost_model.fit_kernel_scales(shapes[:n_fit], measured[:n_fit])}
     else:
@@ -394,14 +329,13 @@ def calibrate(model_name: str, *, target: str = "local", runtime: Any = None, th
         "runtime_overhead_ms": overhead,
         "rejected_points": rejected,
         "kernel_protocol": kernel_protocol,
-        "in_context": context_fit or "off (isolated tables and a whole-model correction)",
     }
-    desc = f"{runtime.describe()}, threads={getattr(runtime, 'threads', threads)}"
+    desc = f"{runtime.describe()}, threads={getattr(runtime, 'threads', o.threads)}"
     cost_model.provenance = Provenance(
         cost_model="lut", target=target, runtime=desc, status="measured", calibration_id="(unsaved)",
         heldout_mape=error["heldout_mape"], heldout_spearman=error["heldout_spearman"],
         n_heldout=int(error["n_heldout"]), note=error["note"])
-    # Energy: fitted to sensor readings where the runtime read one, else modelled (one place; see energy_fit).
+    # Energy: fitted to sensor readings where the runtime read one, else modelled (one place; see builder.energy_fit).
     error["energy"] = fit_energy([m.energy for m in relative], n_fit)
     apply_energy_fit(cost_model, error["energy"])
     return CalibrationResult(cost_model, error, desc, len(samples), time.perf_counter() - start)

@@ -1,4 +1,4 @@
-"""Energy of a calibration: *measured* where the measuring side has a sensor, else *modelled*.
+"""Energy of a calibration: fit a power figure to sensor readings, where the measuring side has a sensor.
 
 When the runtime that calibrates reads an energy sensor (an INA3221 rail on a Jetson, RAPL on
 x86, NVML on an NVIDIA GPU; see :mod:`autoprune.hardware.energy`), each whole model measured
@@ -8,22 +8,18 @@ of that reading. :func:`fit_energy` fits one power figure to them,
     ``energy_mj = power_w × latency_ms``  (least squares through the origin, W = mJ/ms),
 
 on the same fit models as the latency correction, and measures its error on the held-out ones.
-:func:`apply_energy_fit` makes a cost model predict with that power (and no separate DRAM term:
-the sensor already saw the memory's energy), and labels its provenance ``measured``, naming the
-sensor and rail. Without readings nothing changes: the energy stays the profile's model
+:func:`~autoprune.costmodel.energy.apply_energy_fit` (the predictor's side) makes a cost model
+predict with that power and labels its provenance ``measured``, naming the sensor and rail. Without
+readings nothing changes: the energy stays the profile's model
 (:func:`autoprune.costmodel.targets.energy_mj`), labelled ``modelled``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["MODELLED", "apply_energy_fit", "energy_label", "fit_energy", "sensor_and_rail"]
-
-#: The label of modelled energy (the same words as :class:`~autoprune.costmodel.base.Provenance`'s default).
-MODELLED = "modelled: the profile's active power x predicted latency (no sensor was read)"
+__all__ = ["fit_energy", "sensor_and_rail"]
 
 
 def sensor_and_rail(source: str) -> tuple[str, str]:
@@ -79,22 +75,3 @@ def fit_energy(readings: Sequence[dict[str, Any] | None], n_fit: int) -> dict[st
         "note": f"energy per inference read from {sensor} rail {rail} around each of {len(points)} whole models; "
                 "energy_mj = power_w x latency_ms fitted on the fit models (least squares), error on the held-out ones",
     }
-
-
-def energy_label(fit: dict[str, Any] | None) -> str:
-    """One line saying whether energy is ``measured`` (sensor, rail, power, error) or ``modelled``."""
-    if fit and fit.get("method") == "measured":
-        err = fit.get("heldout_mape")
-        tail = f", held-out error {err:.1%}" if err is not None else ""
-        return (f"measured: {fit['power_w']:.3g} W from {fit['sensor']} rail {fit['rail']}, fitted to "
-                f"{fit['n_fit']} models measured on the device{tail}")
-    return MODELLED
-
-
-def apply_energy_fit(model: Any, fit: dict[str, Any] | None) -> Any:
-    """Make ``model`` (a :class:`~autoprune.costmodel.base.CostModel`) predict energy from ``fit`` and
-    label its provenance; without a measured fit only the ``modelled`` label is set. Returns ``model``."""
-    if fit and fit.get("method") == "measured" and float(fit.get("power_w", 0)) > 0:
-        model.target = dataclasses.replace(model.target, active_power_w=float(fit["power_w"]), dram_pj_per_byte=None)
-    model.provenance = dataclasses.replace(model.provenance, energy=energy_label(fit))
-    return model

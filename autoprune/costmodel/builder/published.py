@@ -7,7 +7,7 @@ a weak pull toward datasheet priors, to published TensorRT FP16 batch-1 latencie
 (MAXN) of seven reference networks. The leave-one-out error of every network is
 stored with the fit. Regenerate the shipped file with::
 
-    python -m autoprune.costmodel.published
+    python -m autoprune.costmodel.builder.published
 
 Sources (see /work/shared/reference/hardware-and-peers.md): NVIDIA-AI-IOT/torch2trt
 ``docs/benchmarks/jetson_nano.md`` (TensorRT column) and the play_with_tensorrt
@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from .calibration import published_path, save_calibration
-from .regressor import DEFAULT_EFFICIENCY, DEFAULT_OVERHEAD_MS, Regressor, fit_efficiencies, roofline_design
-from .targets import target_spec
-from .template import KernelArrays
+from ..calibration import published_path, save_calibration
+from ..regressor import DEFAULT_EFFICIENCY, DEFAULT_OVERHEAD_MS, Regressor, fit_efficiencies, roofline_design
+from ..targets import target_spec
+from ..template import KernelArrays
 
 __all__ = ["PRIOR_WEIGHT", "PUBLISHED_MS", "design_rows", "fit_published", "leave_one_out", "main"]
 
@@ -54,9 +54,9 @@ def design_rows(names: Sequence[str] = tuple(PUBLISHED_MS)) -> dict[str, list[fl
     """Export each reference network once and return its roofline design row."""
     import torch
 
-    from .kernels import detect_kernels
+    from ..kernels import detect_kernels
+    from ..template import export_onnx_bytes
     from .reference_nets import build_reference
-    from .template import export_onnx_bytes
 
     spec = target_spec("jetson-nano")
     rows = {}

@@ -13,7 +13,7 @@ import numpy as np
 
 from autoprune.registry import lazy_import
 
-from .features import KernelFeatures
+from ..features import KernelFeatures
 
 __all__ = ["kernel_graph", "overhead_graph"]
 
