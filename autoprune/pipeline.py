@@ -6,7 +6,7 @@ cost model (calibrated by profilers) → objectives.
 :class:`Pipeline` is built once per study (dense model, data, prunable groups,
 cost model) and :meth:`Pipeline.run` turns one :class:`~autoprune.pruning.PruningPlan`
 into a :class:`CandidateResult`. The search (:mod:`autoprune.search.study`) and
-the export of a picked point (:mod:`autoprune.search.deploy`) both use it.
+the export of a picked point (:mod:`autoprune.deploy.export`) both use it.
 """
 
 from __future__ import annotations
@@ -21,41 +21,63 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.costmodel.base import CostEstimate
 from autoprune.data import DataSplits
+from autoprune.pruning.evaluate import Evaluation
 
 
 @dataclass(frozen=True)
 class CandidateResult:
-    """Everything measured or predicted about one pruned candidate.
+    """Everything measured or predicted about one pruned candidate: the stages' own records, not copies.
 
-    Accuracy figures are fractions in [0, 1] on the validation split (or test split
-    at export). ``latency_ms`` and ``energy_mj`` are *predicted* by the cost model
-    whose provenance is given; ``measured_latency_ms`` is *measured* (on this
-    machine, with ``measured_runtime``) and only set where the target is ``local``.
+    ``evaluation`` holds accuracy figures (fractions in [0, 1] on the validation split, or the test split
+    at export) and sizes; ``cost`` is *predicted* by the cost model whose provenance it carries;
+    ``measured_latency_ms`` is *measured* (on this machine, with ``measured_runtime``) and only set
+    where the target is ``local``.
     """
 
     plan: dict[str, Any]
-    accuracy: float
-    precision_macro: float
-    recall_macro: float
-    f1_macro: float
-    params: int
-    macs: int
-    size_bytes: int
-    sparse_size_bytes: int
-    latency_ms: float
-    energy_mj: float
-    latency_provenance: dict[str, Any]
-    energy_method: str
-    per_layer_ms: tuple[tuple[str, float], ...]
+    evaluation: Evaluation
+    cost: CostEstimate
     measured_latency_ms: float | None = None
     measured_runtime: str | None = None
     onnx: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict."""
-        return asdict(self)
+    @property
+    def accuracy(self) -> float:
+        """Top-1 accuracy on the evaluated split."""
+        return self.evaluation.accuracy
+
+    @property
+    def latency_ms(self) -> float:
+        """Predicted latency on the target."""
+        return self.cost.latency_ms
+
+    @property
+    def energy_mj(self) -> float:
+        """Predicted energy on the target (measured-fit or modelled: see ``cost.provenance.energy``)."""
+        return self.cost.energy_mj
+
+    @property
+    def per_layer_ms(self) -> tuple[tuple[str, float], ...]:
+        """``(module, predicted ms)`` per kernel, rounded to 10 ns."""
+        return tuple((str(n), round(float(v), 5)) for n, v in self.cost.per_kernel_ms)
+
+    def record(self) -> dict[str, Any]:
+        """The flat, JSON-ready record stored on a trial (one user attribute per key)."""
+        ev = self.evaluation
+        return {
+            "plan": self.plan, "accuracy": ev.accuracy, "precision_macro": ev.precision_macro,
+            "recall_macro": ev.recall_macro, "f1_macro": ev.f1_macro, "params": ev.params, "macs": ev.macs,
+            "size_bytes": ev.size_bytes, "sparse_size_bytes": ev.sparse_size_bytes,
+            "size_mb": ev.sparse_size_bytes / 1e6,
+            "latency_ms": self.cost.latency_ms, "energy_mj": self.cost.energy_mj,
+            "latency_provenance": asdict(self.cost.provenance), "energy_method": self.cost.provenance.energy,
+            "per_layer_ms": [list(p) for p in self.per_layer_ms],
+            "measured_latency_ms": self.measured_latency_ms, "measured_runtime": self.measured_runtime,
+            "onnx": self.onnx, "seconds": dict(self.seconds),
+        }
 
 
 class Pipeline:
@@ -215,16 +237,8 @@ class Pipeline:
                     measured, runtime = self._measure(path)
             t["export_measure_s"] = time.perf_counter() - t0
         return CandidateResult(
-            plan=plan.to_dict(),
-            accuracy=ev.accuracy, precision_macro=ev.precision_macro, recall_macro=ev.recall_macro,
-            f1_macro=ev.f1_macro, params=ev.params, macs=ev.macs, size_bytes=ev.size_bytes,
-            sparse_size_bytes=ev.sparse_size_bytes,
-            latency_ms=cost.latency_ms, energy_mj=cost.energy_mj,
-            latency_provenance=asdict(cost.provenance),
-            energy_method=cost.provenance.energy,
-            per_layer_ms=tuple((str(n), round(float(v), 5)) for n, v in cost.per_kernel_ms),
-            measured_latency_ms=measured, measured_runtime=runtime, onnx=onnx,
-            seconds={k: round(v, 3) for k, v in t.items()},
+            plan=plan.to_dict(), evaluation=ev, cost=cost, measured_latency_ms=measured, measured_runtime=runtime,
+            onnx=onnx, seconds={k: round(v, 3) for k, v in t.items()},
         )
 
 

@@ -119,7 +119,7 @@ class Bench:
     """Pipelines (one per target) sharing one dense model, per seed."""
 
     def __init__(self, cfg: dict[str, Any], root: Path, seed: int) -> None:
-        from autoprune.search.runner import build_pipeline
+        from autoprune.search.objective import build_pipeline
         from autoprune.search.space import SearchSpace
         self.cfg, self.root, self.seed = cfg, root, seed
         self.space_ref = space_ref(cfg, root)
@@ -133,7 +133,7 @@ class Bench:
             self.pipes[target] = pipe
 
     def config(self, target: str, seed: int, **kw: Any):
-        from autoprune.search.study import SearchConfig
+        from autoprune.search.config import SearchConfig
 
         return SearchConfig(model=self.cfg["model"], data=self.cfg["data"], target=target, space=self.space_ref,
                             seed=seed, dense_seed=0, trials=self.cfg["trials"], **kw)
@@ -169,7 +169,7 @@ def run_study(bench: Bench, method: str, target: str) -> list[dict[str, Any]]:
     name = f"sq-{method}-{target}-s{bench.seed}"
     url = storage_url(bench.root, bench.seed)
     t0 = time.perf_counter()
-    run_search(conf, study_name=name, storage_url=url, given={}, progress=False)
+    run_search(conf, study_name=name, storage=url, given={}, progress=False)
     print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     study = optuna.load_study(study_name=name, storage=url)
     rows = []
@@ -261,7 +261,7 @@ def fronts(cands: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, 
 # ---------------------------------------------------------------------------------------------- phase B
 def measure_plan(bench: Bench, plan_dict: dict[str, Any]) -> dict[str, Any]:
     """Measure a plan's architecture with ONNX Runtime here, and predict it on every target."""
-    from autoprune.costmodel.calibrate import measure_relaxed
+    from autoprune.costmodel.builder import measure_relaxed
     from autoprune.profiling import get_runtime
     from autoprune.pruning import export_onnx
 

@@ -43,10 +43,11 @@ def cases(tmp_path, results_root):
     incomplete = dict(profile)
     incomplete.pop(next(iter(k for k in profile if k not in ("name", "schema_version"))))
     incomplete_path = raw_file(tmp_path, "incomplete.yaml", yaml.safe_dump(incomplete))
-    cal_dir = results_root / "calibrations" / "local"
-    cal_dir.mkdir(parents=True, exist_ok=True)
-    model_key = TINY_REF.replace(":", "_").replace("/", "_")
-    (cal_dir / f"{model_key}-32.json").write_text('{"version": 1, "trunc')
+    from autoprune.costmodel.calibration import calibration_path
+
+    corrupt = calibration_path("local", TINY_REF, 32, results_root)  # where search looks for it
+    corrupt.parent.mkdir(parents=True, exist_ok=True)
+    corrupt.write_text('{"version": 1, "trunc')
     return {
         "ratio -0.1": (["search", *FAST, "--space", space_file(tmp_path, "neg", low=-0.1)], "[0, 1)"),
         "ratio 1.0": (["search", *FAST, "--space", space_file(tmp_path, "one", high=1.0)], "[0, 1)"),
@@ -61,7 +62,7 @@ def cases(tmp_path, results_root):
         "truncated profile": (["search", *FAST[:2], "--target", truncated], "trunc.yaml"),
         "incomplete profile": (["search", *FAST[:2], "--target", incomplete_path], "incomplete.yaml"),
         "corrupt calibration": (["search", *FAST[:2], "--target", "local", "--finetune-epochs", "0",
-                                 "--trials", "1", "--no-progress"], "autoprune profile --target local"),
+                                 "--trials", "1", "--no-progress"], "is corrupt"),
         "space unknown key": (["search", *FAST, "--space", raw_file(tmp_path, "k.yaml", "ratios: {low: 0}\n")],
                               "unknown key 'ratios'"),
         "space empty range": (["search", *FAST, "--space", space_file(tmp_path, "empty", low=0.4, high=0.2)],

@@ -34,7 +34,7 @@ def _onnx(path, width: int = 1) -> None:
 def make_export(folder, *, target: str = "jetson-nano", measured: dict | None = None) -> dict:
     """An export folder as `autoprune export` writes it (model, reference batch, report)."""
     from autoprune.data import load_data
-    from autoprune.search.verify import (
+    from autoprune.deploy.reference import (
         REPORT_FORMAT,
         REPORT_VERSION,
         onnx_accuracy,

@@ -34,8 +34,7 @@ class DashboardCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from autoprune.dashboard.server import check_host, serve
-        from autoprune.search.runner import artifact_store
-        from autoprune.search.storage import default_storage_url, make_storage, redact_url
+        from autoprune.search.storage import default_storage_url, get_storage, make_storage, redact_url
 
         warning = check_host(args.host, args.allow_remote)
         url = args.storage or default_storage_url()
@@ -55,5 +54,5 @@ class DashboardCommand(Command):
             print(f"optuna-dashboard for {redact_url(url)} at http://{shown}:{args.port}{path} {what} "
                   "(Ctrl-C stops)", flush=True)
 
-        return serve(storage, url, host=args.host, port=args.port, artifact_store=artifact_store(url),
+        return serve(storage, url, host=args.host, port=args.port, artifact_store=get_storage(url).artifacts,
                      control=not args.no_control, ready=ready)

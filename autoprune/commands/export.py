@@ -36,8 +36,8 @@ class ExportCommand(Command):
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def run(self, args: argparse.Namespace) -> int:
+        from autoprune.deploy.export import export_point, pick_trial
         from autoprune.errors import ConfigError
-        from autoprune.search.deploy import export_point, pick_trial
         from autoprune.search.storage import default_storage_url
 
         if args.epochs is not None and args.epochs < 0:

@@ -54,7 +54,7 @@ class ProfileCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
-        from autoprune.costmodel.calibrate import calibrate
+        from autoprune.costmodel.builder import CalibrationOptions, calibrate
         from autoprune.costmodel.calibration import (
             calibration_name,
             calibration_path,
@@ -96,10 +96,10 @@ class ProfileCommand(Command):
             bar.update(done - bar.n)
 
         try:
-            result = calibrate(name, target=args.target, runtime=runtime, plans=args.plans, grid=grid,
-                               seed=args.seed, num_classes=data.num_classes, progress=progress,
-                               round_to=args.round_to, max_cv=args.max_cv, model=dense, input_size=size,
-                               in_channels=data.input_shape[0])
+            options = CalibrationOptions(plans=args.plans, grid=grid, seed=args.seed, round_to=args.round_to,
+                                         max_cv=args.max_cv, num_classes=data.num_classes, input_size_px=size,
+                                         in_channels=data.input_shape[0])
+            result = calibrate(name, options, target=args.target, runtime=runtime, model=dense, progress=progress)
         finally:
             bar.close()
         path = calibration_path(args.target, name, size)

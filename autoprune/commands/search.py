@@ -55,9 +55,9 @@ class SearchCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from autoprune.errors import ConfigError
+        from autoprune.search.config import SearchConfig, default_study_name
         from autoprune.search.report import provenance_line, table
         from autoprune.search.storage import default_storage_url, redact_url
-        from autoprune.search.study import SearchConfig, default_study_name
 
         if args.finetune_epochs is not None and args.finetune_epochs < 0:
             raise ConfigError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
@@ -79,34 +79,34 @@ class SearchCommand(Command):
         from autoprune.search.runner import run_search
 
         t0 = time.perf_counter()
-        out = run_search(None if resume_only else config, study_name=study_name, storage_url=storage,
+        out = run_search(None if resume_only else config, study_name=study_name, storage=storage,
                          given={k: v for k, v in given.items() if v is not None},
                          more_trials=args.trials,
                          timeout_s=args.timeout, progress=not args.no_progress, backend=args.backend,
                          workers=args.workers, address=args.address, create_only=args.create_only)
         if args.create_only:
-            what = "created" if out["created"] else "already exists"
-            print(f"study {study_name!r} {what} in {redact_url(storage)}: budget {out['config'].trials} completed "
-                  f"trials, {out['seeded']} anchors enqueued; start each worker with "
+            what = "created" if out.created else "already exists"
+            print(f"study {study_name!r} {what} in {redact_url(storage)}: budget {out.config.trials} completed "
+                  f"trials, {out.seeded} anchors enqueued; start each worker with "
                   f"`autoprune search --study {study_name} --storage URL`")
             return 0
         minutes = (time.perf_counter() - t0) / 60
-        trial_min = out["trials_s"] / 60
-        c = out["counts"]
+        trial_min = out.trials_s / 60
+        c = out.counts
         print(f"\nstudy {study_name!r} in {redact_url(storage)}: {c['completed']} trials completed here, "
               f"{c['failed']} failed, {c.get('stale_retried', 0)} stale retried, in {trial_min:.1f} min "
               f"({c['completed'] / max(trial_min, 1e-9):.1f} trials/min); {minutes:.1f} min in all with set-up "
               "(dense training when not cached, calibration loading)")
-        print(f"target {out['config'].target}; dense accuracy {out['dense_checkpoint'].val_accuracy:.4f} (val)")
-        _print_excluded(out["excluded_groups"])
-        if not out["front"]:
+        print(f"target {out.config.target}; dense accuracy {out.dense_checkpoint.val_accuracy:.4f} (val)")
+        _print_excluded(out.excluded_groups)
+        if not out.front:
             print("no feasible point: no completed trial meets the constraints "
-                  f"(max latency {out['config'].max_latency_ms} ms, min accuracy {out['config'].min_accuracy}, "
-                  f"max size {out['config'].max_size_mb} MB); relax them and resume with --trials")
+                  f"(max latency {out.config.max_latency_ms} ms, min accuracy {out.config.min_accuracy}, "
+                  f"max size {out.config.max_size_mb} MB); relax them and resume with --trials")
             return 0
-        print(table(out["front"], out["dense"]))
-        print(provenance_line(out["rows"]))
-        print(f"front written to {out['dir']}/pareto.{{csv,json,png,html}}; watch or resume: "
+        print(table(out.front, out.dense))
+        print(provenance_line(out.rows))
+        print(f"front written to {out.dir}/pareto.{{csv,json,png,html}}; watch or resume: "
               f"`autoprune dashboard --study {study_name}`, `autoprune search --study {study_name}`")
         return 0
 

@@ -26,7 +26,7 @@ class VerifyCommand(Command):
         parser.add_argument("--quiet", action="store_true", help="print only the table and the verdict")
 
     def run(self, args: argparse.Namespace) -> int:
-        from autoprune.search.verify import verify_export
+        from autoprune.deploy.verify import verify_export
 
         def say(msg: str) -> None:
             if not args.quiet:

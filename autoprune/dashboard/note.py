@@ -78,9 +78,9 @@ def build_study_note(study, storage_url: str, *, control_link: str | None = None
     """
     from optuna.trial import TrialState
 
+    from autoprune.search.config import CONFIG_ATTR, SearchConfig
     from autoprune.search.report import front_rows, plan_summary
     from autoprune.search.storage import redact_url
-    from autoprune.search.study import CONFIG_ATTR, SearchConfig
 
     config = SearchConfig.from_dict(study.user_attrs[CONFIG_ATTR])
     trials = study.get_trials(deepcopy=False)
@@ -153,7 +153,7 @@ def update_study_note(study, storage_url: str, *, control_link: str | None = Non
     """
     from optuna_dashboard import get_note, save_note
 
-    from autoprune.search.study import CONFIG_ATTR
+    from autoprune.search.config import CONFIG_ATTR
 
     if CONFIG_ATTR not in study.user_attrs:
         return ""

@@ -28,11 +28,12 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from autoprune.errors import PlanError
+from autoprune.structures import STRUCTURE_NAMES
 
 if TYPE_CHECKING:  # pragma: no cover
     from autoprune.pruning.groups import PrunableGroup
 
-STRUCTURES = ("keep", "channel", "unstructured", "nm")
+STRUCTURES = STRUCTURE_NAMES  # the registry: autoprune.structures
 ALLOCATIONS = ("local", "global")
 SCHEDULES = ("one-shot", "iterative")
 REGULARIZATIONS = ("none", "bn-l1", "group-lasso")

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from autoprune.io import atomic_write_bytes, atomic_write_text, results_dir, write_json
+from autoprune.search.config import OBJECTIVES, SearchConfig, objective_values
 from autoprune.search.pareto import hypervolume, pareto_mask, reference_point
-from autoprune.search.study import OBJECTIVES, SearchConfig, completed_rows, objective_values
+from autoprune.search.study import completed_rows
 
 COLUMNS = ("trial", "accuracy", "latency_ms", "speedup", "energy_mj", "size_mb", "params", "macs",
            "measured_latency_ms", "plan")

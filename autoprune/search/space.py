@@ -14,9 +14,9 @@ from typing import Any
 
 from autoprune.errors import ConfigError
 from autoprune.io import read_yaml
+from autoprune.structures import STRUCTURE_NAMES as STRUCTURES
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
-STRUCTURES = ("keep", "channel", "unstructured", "nm")
 KINDS = ("conv", "depthwise", "linear")
 _TOP_KEYS = {
     "version", "description", "structures", "nm_patterns", "ratio", "ratio_by_kind", "criteria",

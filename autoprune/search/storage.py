@@ -274,3 +274,64 @@ def single_worker_lock(url: str, study_name: str):
         yield True
     finally:
         os.close(fd)
+
+
+class StudyStorage:
+    """A study storage resolved once and passed down (as Optuna's ``get_storage`` does): its URL, the
+    Optuna storage (opened on first use, with connection retries), the SQLite file if any, and the
+    artifact store that the dashboard serves beside it.
+
+    Args:
+        url: ``sqlite:///path.db``, ``postgresql://...``, ``journal:///path.log`` (see :func:`make_storage`).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.sqlite_path = sqlite_path(url)
+        self._optuna = None
+        self._artifacts = None
+
+    @property
+    def optuna(self):
+        """The Optuna storage (opened once).
+
+        Raises:
+            StorageError: If it cannot be reached (the URL is redacted).
+        """
+        if self._optuna is None:
+            self._optuna = make_storage(self.url)
+        return self._optuna
+
+    @property
+    def redacted(self) -> str:
+        """The URL with its password hidden."""
+        return redact_url(self.url)
+
+    @property
+    def artifact_dir(self) -> Path:
+        """The artifact folder: beside a SQLite file, else under ``results/``."""
+        return (self.sqlite_path.parent if self.sqlite_path is not None else results_dir()) / "artifacts"
+
+    @property
+    def artifacts(self):
+        """Optuna's file-system artifact store for this storage (shared with the dashboard)."""
+        if self._artifacts is None:
+            from optuna.artifacts import FileSystemArtifactStore
+
+            self.artifact_dir.mkdir(parents=True, exist_ok=True)
+            self._artifacts = FileSystemArtifactStore(str(self.artifact_dir))
+        return self._artifacts
+
+    def lock(self, study_name: str):
+        """:func:`single_worker_lock` for a study of this storage."""
+        return single_worker_lock(self.url, study_name)
+
+    def __repr__(self) -> str:
+        return f"StudyStorage({self.redacted!r})"
+
+
+def get_storage(storage: str | StudyStorage | None) -> StudyStorage:
+    """A :class:`StudyStorage` from a URL, an existing one, or ``None`` (the default SQLite file)."""
+    if isinstance(storage, StudyStorage):
+        return storage
+    return StudyStorage(storage or default_storage_url())

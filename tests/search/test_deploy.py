@@ -58,12 +58,12 @@ def local_study(tiny_dense, results_root):
     """A measured local calibration of the tiny CNN (coarse: 4 plans, 2 grid points), then a study."""
     import torch
 
-    from autoprune.costmodel.calibrate import calibrate
+    from autoprune.costmodel.builder import CalibrationOptions, calibrate
     from autoprune.costmodel.calibration import calibration_path, save_calibration
 
     model = tiny_dense[0]
     torch.manual_seed(0)
-    res = calibrate("tiny_cnn", model=model, plans=4, grid=(0.5, 1.0), input_size=32)
+    res = calibrate("tiny_cnn", CalibrationOptions(plans=4, grid=(0.5, 1.0), input_size_px=32), model=model)
     save_calibration(res.model, calibration_path("local", TINY_REF, 32), model_name="tiny_cnn",
                      input_shape=(3, 32, 32), runtime=res.runtime, status="measured", error=res.error)
     return _study(results_root, "local", "deploy-local")
@@ -229,7 +229,7 @@ def test_verify_exit_codes(jetson_study, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_too_noisy_measurement_is_one_line_and_verify_skips_it(local_study, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("autoprune.search.verify.MAX_RATIO_SPREAD", -1.0)  # every interleaved run "too noisy"
+    monkeypatch.setattr("autoprune.deploy.speed.MAX_RATIO_SPREAD", -1.0)  # every interleaved run "too noisy"
     out = tmp_path / "noisy"
     assert _export(local_study, "deploy-local", out, "--no-tvm") == 0
     printed = capsys.readouterr().out

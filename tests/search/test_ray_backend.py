@@ -133,13 +133,15 @@ def test_searcher_bookkeeping_without_a_cluster(tiny_dense, results_root):
     pytest.importorskip("ray.tune")
     from ray.tune.search import Searcher
 
-    from autoprune.search import ray_backend as rb
-    from autoprune.search.study import SearchConfig, open_study
+    from autoprune.search.backends import ray as rb
+    from autoprune.search.config import SearchConfig
+    from autoprune.search.objective import build_pipeline
+    from autoprune.search.study import open_study, study_space
 
     url = f"sqlite:///{results_root / 'searcher.db'}"
     config = SearchConfig(model=TINY_REF, target="jetson-nano", finetune_epochs=0, trials=3)
     study, config, _ = open_study(url, "searcher", config, {}, None)
-    searcher = rb.make_searcher(study, config, url, rb._driver_groups(config))
+    searcher = rb.make_searcher(study, config, url, build_pipeline(config, study_space(study, config), False)[0].groups)
     spec = rb.worker_spec(study, config)
 
     params = {tid: searcher.suggest(tid) for tid in ("a", "b", "c")}

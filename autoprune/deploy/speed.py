@@ -1,0 +1,172 @@
+"""Speedups measured here: the dense model's time over the pruned model's, both timed in one interleaved run
+(:func:`autoprune.costmodel.builder.measure_vs_reference`), so the host's drift cancels in the ratio."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from autoprune.deploy import optional_step
+
+#: An interleaved run whose per-round ratios spread more than this (IQR / median) is re-measured.
+MAX_RATIO_SPREAD = 0.25
+
+
+#: Interleaved runs tried before a measurement is reported as too noisy.
+SPEED_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class SpeedMeasurement:
+    """The pruned model against the dense model, timed in one interleaved run on this machine.
+
+    Attributes:
+        runtime: What ran them, e.g. ``onnxruntime-1.32.0/CPUExecutionProvider``.
+        threads: Threads the runtime was given.
+        pruned_ms: The pruned model's median time over the rounds, in ms (drifts with the host).
+        dense_ms: The dense model's median time in the same rounds, in ms.
+        speedup: ``dense / pruned``, from the median per-round ratio (drift cancels in it).
+        ratio_spread: Interquartile range of the per-round ratios relative to their median.
+        rounds: Interleaved rounds.
+        attempts: Interleaved runs made (more than one when a run was too noisy).
+        noisy: Whether even the best run spread more than :data:`MAX_RATIO_SPREAD`.
+        host: Where it ran (``hostname/CPU``).
+    """
+
+    runtime: str
+    threads: int | None
+    pruned_ms: float
+    dense_ms: float
+    speedup: float
+    ratio_spread: float
+    rounds: int
+    attempts: int
+    noisy: bool
+    host: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+class _Prepared:
+    """A stand-in runtime for :func:`measure_vs_reference` whose runners were made beforehand."""
+
+    @staticmethod
+    def runner(model: Callable[[], object]) -> Callable[[], object]:
+        return model
+
+
+def threads_of(runtime_text: str | None) -> int | None:
+    """The ``threads=N`` a runtime description names (a calibration's runtime), if any."""
+    m = re.search(r"threads=(\d+)", runtime_text or "")
+    return int(m.group(1)) if m else None
+
+
+def measure_speedup(runtime: Any, model: Any, dense: Any, input_shape: tuple[int, ...], *,
+                    attempts: int = SPEED_ATTEMPTS) -> SpeedMeasurement:
+    """Time ``model`` against ``dense`` in interleaved rounds with ``runtime`` on this machine.
+
+    Both are loaded once (``runtime.runner``) and alternate in batches
+    (:data:`autoprune.costmodel.builder.measure.RELATIVE_PROTOCOL`); a run whose per-round ratios
+    spread more than :data:`MAX_RATIO_SPREAD` is repeated, up to ``attempts`` runs, and the
+    least spread one is kept (``noisy`` says when even that one spread too much).
+
+    Args:
+        runtime: ONNX Runtime (``runner``) or TVM (``local_runner``) on this machine.
+        model: The pruned model (ONNX path; for TVM also an exported ``.so``).
+        dense: The dense model (ONNX path).
+        input_shape: ``(1, C, H, W)``.
+        attempts: Interleaved runs at most.
+
+    Raises:
+        ProfilingError: If either model cannot be loaded or run.
+    """
+    from autoprune.costmodel.builder import measure_vs_reference
+    from autoprune.profiling.protocol import host_description
+
+    make = getattr(runtime, "local_runner", None) or runtime.runner  # TVM: local_runner; ONNX Runtime: runner
+    run_model = make(model, tuple(input_shape))
+    run_dense = make(dense, tuple(input_shape))
+    runs: list[tuple[float, Any]] = []
+    while len(runs) < max(1, attempts) and (not runs or runs[-1][0] > MAX_RATIO_SPREAD):
+        rel = measure_vs_reference(_Prepared(), run_model, run_dense)
+        runs.append((rel.ratio_spread if math.isfinite(rel.ratio_spread) else math.inf, rel))
+    spread, rel = min(runs, key=lambda r: r[0])
+    tries = len(runs)
+    return SpeedMeasurement(
+        runtime=runtime.describe(), threads=runtime.threads, pruned_ms=rel.latency_ms, dense_ms=rel.reference_ms,
+        speedup=1.0 / rel.ratio, ratio_spread=spread if math.isfinite(spread) else -1.0, rounds=rel.rounds,
+        attempts=tries, noisy=not spread <= MAX_RATIO_SPREAD, host=host_description(),
+    )
+
+
+def local_runtimes(profile: Any, calibration_runtime: str = "", tvm_library: Path | None = None,
+                   threads: dict[str, int] | None = None) -> dict[str, Any]:
+    """The runtimes that time an export on this machine: name → ``(runtime, pruned model file name)``.
+
+    ONNX Runtime runs with the thread count the calibration was measured with (so the
+    measured time is comparable with the prediction), else the profile's; TVM with the
+    profile's TVM target and threads, on the exported library (only when one was built and
+    linked here, and apache-tvm is installed). ``threads`` overrides either (verify passes
+    the counts the report recorded).
+    """
+    from autoprune.profiling import get_runtime
+
+    threads = threads or {}
+    out: dict[str, Any] = {}
+    ort_opts = profile.runtime_options("onnxruntime") if "onnxruntime" in profile.runtimes else {}
+    n = threads.get("onnxruntime") or threads_of(calibration_runtime) or ort_opts.get("threads") or 1
+    out["onnxruntime"] = (get_runtime("onnxruntime", threads=int(n), providers=ort_opts.get("providers")),
+                          "model.onnx")
+    if tvm_library is not None and tvm_library.suffix == ".so" and "tvm" in profile.runtimes:
+        opts = profile.runtime_options("tvm")
+        try:
+            rt = get_runtime("tvm", target=opts["target"], threads=threads.get("tvm") or opts.get("threads"))
+        except ImportError:  # apache-tvm missing: time what can be timed
+            return out
+        out["tvm"] = (rt, tvm_library.name)
+    return out
+
+
+def measure_local(out_dir: Path, profile: Any, provenance: dict[str, Any], predicted_ms: float,
+                   predicted_speedup: float, input_shape: tuple[int, ...], tvm_rec: dict[str, Any],
+                   notes: list[str]) -> dict[str, Any]:
+    """Time model.onnx (and model_tvm.so) against dense.onnx here, one interleaved run per runtime."""
+    from autoprune.profiling.protocol import host_description
+
+    lib = Path(tvm_rec["path"]) if tvm_rec.get("checked") and tvm_rec.get("format") == "so" else None
+    runtimes = local_runtimes(profile, provenance.get("runtime", ""), lib)
+    out: dict[str, Any] = {"where": "measured here", "host": host_description(), "input_shape": list(input_shape),
+                           "runtimes": {}}
+    if "tvm" not in runtimes:
+        why = "--no-tvm" if tvm_rec.get("reason") == "skipped (--no-tvm)" else (
+            tvm_rec.get("reason") or "no TVM module linked for this machine")
+        out["runtimes"]["tvm"] = {"ok": False, "reason": f"not measured: {why}"}
+    for name, (rt, pruned) in runtimes.items():
+        m, reason = optional_step(notes, f"{name} measurement",
+                              lambda rt=rt, pruned=pruned: measure_speedup(rt, str(out_dir / pruned),
+                                                                           str(out_dir / "dense.onnx"), input_shape))
+        if m is None:
+            out["runtimes"][name] = {"ok": False, "reason": reason}
+            continue
+        rec = {"ok": not m.noisy, **m.to_dict()}
+        if m.noisy:
+            rec["reason"] = (f"too noisy: per-round ratios spread {m.ratio_spread:.0%} (> 25 %) over {m.attempts} "
+                             "interleaved runs; the figures are kept but verify will not compare against them")
+            notes.append(f"{name} measurement: {rec['reason']}")
+        out["runtimes"][name] = rec
+    # the prediction describes the calibration's runtime: compare with that one
+    cal_runtime = str(provenance.get("runtime", ""))
+    name = "tvm" if cal_runtime.startswith("tvm") else "onnxruntime"
+    rec = out["runtimes"].get(name, {})
+    if "pruned_ms" in rec:
+        out.update(latency_ms=rec["pruned_ms"], runtime=f"{rec['runtime']} on {rec['host']}",
+                   compared_runtime=name,
+                   prediction_error_pct=100.0 * (predicted_ms / rec["pruned_ms"] - 1.0),
+                   speedup_prediction_error_pct=100.0 * (predicted_speedup / rec["speedup"] - 1.0))
+    return out

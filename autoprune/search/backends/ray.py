@@ -1,0 +1,395 @@
+"""The Ray Tune backend of ``autoprune search``: trials on a Ray cluster, one Optuna study.
+
+The driver (this process) runs Ray Tune with an :class:`ray.tune.search.optuna.OptunaSearch`
+on the *same* Optuna storage and study as the plain backend, so a study can be started
+on Ray and resumed in-process (or the other way round), and ``autoprune pareto`` /
+``autoprune dashboard`` see every trial alike.
+
+* **Driver**: the searcher asks the study for trials (the configured sampler, the study's
+  enqueued anchors first), and on completion writes the candidate's record as trial user
+  attributes and its plan as an artifact, then tells the study. Only the driver touches
+  the storage, so SQLite works too.
+* **Workers**: a function trainable rebuilds the :class:`~autoprune.pipeline.Pipeline`
+  once per worker process (actors are reused), turns the sampled parameters into a plan,
+  runs it and reports the objectives plus the record (as JSON).
+
+A failed candidate (bad plan, diverging fine-tune, failed export) is reported as such
+and told FAIL with its reason; a crashed worker is retried by Ray
+(``FailureConfig(max_failures=2)``). No Optuna trial is left RUNNING: after the run,
+any trial this driver asked for and did not finish is failed with a reason and its
+parameters are enqueued again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from autoprune.errors import AutopruneError
+from autoprune.io import results_dir
+from autoprune.registry import lazy_import
+from autoprune.search.backends import Backend
+from autoprune.search.config import SearchConfig, make_sampler, objective_values
+from autoprune.search.objective import (
+    CANDIDATE_ERRORS,
+    Heartbeat,
+    evaluate_candidate,
+    failure_reason,
+    record_result,
+)
+from autoprune.search.storage import StudyStorage, get_storage
+from autoprune.search.study import SPACE_ATTR, fail_and_retry, retry_attrs, study_space
+
+#: Result key of the candidate record (a JSON string) reported by a worker.
+RECORD_KEY = "autoprune_record"
+#: Result key of a candidate's failure reason reported by a worker.
+ERROR_KEY = "autoprune_error"
+#: Config key carrying the Optuna trial number to the worker (not a search parameter).
+TRIAL_KEY = "autoprune_trial"
+#: CPUs per trial.
+CPUS_PER_TRIAL = 1
+#: Ray retries of a trial whose worker crashed.
+MAX_FAILURES = 2
+#: Tuner rounds at most (a round ends when Ray runs out of samples; failed trials leave budget).
+MAX_ROUNDS = 5
+
+# Per worker process: the spec key and its (config, space, pipeline).
+_WORKER_CACHE: dict[str, tuple[Any, Any, Any]] = {}
+
+
+# -- driver --------------------------------------------------------------------------------------
+class RayBackend(Backend):
+    """Run the trials as Ray Tune trials (``workers`` at once) on a cluster, or a local Ray on loopback.
+
+    Args:
+        workers: Trials run at once.
+        address: A Ray cluster (``host:port``); ``None`` starts a local Ray on loopback.
+    """
+
+    name = "ray"
+
+    def __init__(self, workers: int = 1, address: str | None = None) -> None:
+        self.workers = workers
+        self.address = address
+
+    def run(self, study, config, storage, pipeline, space, *, timeout_s=None, progress=True, exclusive=True):
+        return run_ray(study, config, storage, pipeline.groups, workers=self.workers, address=self.address,
+                       timeout_s=timeout_s, progress=False)
+
+
+def run_ray(study, config: SearchConfig, storage: str | StudyStorage, groups, *, workers: int = 1,
+            address: str | None = None, timeout_s: float | None = None, progress: bool = False) -> dict[str, int]:
+    """Run the study's remaining trials as Ray Tune trials and return trial counts.
+
+    Args:
+        study: The Optuna study (created or resumed by :func:`~autoprune.search.study.open_study`,
+            anchors already enqueued).
+        config: The study's configuration (budget, objectives, sampler, constraints).
+        storage: The study's storage (the searcher opens its own Optuna storage on its URL).
+        groups: The model's checked prunable groups (the driver's pipeline's), which the searcher
+            suggests over; the workers' pipelines find the same ones.
+        workers: Trials run at once (``max_concurrent_trials``), one CPU each.
+        address: A Ray cluster (``host:port``); ``None`` starts a local Ray on loopback.
+        timeout_s: Stop starting trials after this many seconds.
+        progress: Let Ray Tune print its progress table.
+
+    Returns:
+        ``completed``, ``failed`` (candidates or workers that failed), ``surplus``
+        (trials stopped or left unstarted: failed here and enqueued again).
+
+    Raises:
+        MissingDependencyError: Ray Tune is not installed.
+        AutopruneError: Ray cannot be reached at ``address``.
+    """
+    from optuna.trial import TrialState
+
+    ray = lazy_import("ray", "ray[tune]")
+    lazy_import("ray.tune", "ray[tune]")
+
+    storage = get_storage(storage)
+    counts = {"completed": 0, "failed": 0, "surplus": 0}
+    t_start = time.monotonic()
+    asked: dict[int, int] = {}  # Optuna trial number -> trial id, over all rounds
+    _shorten_trial_errors()
+    started_here = _connect(ray, address)
+    try:
+        for _ in range(MAX_ROUNDS):
+            remaining = config.trials - _count(study, TrialState.COMPLETE)
+            left_s = None if timeout_s is None else timeout_s - (time.monotonic() - t_start)
+            if remaining <= 0 or (left_s is not None and left_s <= 0):
+                break
+            round_counts = _run_round(study, config, storage, groups, remaining, workers, left_s, progress,
+                                      asked)
+            for k in counts:
+                counts[k] += round_counts[k]
+            if round_counts["completed"] == 0:
+                break  # every trial of the round failed: do not loop on a broken setup
+    finally:  # another worker's RUNNING trials (PostgreSQL / journal storages) are left alone
+        mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number in asked]
+        counts["surplus"] += fail_and_retry(study, mine, "ray: the run ended before this trial finished; "
+                                                         "retried on resume")
+        if started_here:
+            ray.shutdown()
+    return counts
+
+
+class _OneLineTrialErrors(logging.Filter):
+    """Turn Ray Tune's "Trial task failed" traceback into one line; the traceback stays in error.txt."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and str(record.msg).startswith("Trial task failed"):
+            exc = record.exc_info[1]
+            first = str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else ""
+            record.msg = (f"{record.getMessage()}: {type(exc).__name__}: {first[:200]} (Ray retries it up to "
+                          f"{MAX_FAILURES} times; the traceback is in the trial's error.txt)")
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _shorten_trial_errors() -> None:
+    """Install :class:`_OneLineTrialErrors` on Ray Tune's controller logger (once)."""
+    logger = logging.getLogger("ray.tune.execution.tune_controller")
+    if not any(isinstance(f, _OneLineTrialErrors) for f in logger.filters):
+        logger.addFilter(_OneLineTrialErrors())
+
+
+def _connect(ray, address: str | None) -> bool:
+    """Connect to ``address`` or start a local Ray on loopback; True if this call started it."""
+    if ray.is_initialized():
+        return False
+    env = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
+    if "AUTOPRUNE_RESULTS" in os.environ:
+        env["AUTOPRUNE_RESULTS"] = str(Path(os.environ["AUTOPRUNE_RESULTS"]).resolve())
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False,
+                              "logging_level": "WARNING", "configure_logging": True}
+    if address is not None:
+        try:
+            ray.init(address=address, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            auth = ("; if the cluster uses token authentication (Ray's default), set RAY_AUTH_MODE=token and "
+                    "its token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+                    if os.environ.get("RAY_AUTH_MODE") != "token" else "")
+            raise AutopruneError(f"cannot connect to the Ray cluster at {address}: {first[:300]}{auth}; check "
+                                 "that `ray start --head` runs there, or leave out --address for a local Ray"
+                                 ) from None
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
+    return True
+
+
+def _count(study, state) -> int:
+    return len(study.get_trials(deepcopy=False, states=(state,)))
+
+
+def make_searcher(study, config: SearchConfig, storage: str | StudyStorage, groups):
+    """The driver's searcher: an ``OptunaSearch`` on ``study``'s storage with autoprune's bookkeeping.
+
+    Args:
+        study: The Optuna study (its name is used; the searcher opens its own storage).
+        config: The study's configuration.
+        storage: The study's storage.
+        groups: The model's prunable groups (the define-by-run space suggests over them).
+    """
+    storage = get_storage(storage)
+    space = study_space(study, config)
+
+    def define(trial) -> dict[str, Any]:
+        space.suggest(trial, groups)
+        return {TRIAL_KEY: trial.number}
+
+    n = len(study.get_trials(deepcopy=False))
+    return _searcher_class()(
+        space=define,
+        metric=list(config.objectives),
+        mode=["max" if d == "maximize" else "min" for d in config.directions],
+        sampler=make_sampler(config, n),  # seeded by the trial count, as in-process
+        study_name=study.study_name,
+        storage=storage.optuna,
+        config=config,
+        study_storage=storage,
+    )
+
+
+def _run_round(study, config: SearchConfig, storage: StudyStorage, groups, remaining: int, workers: int,
+               timeout_s: float | None, progress: bool, asked: dict[int, int]) -> dict[str, int]:
+    """One ``Tuner.fit`` over ``remaining`` samples; returns this round's counts."""
+    from ray import tune
+
+    searcher = make_searcher(study, config, storage, groups)
+    spec = worker_spec(study, config)
+    trainable = tune.with_resources(tune.with_parameters(_trainable, spec=spec), {"cpu": CPUS_PER_TRIAL})
+    run_dir = results_dir().resolve() / study.study_name / "ray"  # beside the study's front files
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, max_concurrent_trials=workers,
+                                    reuse_actors=True, time_budget_s=timeout_s,
+                                    trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(run_dir),
+            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES), verbose=1 if progress else 0,
+        ),
+    )
+    beats = Heartbeat(searcher._storage, lambda: [t._trial_id for tid, t in list(searcher._ot_trials.items())
+                                                   if tid not in searcher._completed_trials])
+    try:
+        tuner.fit()
+    finally:
+        beats.close()
+        for ot_trial in searcher._ot_trials.values():
+            asked[ot_trial.number] = ot_trial._trial_id
+    return dict(searcher.counts)
+
+
+def _trial_dirname(trial) -> str:
+    """Ray trial folders named by their Optuna trial number."""
+    return f"trial-{trial.config.get(TRIAL_KEY, trial.trial_id)}"
+
+
+_SEARCHER_CLASS = None
+
+
+@contextmanager
+def _quiet_heartbeat():
+    """Silence Optuna's warning for ask/tell outside ``Study.optimize``: :class:`_Heartbeats` beats instead."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
+        yield
+
+
+def _searcher_class():
+    """``OptunaSearch`` that records autoprune's results on the Optuna trials (built lazily)."""
+    global _SEARCHER_CLASS
+    if _SEARCHER_CLASS is not None:
+        return _SEARCHER_CLASS
+    from optuna.trial import TrialState
+    from ray.tune.search import Searcher
+    from ray.tune.search.optuna import OptunaSearch
+
+    class AutopruneOptunaSearch(OptunaSearch):
+        """Stops at the study's budget, writes records and reasons, fails stopped trials."""
+
+        def __init__(self, *args, config: SearchConfig, study_storage: StudyStorage, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._config = config
+            self._study_storage = study_storage
+            self.counts = {"completed": 0, "failed": 0, "surplus": 0}
+
+        def suggest(self, trial_id: str):
+            if trial_id not in self._ot_trials:
+                trials = self._ot_study.get_trials(deepcopy=False,
+                                                   states=(TrialState.COMPLETE, TrialState.RUNNING))
+                if len(trials) >= self._config.trials:
+                    return Searcher.FINISHED  # the rest of the budget is held by running trials
+            with _quiet_heartbeat():
+                return super().suggest(trial_id)
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is None or trial_id in self._completed_trials:
+                return super().on_trial_complete(trial_id, result, error)
+            result = result or {}
+            reason = result.get(ERROR_KEY)
+            if not reason and RECORD_KEY in result:
+                try:
+                    values = record_result(ot_trial, self._config, json.loads(result[RECORD_KEY]),
+                                           self._study_storage)
+                    self._tell(ot_trial, values)
+                    self.counts["completed"] += 1
+                    self._completed_trials.add(trial_id)
+                    return None
+                except (AutopruneError, KeyError, ValueError) as exc:
+                    reason = f"{type(exc).__name__}: {exc}"
+            if reason:
+                self.counts["failed"] += 1  # the candidate failed (bad plan, divergence, export)
+            elif error:
+                reason = (f"ray: the trial's worker failed {MAX_FAILURES + 1} times; see the Ray logs "
+                          "(session_latest/logs) for the traceback")
+                self.counts["failed"] += 1
+            else:
+                reason = "stopped by Ray before it reported (time budget or interrupt); retried on resume"
+                self._ot_study.enqueue_trial(ot_trial.params, user_attrs=retry_attrs(ot_trial))
+                self.counts["surplus"] += 1
+            ot_trial.set_user_attr("fail_reason", str(reason)[:500])
+            self._tell(ot_trial, state=TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+            return None
+
+        def _tell(self, ot_trial, values=None, state=None) -> None:
+            with _quiet_heartbeat():
+                self._ot_study.tell(ot_trial, values, state=state)
+
+        def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+            """No Ray-side checkpoint: the Optuna study is the state, and resumes from storage."""
+
+    _SEARCHER_CLASS = AutopruneOptunaSearch
+    return _SEARCHER_CLASS
+
+
+def worker_spec(study, config: SearchConfig) -> dict[str, Any]:
+    """What a worker needs to rebuild the pipeline: the config, the study's stored search space,
+    and the driver's folder and results folder."""
+    study_space(study, config)  # stores the space in the study if it is not there yet
+    return {"config": config.to_dict(), "space": study.user_attrs[SPACE_ATTR], "cwd": os.getcwd(),
+            "threads": CPUS_PER_TRIAL, "results": str(results_dir().resolve())}
+
+
+# -- worker --------------------------------------------------------------------------------------
+def _worker_setup(spec: dict[str, Any]):
+    """``(config, space, pipeline)`` for ``spec``, built once per worker process."""
+    key = json.dumps(spec, sort_keys=True)
+    if key not in _WORKER_CACHE:
+        import torch
+
+        from autoprune.search.objective import build_pipeline
+        from autoprune.search.space import SearchSpace
+
+        torch.set_num_threads(int(spec["threads"]))
+        if spec.get("results"):
+            os.environ["AUTOPRUNE_RESULTS"] = spec["results"]
+        config = SearchConfig.from_dict(spec["config"])
+        space = SearchSpace.from_dict(spec["space"], name=Path(config.space).stem,
+                                      where=f"search space of study config {config.space!r}")
+        pipeline, _ = build_pipeline(config, space, progress=False)
+        _WORKER_CACHE.clear()
+        _WORKER_CACHE[key] = (config, space, pipeline)
+    return _WORKER_CACHE[key]
+
+
+def evaluate_params(params: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one candidate in this (worker) process and return what the trainable reports.
+
+    Args:
+        params: The trial's configuration from the searcher (search parameters and the trial number).
+        spec: ``config`` (the study's, as a dict), ``cwd``, ``threads`` and ``results`` of the driver.
+
+    Returns:
+        The objective values by name and the record as JSON (``RECORD_KEY``), or NaN objectives
+        and the failure reason (``ERROR_KEY``) for a candidate that cannot be built or evaluated.
+    """
+    if spec.get("cwd") and Path(spec["cwd"]).is_dir():
+        os.chdir(spec["cwd"])  # relative model, space and checkpoint paths mean the driver's folder
+    config, space, pipeline = _worker_setup(spec)
+    params = {k: v for k, v in params.items() if k != TRIAL_KEY}
+    try:
+        record = evaluate_candidate(pipeline, space, config, params)
+        values = dict(zip(config.objectives, objective_values(config, record), strict=True))
+    except CANDIDATE_ERRORS as exc:
+        return {**{o: float("nan") for o in config.objectives}, ERROR_KEY: failure_reason(exc)}
+    return {**values, RECORD_KEY: json.dumps(record)}
+
+
+def _trainable(params: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Ray Tune function trainable: run one candidate and report its objectives and record."""
+    from ray import tune
+
+    tune.report(evaluate_params(params, spec))

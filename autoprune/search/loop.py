@@ -1,0 +1,151 @@
+"""The in-process trial loop: ask, run, tell, until the study has its completed-trial budget.
+
+The budget is exact across workers (a trial started past it is PRUNED as surplus), a heartbeat keeps
+each running trial alive for other workers, and SIGINT/SIGTERM become a clean stop: the trial in
+progress is failed with the reason and its parameters enqueued again, so no trial is left RUNNING.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import warnings
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from autoprune.errors import AutopruneError, StorageError
+from autoprune.search.config import SearchConfig, accuracy_floor, objective_values
+from autoprune.search.objective import CANDIDATE_ERRORS, Heartbeat, failure_reason
+from autoprune.search.pareto import pareto_mask
+from autoprune.search.study import completed_rows
+
+
+class _InterruptedError(Exception):
+    pass
+
+
+def _raise_interrupt(signum, frame):
+    raise _InterruptedError(signal.Signals(signum).name)
+
+
+def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[float]], *,
+               timeout_s: float | None = None, progress: bool = True, on_trial=None,
+               max_consecutive_failures: int = 10) -> dict[str, int]:
+    """Ask/tell until the study has ``config.trials`` COMPLETE trials (or the timeout).
+
+    Args:
+        study: The Optuna study (sampler attached).
+        config: The study's configuration (budget, objectives, constraints).
+        objective: ``objective(trial) -> objective values``: runs the candidate and records it on the
+            trial (:func:`~autoprune.search.objective.record_result`).
+        timeout_s: Stop asking for new trials after this many seconds.
+        progress: Show a progress bar.
+        on_trial: Optional callback ``(study, frozen_trial)`` after each trial.
+        max_consecutive_failures: Stop after this many failures in a row.
+
+    Returns:
+        Counts: ``completed``, ``failed``, ``surplus`` (trials this worker started).
+    """
+    import optuna
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+    from tqdm import tqdm
+
+    # The ask/tell loop records heartbeats itself (see Heartbeat); Optuna warns for any non-optimize use.
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    counts = {"completed": 0, "failed": 0, "surplus": 0}
+    t_start = time.monotonic()
+    done0 = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    bar = tqdm(total=config.trials, initial=min(done0, config.trials), desc="search", unit="trial",
+               disable=not progress)
+    old = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    consecutive = 0
+    try:
+        while True:
+            fail_stale_trials(study)
+            trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+            done = sum(t.state == TrialState.COMPLETE for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            bar.n = min(done, config.trials)
+            bar.set_postfix_str(_progress_text(study, config))
+            if done >= config.trials:
+                break
+            if timeout_s is not None and time.monotonic() - t_start > timeout_s:
+                break
+            if consecutive >= max_consecutive_failures:
+                raise AutopruneError(f"{consecutive} trials failed in a row; see `autoprune pareto --study "
+                                     f"{study.study_name}` for their reasons")
+            if done + running >= config.trials:
+                time.sleep(1.0)  # other workers hold the remaining budget
+                continue
+            trial = study.ask()
+            if _is_surplus(study, trial, config.trials):
+                trial.set_user_attr("fail_reason", "surplus: the budget was taken by other workers")
+                study.tell(trial, state=TrialState.PRUNED)
+                counts["surplus"] += 1
+                continue
+            hb = Heartbeat(study._storage, lambda t=trial: [t._trial_id])
+            try:
+                values = objective(trial)
+                study.tell(trial, values)
+                counts["completed"] += 1
+                consecutive = 0
+            except (_InterruptedError, KeyboardInterrupt) as exc:
+                trial.set_user_attr("fail_reason", f"interrupted ({exc or 'SIGINT'}); retried on resume")
+                study.tell(trial, state=TrialState.FAIL)
+                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+                raise KeyboardInterrupt from None
+            except StorageError:
+                raise  # the database is gone (after retries): nothing can be recorded, stop
+            except CANDIDATE_ERRORS as exc:
+                reason = failure_reason(exc)
+                trial.set_user_attr("fail_reason", reason)
+                study.tell(trial, state=TrialState.FAIL)
+                counts["failed"] += 1
+                consecutive += 1
+                bar.write(f"trial {trial.number} failed: {reason[:200]}")
+            finally:
+                hb.close()
+            if on_trial is not None:
+                on_trial(study, study.get_trials(deepcopy=False)[-1])
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        bar.close()
+    return counts
+
+
+def _is_surplus(study, trial, target: int) -> bool:
+    """True if ``trial`` (just asked, RUNNING) is past the budget.
+
+    The RUNNING trials are ranked by when they started (then by number), and only the first
+    ``target - COMPLETE`` of them may run. A trial that becomes RUNNING later ranks after every
+    trial already admitted — also an enqueued retry, whose number is older than its start — so
+    admitted trials can never be pushed past the budget, and concurrent workers on one
+    PostgreSQL study never complete more than ``target`` trials. (Workers on several hosts
+    need synchronised clocks for the ranking to hold.)
+    """
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    done = sum(t.state == TrialState.COMPLETE for t in trials)
+    running = sorted((t for t in trials if t.state == TrialState.RUNNING),
+                     key=lambda t: (t.datetime_start or datetime.max, t.number))
+    room = target - done
+    return trial.number not in {t.number for t in running[: max(room, 0)]}
+
+
+def _progress_text(study, config: SearchConfig) -> str:
+    rows = completed_rows(study)
+    if not rows:
+        return "front 0"
+    import numpy as np
+
+    vals = np.array([objective_values(config, r) for r in rows])
+    front = int(pareto_mask(vals, config.directions).sum())
+    floor = accuracy_floor(rows, config)
+    ok = [r["latency_ms"] for r in rows if floor is not None and r["accuracy"] >= floor]
+    best = f", best {min(ok):.3g} ms at acc>={floor:.3f}" if ok else ""
+    return f"front {front}{best}"
