@@ -40,8 +40,20 @@ class DataSplits:
     num_classes: int
     input_shape: tuple[int, int, int]
 
-    def loader(self, split: str, batch_size: int = 64, shuffle: bool | None = None, seed: int = 0) -> DataLoader:
-        """Return a ``DataLoader`` over ``split`` (``train``, ``val`` or ``test``)."""
+    def loader(self, split: str, batch_size: int = 64, shuffle: bool | None = None, seed: int = 0, *,
+               pin_memory: bool = False) -> DataLoader:
+        """Return a ``DataLoader`` over ``split`` (``train``, ``val`` or ``test``).
+
+        Args:
+            split: ``train``, ``val`` or ``test``.
+            batch_size: Samples per batch.
+            shuffle: Shuffle (default: only ``train``), with a generator seeded by ``seed``.
+            seed: The shuffle seed (the order does not depend on the device).
+            pin_memory: Pin the batches in host memory, for asynchronous copies to a CUDA GPU
+                (:attr:`autoprune.compute.Compute.pin_memory`). The splits are tensors in memory,
+                which this process slices faster than worker processes would, so no workers are
+                started; a user's own ``DataLoader`` is returned as given, with its own settings.
+        """
         ds = {"train": self.train, "val": self.val, "test": self.test}.get(split)
         if ds is None:
             raise ConfigError(f"unknown split {split!r}; valid: train, val, test")
@@ -49,7 +61,7 @@ class DataSplits:
             return ds
         shuffle = split == "train" if shuffle is None else shuffle
         gen = torch.Generator().manual_seed(seed)
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen)
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, pin_memory=pin_memory)
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """A deterministic example input of the data's shape (for tracing and export)."""

@@ -7,6 +7,11 @@ cost model (calibrated by profilers) → objectives.
 cost model) and :meth:`Pipeline.run` turns one :class:`~autoprune.pruning.PruningPlan`
 into a :class:`CandidateResult`. The search (:mod:`autoprune.search.study`) and
 the export of a picked point (:mod:`autoprune.deploy.export`) both use it.
+
+Devices: the dense model, pruning surgery, the cost model and the ONNX export stay on the
+CPU. Gradient criteria, fine-tuning (with the dense teacher) and evaluation run on the
+pipeline's :class:`~autoprune.compute.Compute`; :meth:`Pipeline.run` places the candidate
+there after surgery and brings it back before it is costed and exported.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.compute import Compute
 from autoprune.costmodel.base import CostEstimate
 from autoprune.data import DataSplits
 from autoprune.pruning.evaluate import Evaluation
@@ -33,7 +39,8 @@ class CandidateResult:
     ``evaluation`` holds accuracy figures (fractions in [0, 1] on the validation split, or the test split
     at export) and sizes; ``cost`` is *predicted* by the cost model whose provenance it carries;
     ``measured_latency_ms`` is *measured* (on this machine, with ``measured_runtime``) and only set
-    where the target is ``local``.
+    where the target is ``local``. ``compute_device`` is where it was fine-tuned and evaluated (the
+    search's compute, not the target).
     """
 
     plan: dict[str, Any]
@@ -43,6 +50,7 @@ class CandidateResult:
     measured_runtime: str | None = None
     onnx: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    compute_device: str = "cpu"
 
     @property
     def accuracy(self) -> float:
@@ -76,7 +84,7 @@ class CandidateResult:
             "latency_provenance": asdict(self.cost.provenance), "energy_method": self.cost.provenance.energy,
             "per_layer_ms": [list(p) for p in self.per_layer_ms],
             "measured_latency_ms": self.measured_latency_ms, "measured_runtime": self.measured_runtime,
-            "onnx": self.onnx, "seconds": dict(self.seconds),
+            "onnx": self.onnx, "seconds": dict(self.seconds), "compute_device": self.compute_device,
         }
 
 
@@ -100,6 +108,7 @@ class Pipeline:
             ``min_channels`` and ``round_to`` are what the groups are checked for.
         max_ratio: The largest ratio the groups are test-pruned at (default: the space's
             largest, else 0.95).
+        compute: Where criteria, fine-tuning and evaluation run (default: the CPU).
 
     Attributes:
         groups: The prunable groups, as checked by :func:`~autoprune.pruning.check_groups`
@@ -111,12 +120,14 @@ class Pipeline:
                  finetune_epochs: int = 2, finetune_steps: int | None = None, lr: float = 0.02,
                  lr_schedule: str = "cosine", batch_size: int = 64, kd_temperature: float = 4.0,
                  kd_weight: float = 0.7, measure: bool | None = None, seed: int = 0,
-                 space: Any = None, max_ratio: float | None = None) -> None:
+                 space: Any = None, max_ratio: float | None = None, compute: Compute | None = None) -> None:
         from autoprune.costmodel import calibration_name, load_cost_model, profile_command
         from autoprune.data import natural_input_size
         from autoprune.pruning import check_groups, discover_groups
 
         self.dense = dense.eval()
+        self.compute = compute or Compute()
+        self._teacher: nn.Module | None = None
         self.data = data
         self.target = target
         self.model_ref = model_ref
@@ -152,13 +163,24 @@ class Pipeline:
 
         plan = snap_plan(plan, self.groups)
         plan.validate(self.groups)
-        calib = self.data.loader("train", self.batch_size, seed=self.seed)
+        calib = self.data.loader("train", self.batch_size, seed=self.seed, pin_memory=self.compute.pin_memory)
         steps_total = max(1, plan.settings.iterative_steps) if plan.settings.schedule == "iterative" else 1
         between = None
         if steps_total > 1:
-            def between(model: nn.Module, step: int) -> None:
-                self._finetune(model, plan, epochs_scale=1.0 / steps_total, kd=False)
-        return prune_model(self.dense, plan, self.example, calib_loader=calib, finetune_fn=between)
+            def between(model: nn.Module, step: int) -> None:  # surgery is on the CPU, fine-tuning on the device
+                self.compute.place(model)
+                try:
+                    self._finetune(model, plan, epochs_scale=1.0 / steps_total, kd=False)
+                finally:
+                    self.compute.to_cpu(model)
+        return prune_model(self.dense, plan, self.example, calib_loader=calib, finetune_fn=between,
+                           compute=self.compute)
+
+    def teacher(self) -> nn.Module:
+        """The dense model on the compute device, for distillation (a copy made once; ``dense`` stays on the CPU)."""
+        if self._teacher is None:
+            self._teacher = self.compute.copy(self.dense).eval()
+        return self._teacher
 
     def _finetune(self, model: nn.Module, plan, *, epochs_scale: float = 1.0, kd: bool = False,
                   epochs: int | None = None):
@@ -174,8 +196,9 @@ class Pipeline:
             regularization=plan.settings.regularization, reg_strength=plan.settings.reg_strength,
             seed=self.seed,
         )
-        return finetune(model, self.data.loader("train", self.batch_size, seed=self.seed), cfg,
-                        teacher=self.dense if kd else None)
+        return finetune(model, self.data.loader("train", self.batch_size, seed=self.seed,
+                                                pin_memory=self.compute.pin_memory), cfg,
+                        teacher=self.teacher() if kd else None, compute=self.compute)
 
     def _measure(self, path: Path) -> tuple[float | None, str]:
         """Measure the exported candidate here; a busy machine gives no figure rather than a failed trial.
@@ -215,12 +238,17 @@ class Pipeline:
         t["prune_s"] = time.perf_counter() - t0
         is_dense = all(gp.structure == "keep" for _, gp in plan.groups) and plan.settings.allocation == "local"
         t0 = time.perf_counter()
-        if not is_dense:
-            self._finetune(pruned.module, plan, kd=kd, epochs=epochs)
-        t["finetune_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        module = pruned.make_permanent()
-        ev = evaluate(module, self.data.loader(split, 256), self.example)
+        self.compute.place(pruned.module)  # surgery is done: fine-tune and evaluate on the device
+        try:
+            if not is_dense:
+                self._finetune(pruned.module, plan, kd=kd, epochs=epochs)
+            t["finetune_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            module = pruned.make_permanent()
+            ev = evaluate(module, self.data.loader(split, 256, pin_memory=self.compute.pin_memory), self.example,
+                          compute=self.compute)
+        finally:
+            module = self.compute.to_cpu(pruned.module)  # the cost model and the exporter read CPU models
         t["evaluate_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         cost = self.cost_model.predict(module)
@@ -238,7 +266,7 @@ class Pipeline:
             t["export_measure_s"] = time.perf_counter() - t0
         return CandidateResult(
             plan=plan.to_dict(), evaluation=ev, cost=cost, measured_latency_ms=measured, measured_runtime=runtime,
-            onnx=onnx, seconds={k: round(v, 3) for k, v in t.items()},
+            onnx=onnx, seconds={k: round(v, 3) for k, v in t.items()}, compute_device=str(self.compute.device),
         )
 
 

@@ -1,7 +1,9 @@
 """Dense baseline training, cached under ``results/checkpoints/``.
 
 A checkpoint is keyed by model, data set and seed, so ``search`` reuses the one
-``train`` made (or trains it first when it is missing).
+``train`` made (or trains it first when it is missing). Training runs on the
+:class:`~autoprune.compute.Compute` it is given; the checkpoint holds CPU tensors and
+loads anywhere.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from autoprune.compute import Compute
 from autoprune.data import DataSplits
 from autoprune.errors import AutopruneError
 from autoprune.io import atomic_write_bytes, results_dir, write_json
@@ -42,6 +45,8 @@ class DenseCheckpoint:
         model: Model reference; data: data key; seed: training seed.
         val_accuracy, test_accuracy: Top-1 accuracy of the dense model, in [0, 1].
         train_seconds: Wall time of training (0 when loaded from cache).
+        trained_on: The compute that trained it (e.g. ``cuda:0 (NVIDIA H100, bf16 autocast)``;
+            empty for a user's checkpoint or a cache entry from before this was recorded).
     """
 
     path: str
@@ -51,23 +56,42 @@ class DenseCheckpoint:
     val_accuracy: float
     test_accuracy: float
     train_seconds: float
+    trained_on: str = ""
 
 
 def checkpoint_path(model: str, data: DataSplits, seed: int) -> Path:
-    """Where the dense checkpoint of ``model`` on ``data`` with ``seed`` lives."""
+    """Where the dense checkpoint of ``model`` on ``data`` with ``seed`` lives.
+
+    The key names no device: the recipe (data order, seed, schedule) is the same on every
+    device, and a GPU run differs from a CPU run only by floating-point rounding (and mixed
+    precision, within it), not in what was trained. So a CPU re-run finds the checkpoint a
+    GPU trained, and the reverse; the ``.json`` beside it records which compute trained it.
+    """
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
     return results_dir() / "checkpoints" / f"{safe}-{data.key}-train{seed}.pt"
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, loader) -> float:
-    """Top-1 accuracy of ``model`` over ``loader``, in [0, 1]."""
+def accuracy(model: nn.Module, loader, compute: Compute | None = None) -> float:
+    """Top-1 accuracy of ``model`` (on ``compute``'s device, default the CPU) over ``loader``, in [0, 1]."""
+    compute = compute or Compute()
     model.eval()
     correct = total = 0
-    for x, y in loader:
+    for batch in loader:
+        x, y = compute.batch(batch)
         correct += int((model(x).argmax(1) == y).sum())
         total += int(y.numel())
     return correct / max(total, 1)
+
+
+def _dense_accuracies(model: nn.Module, data: DataSplits, compute: Compute) -> tuple[float, float]:
+    """Validation and test accuracy, evaluated on ``compute``; the model is back on the CPU afterwards."""
+    compute.place(model)
+    try:
+        return (accuracy(model, data.loader("val", pin_memory=compute.pin_memory), compute),
+                accuracy(model, data.loader("test", pin_memory=compute.pin_memory), compute))
+    finally:
+        compute.to_cpu(model)
 
 
 def _shift(x: torch.Tensor, max_px: int, gen: torch.Generator) -> torch.Tensor:
@@ -76,8 +100,15 @@ def _shift(x: torch.Tensor, max_px: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def train_dense(model: nn.Module, data: DataSplits, config: TrainConfig | None = None,
-                progress: bool = True) -> nn.Module:
+                progress: bool = True, compute: Compute | None = None) -> nn.Module:
     """Train ``model`` in place on ``data``'s train split and return it.
+
+    Args:
+        model: The model, already on ``compute``'s device.
+        data: The data splits.
+        config: The recipe.
+        progress: Show a progress bar.
+        compute: Where to train (default: the CPU), with mixed precision where it says so.
 
     Raises:
         AutopruneError: If the loss becomes NaN or infinite.
@@ -85,24 +116,29 @@ def train_dense(model: nn.Module, data: DataSplits, config: TrainConfig | None =
     from tqdm import tqdm
 
     config = config or TrainConfig()
+    compute = compute or Compute()
     torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
-    loader = data.loader("train", config.batch_size, seed=config.seed)
+    gen = torch.Generator().manual_seed(config.seed)  # the shifts are drawn on the CPU: the same on every device
+    loader = data.loader("train", config.batch_size, seed=config.seed, pin_memory=compute.pin_memory)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay, nesterov=True)
     steps = config.epochs * len(loader)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps, pct_start=0.15)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
+    scaler = compute.grad_scaler()
     bar = tqdm(total=steps, desc="train dense", unit="step", disable=not progress, leave=False)
     for _epoch in range(config.epochs):
         model.train()
-        for x, y in loader:
-            loss = loss_fn(model(_shift(x, 2, gen)), y)
+        for batch in loader:
+            x, y = compute.batch(batch)
+            with compute.autocast():
+                loss = loss_fn(model(_shift(x, 2, gen)), y)
             if not math.isfinite(loss.item()):
                 raise AutopruneError("dense training diverged (loss is NaN/inf); lower --lr")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -111,9 +147,9 @@ def train_dense(model: nn.Module, data: DataSplits, config: TrainConfig | None =
 
 
 def ensure_dense(model_ref: str, data: DataSplits, seed: int = 0, *, checkpoint: str | None = None,
-                 config: TrainConfig | None = None, retrain: bool = False,
-                 progress: bool = True) -> tuple[nn.Module, DenseCheckpoint]:
-    """Return the dense model and its checkpoint record, training it if needed.
+                 config: TrainConfig | None = None, retrain: bool = False, progress: bool = True,
+                 compute: Compute | None = None) -> tuple[nn.Module, DenseCheckpoint]:
+    """Return the dense model (on the CPU) and its checkpoint record, training it if needed.
 
     Args:
         model_ref: Zoo name or user model reference.
@@ -123,14 +159,16 @@ def ensure_dense(model_ref: str, data: DataSplits, seed: int = 0, *, checkpoint:
         config: Training recipe (defaults to :class:`TrainConfig` with ``seed``).
         retrain: Train again even if a cached checkpoint exists.
         progress: Show a progress bar while training.
+        compute: Where to train and evaluate (default: the CPU); the model comes back on the CPU.
     """
+    compute = compute or Compute()
     model = build_model(model_ref, num_classes=data.num_classes, in_channels=data.input_shape[0])
     check_model_fits(model, data)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
         model.eval()
-        rec = DenseCheckpoint(str(checkpoint), model_ref, data.key, seed, accuracy(model, data.loader("val")),
-                              accuracy(model, data.loader("test")), 0.0)
+        rec = DenseCheckpoint(str(checkpoint), model_ref, data.key, seed, *_dense_accuracies(model, data, compute),
+                              0.0)
         return model, rec
     path = checkpoint_path(model_ref, data, seed)
     meta_path = path.with_suffix(".json")
@@ -141,10 +179,14 @@ def ensure_dense(model_ref: str, data: DataSplits, seed: int = 0, *, checkpoint:
         return model.eval(), DenseCheckpoint(**{**known, "train_seconds": 0.0})
     config = config or TrainConfig(seed=seed)
     t0 = time.perf_counter()
-    train_dense(model, data, config, progress)
+    compute.place(model)
+    try:
+        train_dense(model, data, config, progress, compute)
+    finally:
+        compute.to_cpu(model)
     seconds = time.perf_counter() - t0
-    rec = DenseCheckpoint(str(path), model_ref, data.key, seed, accuracy(model, data.loader("val")),
-                          accuracy(model, data.loader("test")), round(seconds, 2))
+    rec = DenseCheckpoint(str(path), model_ref, data.key, seed, *_dense_accuracies(model, data, compute),
+                          round(seconds, 2), compute.describe())
     import io
 
     buf = io.BytesIO()
@@ -156,12 +198,13 @@ def ensure_dense(model_ref: str, data: DataSplits, seed: int = 0, *, checkpoint:
 
 def load_model_and_data(model_ref: str, data_ref: str = "digits", *, input_size: int | None = None,
                         checkpoint: str | None = None, seed: int = 0,
-                        progress: bool = True) -> tuple[nn.Module, DataSplits, DenseCheckpoint]:
+                        progress: bool = True,
+                        compute: Compute | None = None) -> tuple[nn.Module, DataSplits, DenseCheckpoint]:
     """The dense model (trained and cached when missing), its data and its checkpoint record."""
     from autoprune.data import load_data_for
 
     data = load_data_for(model_ref, data_ref, input_size=input_size, seed=seed)
-    model, rec = ensure_dense(model_ref, data, seed, checkpoint=checkpoint, progress=progress)
+    model, rec = ensure_dense(model_ref, data, seed, checkpoint=checkpoint, progress=progress, compute=compute)
     return model, data, rec
 
 

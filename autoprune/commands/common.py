@@ -60,3 +60,31 @@ def load_data_for(args: argparse.Namespace):
     from autoprune.data import load_data_for as load
 
     return load(args.model, args.data, input_size=args.input_size, seed=args.seed)
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0 (GPUs per trial)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
+    return value
+
+
+def add_compute_args(parser: argparse.ArgumentParser, amp: bool = True) -> None:
+    """``--device`` (and ``--no-amp``): where training, fine-tuning and evaluation run (torch is not imported)."""
+    parser.add_argument("--device", default="auto",
+                        help="where to train, fine-tune and evaluate: auto (CUDA, then Apple MPS, then the CPU), cpu, "
+                        "cuda, cuda:N or mps (default: auto); the --target's latency is predicted either way")
+    if amp:
+        parser.add_argument("--no-amp", action="store_true",
+                            help="no mixed precision on CUDA (torch.autocast is on by default there, never on the CPU)")
+
+
+def compute_of(args: argparse.Namespace):
+    """The :class:`~autoprune.compute.Compute` that ``--device``/``--no-amp`` ask for (ConfigError if absent here)."""
+    from autoprune.compute import Compute
+
+    return Compute.resolve(args.device, amp=not getattr(args, "no_amp", False))

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from autoprune.commands.base import Command
-from autoprune.commands.common import fraction, positive_float, positive_int
+from autoprune.commands.common import add_compute_args, compute_of, fraction, positive_float, positive_int
 from autoprune.commands.pareto import add_study_args, load_existing
 
 
@@ -33,16 +33,21 @@ class ExportCommand(Command):
         parser.add_argument("--out", default=None,
                             help="export folder (default: results/<study>/export-<trial>)")
         parser.add_argument("--no-tvm", action="store_true", help="skip building the TVM module")
+        add_compute_args(parser)
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def run(self, args: argparse.Namespace) -> int:
+        from dataclasses import replace
+
         from autoprune.deploy.export import export_point, pick_trial
         from autoprune.errors import ConfigError
         from autoprune.search.storage import default_storage_url
 
+        compute = compute_of(args)  # fine-tuning and evaluation; the ONNX export stays on the CPU
         if args.epochs is not None and args.epochs < 0:
             raise ConfigError(f"--epochs must be >= 0, got {args.epochs}")
         study, config, _storage = load_existing(args)
+        config = replace(config, device=args.device, amp=not args.no_amp)  # chosen here, not where it searched
         row = pick_trial(study, config, trial=args.trial, max_latency_ms=args.max_latency_ms,
                          min_accuracy=args.min_accuracy)
 
@@ -50,6 +55,7 @@ class ExportCommand(Command):
             if not args.no_progress:
                 print(f"  ... {msg}", flush=True)
 
+        say(f"fine-tuning and evaluating on {compute.describe()}")
         out = export_point(study, config, row, epochs=args.epochs, out_dir=args.out,
                            storage_url=args.storage or default_storage_url(), progress=not args.no_progress,
                            tvm=not args.no_tvm, repeats=args.repeats, say=say)

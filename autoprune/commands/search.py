@@ -6,7 +6,14 @@ import argparse
 import time
 
 from autoprune.commands.base import Command
-from autoprune.commands.common import add_model_data_args, fraction, positive_float, positive_int
+from autoprune.commands.common import (
+    add_compute_args,
+    add_model_data_args,
+    fraction,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 
 _DEFAULTS = {"model": "vgg11", "data": "digits", "seed": 0, "target": "jetson-nano", "space": "default",
              "objectives": "accuracy,latency", "sampler": "tpe", "trials": 30}
@@ -48,17 +55,25 @@ class SearchCommand(Command):
                             help="optuna (this process) or ray (Ray Tune workers)")
         parser.add_argument("--address", default=None, help="Ray cluster address (with --backend ray)")
         parser.add_argument("--workers", type=positive_int, default=1, help="concurrent Ray trials")
+        parser.add_argument("--gpus-per-trial", type=non_negative_float, default=None,
+                            help="GPUs each Ray trial asks for; fractions share a GPU, e.g. 0.25 runs four trials "
+                            "on one (default: 1 where --device is CUDA here, else 0)")
+        parser.add_argument("--cpus-per-trial", type=positive_float, default=None,
+                            help="CPUs each Ray trial asks for (default: 1)")
+        add_compute_args(parser)
         parser.add_argument("--create-only", action="store_true",
                             help="create the study (validated, anchors enqueued) and run no trial: do this once "
                             "before starting several workers on a PostgreSQL study")
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def run(self, args: argparse.Namespace) -> int:
+        from autoprune.compute import resolve_device
         from autoprune.errors import ConfigError
         from autoprune.search.config import SearchConfig, default_study_name
         from autoprune.search.report import provenance_line, table
         from autoprune.search.storage import default_storage_url, redact_url
 
+        resolve_device(args.device)  # one line before anything is loaded or stored
         if args.finetune_epochs is not None and args.finetune_epochs < 0:
             raise ConfigError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
         given = {
@@ -83,7 +98,9 @@ class SearchCommand(Command):
                          given={k: v for k, v in given.items() if v is not None},
                          more_trials=args.trials,
                          timeout_s=args.timeout, progress=not args.no_progress, backend=args.backend,
-                         workers=args.workers, address=args.address, create_only=args.create_only)
+                         workers=args.workers, address=args.address, create_only=args.create_only,
+                         device=args.device, amp=not args.no_amp, gpus_per_trial=args.gpus_per_trial,
+                         cpus_per_trial=args.cpus_per_trial)
         if args.create_only:
             what = "created" if out.created else "already exists"
             print(f"study {study_name!r} {what} in {redact_url(storage)}: budget {out.config.trials} completed "

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 
 from autoprune.commands.base import Command
-from autoprune.commands.common import add_model_data_args, load_data_for, positive_float, positive_int
+from autoprune.commands.common import (
+    add_compute_args,
+    add_model_data_args,
+    compute_of,
+    load_data_for,
+    positive_float,
+    positive_int,
+)
 
 
 class TrainCommand(Command):
@@ -19,16 +26,21 @@ class TrainCommand(Command):
         parser.add_argument("--epochs", type=positive_int, default=15, help="training epochs (default: 15)")
         parser.add_argument("--lr", type=positive_float, default=0.05, help="peak learning rate (default: 0.05)")
         parser.add_argument("--retrain", action="store_true", help="train again even if a checkpoint is cached")
+        add_compute_args(parser)
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(self, args: argparse.Namespace) -> int:
         from autoprune.train import TrainConfig, ensure_dense
 
+        compute = compute_of(args)
         data = load_data_for(args)
         cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
         _, rec = ensure_dense(args.model, data, args.seed, checkpoint=args.checkpoint, config=cfg,
-                              retrain=args.retrain, progress=not args.no_progress)
-        how = f"trained in {rec.train_seconds:.0f} s" if rec.train_seconds else "loaded from cache"
+                              retrain=args.retrain, progress=not args.no_progress, compute=compute)
+        if rec.train_seconds:
+            how = f"trained in {rec.train_seconds:.0f} s on {rec.trained_on}"
+        else:
+            how = "loaded from cache" + (f", trained on {rec.trained_on}" if rec.trained_on else "")
         print(f"dense {args.model} on {args.data}: val accuracy {rec.val_accuracy:.4f}, "
               f"test accuracy {rec.test_accuracy:.4f} ({how})")
         print(f"checkpoint: {rec.path}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from autoprune.commands.base import Command
-from autoprune.commands.common import fraction
+from autoprune.commands.common import add_compute_args, compute_of, fraction
 
 
 class VerifyCommand(Command):
@@ -24,6 +24,7 @@ class VerifyCommand(Command):
                                  "of the report's (default: 0.8; `local` exports only)")
         parser.add_argument("--no-speed", action="store_true", help="skip the speed check")
         parser.add_argument("--quiet", action="store_true", help="print only the table and the verdict")
+        add_compute_args(parser, amp=False)
 
     def run(self, args: argparse.Namespace) -> int:
         from autoprune.deploy.verify import verify_export
@@ -31,6 +32,11 @@ class VerifyCommand(Command):
         def say(msg: str) -> None:
             if not args.quiet:
                 print(f"  ... {msg}", flush=True)
+
+        compute = compute_of(args)  # checked like everywhere else; verify itself has no torch work to place
+        if compute.moves:
+            say(f"--device {compute.device}: unused here, verify runs the ONNX file with ONNX Runtime on the CPU "
+                "(as it was checked at export)")
 
         result = verify_export(args.export_dir, max_accuracy_drop=args.max_accuracy_drop,
                                min_speedup_fraction=args.min_speedup_fraction, speed=not args.no_speed,

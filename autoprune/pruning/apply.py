@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from autoprune.compute import Compute
 from autoprune.errors import PlanError
 from autoprune.pruning.criteria import Criterion, get_criterion
 from autoprune.pruning.groups import GroupIndex, PrunableGroup, build_index
@@ -135,8 +136,9 @@ def _topk_mask(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
 class _Engine:
     """One pruning run on a private copy of the model."""
 
-    def __init__(self, model, plan, example_input, calib_loader) -> None:
+    def __init__(self, model, plan, example_input, calib_loader, compute: Compute) -> None:
         self.model = model
+        self.compute = compute
         self.plan = plan
         self.settings = plan.settings
         self.index: GroupIndex = build_index(model, example_input)
@@ -166,6 +168,7 @@ class _Engine:
         for name in names:
             c = get_criterion(name, seed=self.settings.seed)
             c.dg = self.index.dg
+            c.compute = self.compute
             if c.needs_data:
                 c.prepare(self.model, self.batches)
             crits[name] = c
@@ -295,6 +298,7 @@ def prune_model(
     example_input: torch.Tensor,
     calib_loader: Iterable | None = None,
     finetune_fn: Callable[[nn.Module, int], None] | None = None,
+    compute: Compute | None = None,
 ) -> PrunedModel:
     """Apply ``plan`` to a deep copy of ``model``.
 
@@ -306,7 +310,10 @@ def prune_model(
             (``settings.calib_batches`` of them are used).
         finetune_fn: For the ``iterative`` schedule, called as
             ``finetune_fn(model, step)`` after each prune step but the last
-            (``step`` counts from 1); the final fine-tune is the caller's.
+            (``step`` counts from 1); the final fine-tune is the caller's. The model it gets
+            is on the CPU and must be there again when it returns.
+        compute: Where data-driven criteria compute their gradients (default: the CPU). The
+            surgery itself, and the returned model, stay on the CPU.
 
     Returns:
         A :class:`PrunedModel`.
@@ -316,7 +323,7 @@ def prune_model(
     """
     work = safe_deepcopy(model)
     work.eval()
-    engine = _Engine(work, plan, example_input, calib_loader)
+    engine = _Engine(work, plan, example_input, calib_loader, compute or Compute())
     s = plan.settings
     steps = s.iterative_steps if s.schedule == "iterative" else 1
     for step in range(1, steps + 1):

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from autoprune.compute import Compute
 from autoprune.pruning.apply import NM_ATTR, PrunedModel
 from autoprune.pruning.plan import parse_nm
 
@@ -130,21 +131,25 @@ def evaluate(
     model: nn.Module | PrunedModel,
     loader: Iterable,
     example_input: torch.Tensor,
+    compute: Compute | None = None,
 ) -> Evaluation:
     """Evaluate ``model`` on ``loader`` and measure its size.
 
     Args:
-        model: A module or a :class:`PrunedModel`. N:M members recorded by
-            :func:`~autoprune.pruning.prune_model` (also after ``make_permanent``)
+        model: A module or a :class:`PrunedModel`, already on ``compute``'s device. N:M members
+            recorded by :func:`~autoprune.pruning.prune_model` (also after ``make_permanent``)
             are sized in N:M format.
-        loader: ``(x, y)`` batches.
-        example_input: Input for counting MACs (use batch size 1).
+        loader: ``(x, y)`` batches (on the CPU).
+        example_input: Input for counting MACs (use batch size 1), on the CPU.
+        compute: Where the batches go (default: the CPU). Evaluation runs in full precision,
+            so the accuracy does not depend on mixed precision.
 
     Returns:
         An :class:`Evaluation`.
     """
     from sklearn.metrics import precision_recall_fscore_support
 
+    compute = compute or Compute()
     module = model.module if isinstance(model, PrunedModel) else model
     nm_members = model.nm_members if isinstance(model, PrunedModel) else getattr(module, NM_ATTR, {})
     was_training = module.training
@@ -153,7 +158,7 @@ def evaluate(
     try:
         with torch.no_grad():
             for batch in loader:
-                x, y = batch[0], batch[1]
+                x, y = compute.batch(batch)
                 preds.append(module(x).argmax(1).cpu())
                 labels.append(y.cpu())
     finally:
@@ -171,7 +176,7 @@ def evaluate(
         recall_macro=float(rec),
         f1_macro=float(f1),
         params=params,
-        macs=count_macs(module, example_input),
+        macs=count_macs(module, compute.tensor(example_input)),
         size_bytes=4 * params,
         sparse_size_bytes=sparse,
         nonzero_params=nonzero,

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoprune.compute import Compute
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.pruning.apply import refresh_masked_weights
 from autoprune.pruning.plan import REGULARIZATIONS, PlanSettings
@@ -117,15 +118,17 @@ def regularization_loss(model: nn.Module, kind: str) -> torch.Tensor:
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
-def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int = 8) -> int:
+def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int = 8, compute: Compute | None = None) -> int:
     """Re-estimate every BatchNorm's running statistics on ``batches`` batches.
 
     Statistics are reset and accumulated as a plain average (momentum None);
-    weights do not change. The model is left in eval mode.
+    weights do not change. The model is left in eval mode. It runs on ``compute``'s
+    device (default the CPU), where the model already is, in full precision.
 
     Returns:
         The number of batches used.
     """
+    compute = compute or Compute()
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return 0
@@ -142,7 +145,7 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int = 8) -> int:
             for batch in loader:
                 if used >= batches:
                     break
-                model(batch[0])
+                model(compute.tensor(batch[0]))
                 used += 1
     finally:
         for bn, momentum in zip(bns, saved):
@@ -166,6 +169,7 @@ def finetune(
     train_loader: Iterable,
     config: FinetuneConfig | None = None,
     teacher: nn.Module | None = None,
+    compute: Compute | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place on ``(x, y)`` batches.
 
@@ -173,10 +177,12 @@ def finetune(
     forward pass uses ``weight_orig * weight_mask``, so pruned weights stay zero.
 
     Args:
-        model: The model (or ``PrunedModel.module``).
-        train_loader: Training batches; cycled until the budget is spent.
+        model: The model (or ``PrunedModel.module``), already on ``compute``'s device.
+        train_loader: Training batches (on the CPU); cycled until the budget is spent.
         config: The budget and optimiser settings.
-        teacher: The dense model for knowledge distillation (``kd_weight > 0``).
+        teacher: The dense model for knowledge distillation (``kd_weight > 0``), on the same device.
+        compute: Where the batches go (default: the CPU); its mixed precision covers the forward
+            passes (the regularisation term is added in full precision).
 
     Returns:
         A :class:`FinetuneResult`.
@@ -196,6 +202,7 @@ def finetune(
         except TypeError:
             raise ConfigError("the loader has no length: give FinetuneConfig(steps=...)") from None
         steps = max(1, math.ceil(config.epochs * per_epoch))
+    compute = compute or Compute()
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -213,17 +220,18 @@ def finetune(
     model.train()
     losses: list[float] = []
     batches = _cycle(train_loader)
+    scaler = compute.grad_scaler()
     for step in range(steps):
-        batch = next(batches)
-        x, y = batch[0], batch[1]
-        out = model(x)
-        loss = F.cross_entropy(out, y)
-        if config.kd_weight > 0:
-            with torch.no_grad():
-                t_out = teacher(x)
-            t = config.kd_temperature
-            kd = F.kl_div(F.log_softmax(out / t, 1), F.softmax(t_out / t, 1), reduction="batchmean") * t * t
-            loss = (1 - config.kd_weight) * loss + config.kd_weight * kd
+        x, y = compute.batch(next(batches))
+        with compute.autocast():
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            if config.kd_weight > 0:
+                with torch.no_grad():
+                    t_out = teacher(x)
+                t = config.kd_temperature
+                kd = F.kl_div(F.log_softmax(out / t, 1), F.softmax(t_out / t, 1), reduction="batchmean") * t * t
+                loss = (1 - config.kd_weight) * loss + config.kd_weight * kd
         if config.regularization != "none" and config.reg_strength > 0:
             loss = loss + config.reg_strength * regularization_loss(model, config.regularization)
         if not torch.isfinite(loss):
@@ -232,15 +240,17 @@ def finetune(
                 "lower the learning rate or the pruning ratio"
             )
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if config.max_grad_norm:
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         if sched is not None:
             sched.step()
         losses.append(float(loss.detach()))
     if config.bn_recalibration_batches > 0:
-        recalibrate_bn(model, train_loader, config.bn_recalibration_batches)
+        recalibrate_bn(model, train_loader, config.bn_recalibration_batches, compute)
     model.eval()
     refresh_masked_weights(model)  # keeps the model deep-copyable
     chunks = _chunk_means(losses, 20)

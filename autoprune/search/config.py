@@ -15,6 +15,8 @@ from autoprune.registry import Registry
 
 CONFIG_ATTR = "autoprune.config"
 CONFIG_VERSION = 1
+#: Fields a resume may change without a conflict: the budget and where the work runs.
+RESUME_FREE = ("trials", "device", "amp")
 
 #: Objective name → (direction, trial user attribute, unit label).
 OBJECTIVES: dict[str, tuple[str, str, str]] = {
@@ -61,8 +63,11 @@ def _random(seed: int):
 class SearchConfig:
     """Everything that defines a study; stored in it and checked on resume.
 
-    ``trials`` is the number of COMPLETE trials the study aims for; it is the one
-    field a resume may change (``--trials N`` adds N).
+    ``trials`` is the number of COMPLETE trials the study aims for; a resume may change it
+    (``--trials N`` adds N). ``device`` (``--device`` as given: auto, cpu, cuda, cuda:N, mps) and
+    ``amp`` (mixed precision on CUDA) say where the last run fine-tuned and evaluated; they are
+    chosen again on every run, never a conflict, because a study may move between machines (each
+    trial records the device it ran on as ``compute_device``).
     """
 
     model: str = "vgg11"
@@ -80,6 +85,8 @@ class SearchConfig:
     finetune_epochs: int | None = None
     trials: int = 30
     dense_seed: int | None = None
+    device: str = "auto"
+    amp: bool = True
 
     def __post_init__(self) -> None:
         bad = [o for o in self.objectives if o not in OBJECTIVES]
@@ -124,7 +131,7 @@ class SearchConfig:
         """Names of fields in ``given`` (explicit user arguments) that differ from this config."""
         out = []
         for key, value in given.items():
-            if key == "trials" or value is None:
+            if key in RESUME_FREE or value is None:
                 continue
             mine = getattr(self, key)
             if isinstance(mine, tuple):

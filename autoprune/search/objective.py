@@ -23,26 +23,31 @@ from autoprune.search.study import attach_plan
 
 def build_pipeline(config: SearchConfig, space: SearchSpace, progress: bool = True):
     """``(pipeline, dense checkpoint record)``: the dense model (trained if missing), its data and the
-    per-candidate pipeline. A missing calibration is reported before anything is trained.
+    per-candidate pipeline, on ``config.device`` (resolved on this machine). A missing calibration is
+    reported before anything is trained.
 
     Raises:
         CalibrationError: No calibration for the model on the target (names the command that makes it).
+        ConfigError: ``config.device`` is not a device this machine has.
     """
+    from autoprune.compute import Compute
     from autoprune.costmodel import profile_command, require_calibration
     from autoprune.data import load_data_for
     from autoprune.pipeline import Pipeline
     from autoprune.train import ensure_dense
 
+    compute = Compute.resolve(config.device, amp=config.amp)
     data = load_data_for(config.model, config.data, input_size=config.input_size, seed=config.data_seed)
     fix = profile_command(config.target, config.model, data=config.data, input_size=config.input_size)
     require_calibration(config.target, config.model, data.input_shape[-1], fix=f"run `{fix}`")
-    dense, rec = ensure_dense(config.model, data, config.data_seed, checkpoint=config.checkpoint, progress=progress)
+    dense, rec = ensure_dense(config.model, data, config.data_seed, checkpoint=config.checkpoint, progress=progress,
+                              compute=compute)
     ft = space.finetune
     return Pipeline(dense, data, config.target, config.model,
                     finetune_epochs=config.finetune_epochs if config.finetune_epochs is not None else ft.epochs,
                     finetune_steps=ft.steps, lr=ft.lr, lr_schedule=ft.lr_schedule, batch_size=ft.batch_size,
                     kd_temperature=space.kd_temperature, kd_weight=space.kd_weight, seed=config.seed,
-                    space=space), rec
+                    space=space, compute=compute), rec
 
 
 def evaluate_candidate(pipeline, space: SearchSpace, config: SearchConfig, params: dict[str, Any]) -> dict[str, Any]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from autoprune.search.config import SearchConfig
+from autoprune.search.config import CONFIG_ATTR, SearchConfig
 from autoprune.search.objective import build_pipeline
 from autoprune.search.space import SearchSpace
 from autoprune.search.storage import StudyStorage, get_storage
@@ -52,7 +52,8 @@ class SearchSummary:
 def run_search(config: SearchConfig | None, *, study_name: str, storage: str | StudyStorage | None,
                given: dict[str, Any], more_trials: int | None = None, timeout_s: float | None = None,
                progress: bool = True, backend: str = "optuna", workers: int = 1, address: str | None = None,
-               create_only: bool = False) -> SearchSummary:
+               create_only: bool = False, device: str | None = None, amp: bool = True,
+               gpus_per_trial: float | None = None, cpus_per_trial: float | None = None) -> SearchSummary:
     """Create or resume a study, run its trials, and write its Pareto front.
 
     Args:
@@ -68,24 +69,44 @@ def run_search(config: SearchConfig | None, *, study_name: str, storage: str | S
         address: A Ray cluster's address.
         create_only: Create the study (validated, search space stored, anchors enqueued) and
             return without running a trial; start concurrent workers on a PostgreSQL study this way.
+        device: ``--device`` (``None``: auto) for this run, new study or resume alike: it is chosen
+            again on every run and stored in the configuration, never a conflict.
+        amp: Mixed precision where the device is CUDA.
+        gpus_per_trial, cpus_per_trial: Each Ray trial's resources (``ray`` backend only).
 
     Returns:
         A :class:`SearchSummary`.
     """
+    from autoprune.compute import resolve_device
     from autoprune.dashboard.note import update_study_note
+    from autoprune.errors import ConfigError
     from autoprune.search.backends import get_backend
     from autoprune.search.report import write_front
 
+    device = device or "auto"
+    resolve_device(device)  # a device this machine lacks is one line, before anything is stored
+    if backend != "ray" and (gpus_per_trial is not None or cpus_per_trial is not None):
+        raise ConfigError("--gpus-per-trial and --cpus-per-trial are Ray trial resources: add --backend ray")
+    options: dict[str, Any] = {}
+    if backend == "ray":
+        options = {"workers": workers, "address": address, "gpus_per_trial": gpus_per_trial,
+                   "cpus_per_trial": 1.0 if cpus_per_trial is None else cpus_per_trial, "device": device}
+    runner = get_backend(backend, **options)
     storage = get_storage(storage)
-    runner = get_backend(backend, **({"workers": workers, "address": address} if backend == "ray" else {}))
+    if config is not None:
+        config = replace(config, device=device, amp=amp)
     prepared: dict[str, Any] = {}
 
     def prepare(cfg: SearchConfig) -> None:  # validate everything before a new study is stored
         prepared["pipeline"] = build_pipeline(cfg, SearchSpace.load(cfg.space), progress)
 
     study, config, created = open_study(storage, study_name, config, given, more_trials, prepare=prepare)
+    moved = (config.device, config.amp) != (device, amp)
+    config = replace(config, device=device, amp=amp)  # where the work runs is chosen again on every run
     space = study_space(study, config)
     with storage.lock(study_name) as exclusive:
+        if moved and exclusive:
+            study.set_user_attr(CONFIG_ATTR, config.to_dict())
         retried = 0
         if exclusive and not created:
             retried = fail_and_retry(study, study.get_trials(deepcopy=False),

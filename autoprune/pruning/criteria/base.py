@@ -10,6 +10,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from autoprune.compute import Compute
 from autoprune.registry import Registry
 
 _EPS = 1e-12
@@ -21,6 +22,8 @@ class Criterion(ABC):
     Attributes:
         name: The registry name.
         needs_data: Whether :meth:`prepare` needs calibration batches.
+        compute: Where :meth:`prepare` computes gradients (the engine sets it; default the CPU).
+            Statistics come back to the CPU, where the model and the surgery stay.
     """
 
     name: ClassVar[str] = ""
@@ -29,10 +32,17 @@ class Criterion(ABC):
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self.dg: tp.DependencyGraph | None = None  # the engine sets the live graph before scoring
+        self.compute = Compute()
         self._stats: dict[str, torch.Tensor] = {}
 
     def prepare(self, model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Collect the statistics the criterion needs (no-op for data-free ones)."""
+        """Collect the statistics the criterion needs (no-op for data-free ones).
+
+        Args:
+            model: The (CPU) model being pruned; data-driven criteria work on
+                :meth:`~autoprune.compute.Compute.working_copy` of it on :attr:`compute`'s device.
+            batches: ``(x, y)`` calibration batches on the CPU.
+        """
         return None
 
     @abstractmethod

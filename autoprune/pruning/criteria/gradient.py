@@ -1,4 +1,8 @@
-"""Data-driven criteria (``needs_data``): ``taylor``, ``snip``, ``obd`` and ``lrp``."""
+"""Data-driven criteria (``needs_data``): ``taylor``, ``snip``, ``obd`` and ``lrp``.
+
+Their gradients are computed on the criterion's :class:`~autoprune.compute.Compute` (a working copy of
+the model on its device, in full precision); the statistics come back to the CPU.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from autoprune.compute import Compute
 from autoprune.pruning.criteria.base import _EPS, Criterion, _register, _TPCriterion
 
 
@@ -17,12 +22,13 @@ def _prunable(model: nn.Module):
             yield name, m
 
 
-def _batch_grads(model: nn.Module, batches, loss_of):
-    """Yield ``{module name: weight grad}`` for each batch (model in eval mode)."""
+def _batch_grads(model: nn.Module, batches, loss_of, compute: Compute):
+    """Yield ``{module name: weight grad}`` for each batch (model in eval mode, on ``compute``'s device)."""
     was_training = model.training
     model.eval()
     try:
-        for x, y in batches:
+        for batch in batches:
+            x, y = compute.batch(batch)
             model.zero_grad(set_to_none=True)
             with torch.enable_grad():
                 loss_of(model(x), y).backward()
@@ -42,12 +48,15 @@ class Taylor(_TPCriterion):
     needs_data = True
 
     def prepare(self, model, batches):
-        self._stats, self._sum_grad = {}, {}
-        for grads in _batch_grads(model, batches, F.cross_entropy):
-            for n, g in grads.items():
-                w = dict(_prunable(model))[n].weight.detach()
-                self._stats[n] = self._stats.get(n, 0) + (w * g).pow(2)
-                self._sum_grad[n] = self._sum_grad.get(n, 0) + g
+        stats, sum_grad = {}, {}
+        with self.compute.working_copy(model) as work:
+            mods = dict(_prunable(work))
+            for grads in _batch_grads(work, batches, F.cross_entropy, self.compute):
+                for n, g in grads.items():
+                    w = mods[n].weight.detach()
+                    stats[n] = stats.get(n, 0) + (w * g).pow(2)
+                    sum_grad[n] = sum_grad.get(n, 0) + g
+        self._stats, self._sum_grad = self.compute.cpu_tensors(stats), self.compute.cpu_tensors(sum_grad)
         self._model = model
 
     def _tp_importance(self):
@@ -71,11 +80,11 @@ class Taylor(_TPCriterion):
         return self._stats.get(name, torch.zeros_like(module.weight)).to(module.weight.dtype)
 
 
-def _mean_over_batches(model: nn.Module, batches, stat) -> dict[str, torch.Tensor]:
+def _mean_over_batches(model: nn.Module, batches, stat, compute: Compute) -> dict[str, torch.Tensor]:
     """Mean over batches of ``stat(gradient)`` of the cross-entropy loss, per prunable weight."""
     total: dict[str, torch.Tensor] = {}
     n_b = 0
-    for grads in _batch_grads(model, batches, F.cross_entropy):
+    for grads in _batch_grads(model, batches, F.cross_entropy, compute):
         n_b += 1
         for n, g in grads.items():
             total[n] = total.get(n, 0) + stat(g)
@@ -90,9 +99,11 @@ class SNIP(Criterion):
     needs_data = True
 
     def prepare(self, model, batches):
-        mods = dict(_prunable(model))
-        self._stats = {n: (mods[n].weight.detach() * g).abs()
-                       for n, g in _mean_over_batches(model, batches, lambda g: g).items()}
+        with self.compute.working_copy(model) as work:
+            mods = dict(_prunable(work))
+            stats = {n: (mods[n].weight.detach() * g).abs()
+                     for n, g in _mean_over_batches(work, batches, lambda g: g, self.compute).items()}
+        self._stats = self.compute.cpu_tensors(stats)
 
     def weight_scores(self, name, module):
         return self._stats.get(name, torch.zeros_like(module.weight))
@@ -106,9 +117,11 @@ class OBD(Criterion):
     needs_data = True
 
     def prepare(self, model, batches):
-        mods = dict(_prunable(model))
-        fisher = _mean_over_batches(model, batches, lambda g: g.pow(2))  # diagonal empirical Fisher
-        self._stats = {n: 0.5 * f * mods[n].weight.detach().pow(2) for n, f in fisher.items()}
+        with self.compute.working_copy(model) as work:
+            mods = dict(_prunable(work))
+            fisher = _mean_over_batches(work, batches, lambda g: g.pow(2), self.compute)  # diagonal empirical Fisher
+            stats = {n: 0.5 * f * mods[n].weight.detach().pow(2) for n, f in fisher.items()}
+        self._stats = self.compute.cpu_tensors(stats)
 
     def weight_scores(self, name, module):
         return self._stats.get(name, torch.zeros_like(module.weight))
@@ -145,6 +158,11 @@ class LRP(Criterion):
     needs_data = True
 
     def prepare(self, model, batches):
+        with self.compute.working_copy(model) as work:
+            rel = self._relevance(work, batches)
+        self._stats = self.compute.cpu_tensors(rel)
+
+    def _relevance(self, model: nn.Module, batches) -> dict[str, torch.Tensor]:
         inplace = [
             (m, m.inplace) for m in model.modules() if hasattr(m, "inplace") and isinstance(m.inplace, bool)
         ]
@@ -158,7 +176,7 @@ class LRP(Criterion):
 
         try:
             mods = dict(_prunable(model))
-            for grads in _batch_grads(model, batches, target_logit):
+            for grads in _batch_grads(model, batches, target_logit, self.compute):
                 for n, g in grads.items():
                     rel[n] = rel.get(n, 0) + mods[n].weight.detach() * g
         finally:
@@ -166,7 +184,7 @@ class LRP(Criterion):
                 h.remove()
             for m, flag in inplace:
                 m.inplace = flag
-        self._stats = rel
+        return rel
 
     def weight_scores(self, name, module):
         return self._stats.get(name, torch.zeros_like(module.weight)).abs()

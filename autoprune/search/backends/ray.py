@@ -11,7 +11,9 @@ on Ray and resumed in-process (or the other way round), and ``autoprune pareto``
   the storage, so SQLite works too.
 * **Workers**: a function trainable rebuilds the :class:`~autoprune.pipeline.Pipeline`
   once per worker process (actors are reused), turns the sampled parameters into a plan,
-  runs it and reports the objectives plus the record (as JSON).
+  runs it and reports the objectives plus the record (as JSON). Each trial asks Ray for
+  ``--cpus-per-trial`` CPUs and ``--gpus-per-trial`` GPUs
+  (:mod:`autoprune.search.backends.resources`); a worker given a GPU uses the one Ray assigned.
 
 A failed candidate (bad plan, diverging fine-tune, failed export) is reported as such
 and told FAIL with its reason; a crashed worker is retried by Ray
@@ -35,6 +37,7 @@ from autoprune.errors import AutopruneError
 from autoprune.io import results_dir
 from autoprune.registry import lazy_import
 from autoprune.search.backends import Backend
+from autoprune.search.backends.resources import TrialResources, trial_resources, with_trial_resources
 from autoprune.search.config import SearchConfig, make_sampler, objective_values
 from autoprune.search.objective import (
     CANDIDATE_ERRORS,
@@ -52,8 +55,6 @@ RECORD_KEY = "autoprune_record"
 ERROR_KEY = "autoprune_error"
 #: Config key carrying the Optuna trial number to the worker (not a search parameter).
 TRIAL_KEY = "autoprune_trial"
-#: CPUs per trial.
-CPUS_PER_TRIAL = 1
 #: Ray retries of a trial whose worker crashed.
 MAX_FAILURES = 2
 #: Tuner rounds at most (a round ends when Ray runs out of samples; failed trials leave budget).
@@ -70,21 +71,32 @@ class RayBackend(Backend):
     Args:
         workers: Trials run at once.
         address: A Ray cluster (``host:port``); ``None`` starts a local Ray on loopback.
+        gpus_per_trial: GPUs each trial asks Ray for (fractions share a GPU); ``None``: 1 where
+            ``device`` is CUDA here, else 0.
+        cpus_per_trial: CPUs each trial asks Ray for.
+        device: The driver's ``--device`` (checked against the resources, see
+            :func:`~autoprune.search.backends.resources.trial_resources`).
+
+    Raises:
+        ConfigError: Resources that contradict ``device`` or that a local Ray cannot give.
     """
 
     name = "ray"
 
-    def __init__(self, workers: int = 1, address: str | None = None) -> None:
+    def __init__(self, workers: int = 1, address: str | None = None, gpus_per_trial: float | None = None,
+                 cpus_per_trial: float = 1.0, device: str | None = "auto") -> None:
         self.workers = workers
         self.address = address
+        self.resources = trial_resources(device, gpus_per_trial, cpus_per_trial, address)
 
     def run(self, study, config, storage, pipeline, space, *, timeout_s=None, progress=True, exclusive=True):
         return run_ray(study, config, storage, pipeline.groups, workers=self.workers, address=self.address,
-                       timeout_s=timeout_s, progress=False)
+                       timeout_s=timeout_s, progress=False, resources=self.resources)
 
 
 def run_ray(study, config: SearchConfig, storage: str | StudyStorage, groups, *, workers: int = 1,
-            address: str | None = None, timeout_s: float | None = None, progress: bool = False) -> dict[str, int]:
+            address: str | None = None, timeout_s: float | None = None, progress: bool = False,
+            resources: TrialResources | None = None) -> dict[str, int]:
     """Run the study's remaining trials as Ray Tune trials and return trial counts.
 
     Args:
@@ -94,10 +106,11 @@ def run_ray(study, config: SearchConfig, storage: str | StudyStorage, groups, *,
         storage: The study's storage (the searcher opens its own Optuna storage on its URL).
         groups: The model's checked prunable groups (the driver's pipeline's), which the searcher
             suggests over; the workers' pipelines find the same ones.
-        workers: Trials run at once (``max_concurrent_trials``), one CPU each.
+        workers: Trials run at once (``max_concurrent_trials``), each with ``resources``.
         address: A Ray cluster (``host:port``); ``None`` starts a local Ray on loopback.
         timeout_s: Stop starting trials after this many seconds.
         progress: Let Ray Tune print its progress table.
+        resources: Each trial's CPUs and GPUs, and its worker's device (default: one CPU, no GPU).
 
     Returns:
         ``completed``, ``failed`` (candidates or workers that failed), ``surplus``
@@ -125,7 +138,7 @@ def run_ray(study, config: SearchConfig, storage: str | StudyStorage, groups, *,
             if remaining <= 0 or (left_s is not None and left_s <= 0):
                 break
             round_counts = _run_round(study, config, storage, groups, remaining, workers, left_s, progress,
-                                      asked)
+                                      asked, resources or TrialResources())
             for k in counts:
                 counts[k] += round_counts[k]
             if round_counts["completed"] == 0:
@@ -220,13 +233,14 @@ def make_searcher(study, config: SearchConfig, storage: str | StudyStorage, grou
 
 
 def _run_round(study, config: SearchConfig, storage: StudyStorage, groups, remaining: int, workers: int,
-               timeout_s: float | None, progress: bool, asked: dict[int, int]) -> dict[str, int]:
+               timeout_s: float | None, progress: bool, asked: dict[int, int],
+               resources: TrialResources) -> dict[str, int]:
     """One ``Tuner.fit`` over ``remaining`` samples; returns this round's counts."""
     from ray import tune
 
     searcher = make_searcher(study, config, storage, groups)
-    spec = worker_spec(study, config)
-    trainable = tune.with_resources(tune.with_parameters(_trainable, spec=spec), {"cpu": CPUS_PER_TRIAL})
+    spec = worker_spec(study, config, resources)
+    trainable = with_trial_resources(tune.with_parameters(_trainable, spec=spec), resources)
     run_dir = results_dir().resolve() / study.study_name / "ray"  # beside the study's front files
     run_dir.mkdir(parents=True, exist_ok=True)
     tuner = tune.Tuner(
@@ -335,12 +349,13 @@ def _searcher_class():
     return _SEARCHER_CLASS
 
 
-def worker_spec(study, config: SearchConfig) -> dict[str, Any]:
-    """What a worker needs to rebuild the pipeline: the config, the study's stored search space,
-    and the driver's folder and results folder."""
+def worker_spec(study, config: SearchConfig, resources: TrialResources | None = None) -> dict[str, Any]:
+    """What a worker needs to rebuild the pipeline: the config (with the worker's device), the study's
+    stored search space, its torch threads, and the driver's folder and results folder."""
+    resources = resources or TrialResources()
     study_space(study, config)  # stores the space in the study if it is not there yet
-    return {"config": config.to_dict(), "space": study.user_attrs[SPACE_ATTR], "cwd": os.getcwd(),
-            "threads": CPUS_PER_TRIAL, "results": str(results_dir().resolve())}
+    return {"config": {**config.to_dict(), "device": resources.device}, "space": study.user_attrs[SPACE_ATTR],
+            "cwd": os.getcwd(), "threads": resources.threads, "results": str(results_dir().resolve())}
 
 
 # -- worker --------------------------------------------------------------------------------------
@@ -370,7 +385,8 @@ def evaluate_params(params: dict[str, Any], spec: dict[str, Any]) -> dict[str, A
 
     Args:
         params: The trial's configuration from the searcher (search parameters and the trial number).
-        spec: ``config`` (the study's, as a dict), ``cwd``, ``threads`` and ``results`` of the driver.
+        spec: ``config`` (the study's, as a dict, with the worker's device), ``cwd``, ``threads`` and
+            ``results`` of the driver.
 
     Returns:
         The objective values by name and the record as JSON (``RECORD_KEY``), or NaN objectives
