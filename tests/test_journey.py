@@ -60,3 +60,19 @@ def test_user_model_journey_profile_search_export_verify(tmp_path, monkeypatch, 
     assert main(["verify", str(export_dir)]) == 1
     captured = capsys.readouterr()
     assert "output" in (captured.out + captured.err).lower()
+
+
+@pytest.mark.slow
+@pytest.mark.tvm
+def test_user_model_profiles_with_tvm_and_search_finds_it(tmp_path, monkeypatch, capsys):
+    """The twin of the ONNX Runtime profile above: `profile --runtime tvm` on a user model."""
+    from autoprune.costmodel.calibration import calibration_path, load_calibration, require_calibration
+
+    monkeypatch.setenv("AUTOPRUNE_RESULTS", str(tmp_path / "results"))
+    assert main(["profile", "--target", "local", "--runtime", "tvm", "--model", MODEL, "--plans", "2",
+                 "--grid", "1.0", "--max-cv", "3"]) == 0
+    out = capsys.readouterr().out
+    path = calibration_path("local", MODEL, 32)
+    assert f"calibration written: {path}" in out and "runtime tvm-" in out
+    assert load_calibration(path).provenance.runtime.startswith("tvm-")
+    require_calibration("local", MODEL, 32)  # the name search looks for
