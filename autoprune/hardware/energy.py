@@ -326,13 +326,17 @@ def measure_energy(
     for _ in range(warmup):
         fn()
     calls = 0
+    # The window is timed from the middle of the first sensor read to the middle of the last, so that a
+    # pause between a read and the clock (a busy machine preempting this process) counts on both sides.
+    before = clock()
     sensor.start()
-    t0 = clock()
+    t0 = (before + clock()) / 2
     while calls < max_calls and (calls == 0 or clock() - t0 < min_time_s):
         fn()
         calls += 1
-    duration = clock() - t0
+    before = clock()
     total_mj = sensor.stop()
+    duration = (before + clock()) / 2 - t0
     if sensor.window_s:  # a power meter integrated over its own sample times: divide by the same window
         duration = sensor.window_s
     if not (total_mj > 0 and total_mj != float("inf")) or duration <= 0:

@@ -4,7 +4,6 @@ and a local calibration against a fake RAPL counter that runs at a known power."
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -86,32 +85,28 @@ def _dense(name: str):
     return build_model(name, num_classes=10).eval()
 
 
-class RaplWriter:
-    """A fake RAPL package counter that a thread advances at ``power_w`` in real time (atomic writes)."""
+class LiveRapl(RaplSensor):
+    """A fake RAPL package counter at ``power_w`` in real time, brought up to date on every read (so a
+    busy machine cannot leave it stale, as a writer thread starved of CPU did), then read through
+    :class:`RaplSensor`'s own file parsing."""
 
     def __init__(self, root: Path, power_w: float) -> None:
-        self.dir = root / "class" / "powercap" / "intel-rapl:0"
-        self.dir.mkdir(parents=True)
-        (self.dir / "max_energy_range_uj").write_text("262143328850\n")
+        self.counter = root / "class" / "powercap" / "intel-rapl:0"
+        self.counter.mkdir(parents=True)
+        (self.counter / "max_energy_range_uj").write_text("262143328850\n")
         self.power_w, self.t0 = power_w, time.monotonic()
         self._write()
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        super().__init__(root)
 
     def _write(self) -> None:
         uj = int(self.power_w * 1e6 * (time.monotonic() - self.t0)) + 1_000
-        tmp = self.dir / ".energy_uj.tmp"
+        tmp = self.counter / ".energy_uj.tmp"
         tmp.write_text(f"{uj}\n")
-        os.replace(tmp, self.dir / "energy_uj")
+        os.replace(tmp, self.counter / "energy_uj")
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.0005):
-            self._write()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.thread.join()
+    def _read(self) -> list[float]:
+        self._write()
+        return super()._read()
 
 
 def test_local_calibration_with_a_rapl_counter_recovers_its_power(tmp_path):
@@ -120,13 +115,9 @@ def test_local_calibration_with_a_rapl_counter_recovers_its_power(tmp_path):
     from autoprune.profiling import get_runtime
     from tests.fixtures.tiny_cnn import tiny_cnn
 
-    writer = RaplWriter(tmp_path, power_w=12.5)
-    try:
-        runtime = get_runtime("onnxruntime", threads=1, energy_sensor=RaplSensor(tmp_path), energy_min_time_s=0.3)
-        result = calibrate("tiny", CalibrationOptions(plans=4, grid=(1.0,), input_size_px=16, max_cv=3.0),
-                           runtime=runtime, model=tiny_cnn())
-    finally:
-        writer.stop()
+    runtime = get_runtime("onnxruntime", threads=1, energy_sensor=LiveRapl(tmp_path, 12.5), energy_min_time_s=1.0)
+    result = calibrate("tiny", CalibrationOptions(plans=4, grid=(1.0,), input_size_px=16, max_cv=3.0),
+                       runtime=runtime, model=tiny_cnn())
     fit = result.error["energy"]
     assert fit["sensor"] == "rapl" and fit["rail"] == "intel-rapl:0" and fit["n_fit"] == 7
     assert fit["power_w"] == pytest.approx(12.5, rel=0.03)
