@@ -53,7 +53,7 @@ def inferred_exit_status(log_tail: str) -> int:
         return 130
     if re.search(r"^autoprune \w+: error:", text, re.M):
         return 2
-    if "Traceback" in log_tail or re.search(r"^\w*(Error|Exception)\b", text, re.M):
+    if "Traceback" in log_tail or re.search(r"^[\w.]*(Error|Exception)\b", text, re.M):
         return 1
     return 0
 

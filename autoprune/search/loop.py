@@ -18,7 +18,7 @@ from autoprune.errors import AutopruneError, StorageError
 from autoprune.search.config import SearchConfig, accuracy_floor, objective_values
 from autoprune.search.objective import CANDIDATE_ERRORS, Heartbeat, failure_reason
 from autoprune.search.pareto import pareto_mask
-from autoprune.search.study import completed_rows
+from autoprune.search.study import completed_rows, retry_attrs
 
 
 class _InterruptedError(Exception):
@@ -62,8 +62,10 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[floa
                disable=not progress)
     old = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     consecutive = 0
+    trial = None
     try:
         while True:
+            trial = None
             fail_stale_trials(study)
             trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
             done = sum(t.state == TrialState.COMPLETE for t in trials)
@@ -92,11 +94,6 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[floa
                 study.tell(trial, values)
                 counts["completed"] += 1
                 consecutive = 0
-            except (_InterruptedError, KeyboardInterrupt) as exc:
-                trial.set_user_attr("fail_reason", f"interrupted ({exc or 'SIGINT'}); retried on resume")
-                study.tell(trial, state=TrialState.FAIL)
-                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-                raise KeyboardInterrupt from None
             except StorageError:
                 raise  # the database is gone (after retries): nothing can be recorded, stop
             except CANDIDATE_ERRORS as exc:
@@ -110,6 +107,16 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[floa
                 hb.close()
             if on_trial is not None:
                 on_trial(study, study.get_trials(deepcopy=False)[-1])
+    except (_InterruptedError, KeyboardInterrupt) as exc:
+        # A stop may land anywhere in the loop, also after the trial was told: record it only if it is
+        # still RUNNING, with no further signal interrupting the bookkeeping.
+        for s in old:
+            signal.signal(s, signal.SIG_IGN)
+        if trial is not None and study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+            trial.set_user_attr("fail_reason", f"interrupted ({exc or 'SIGINT'}); retried on resume")
+            study.tell(trial, state=TrialState.FAIL)
+            study.enqueue_trial(trial.params, user_attrs=retry_attrs(study._storage.get_trial(trial._trial_id)))
+        raise KeyboardInterrupt from None
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -51,6 +51,7 @@ def test_bad_requests_are_refused_with_a_reason(fields, reason):
 def test_exit_status_of_an_adopted_child_is_read_from_its_log():
     assert inferred_exit_status("...\nfront written to results/x\n") == 0
     assert inferred_exit_status("trial 4 ...\nautoprune search: interrupted\n") == 130
+    assert inferred_exit_status("  File x\noptuna.exceptions.UpdateFinishedTrialError: Trial#15 ...\n") == 1
     assert inferred_exit_status("autoprune export: error: trial 9 is not a completed trial\n") == 2
     assert inferred_exit_status("Traceback (most recent call last):\n  ...\nValueError: x\n") == 1
 
