@@ -21,7 +21,7 @@ time to calibrate. All latencies are **measured** on this host with onnxruntime
 fitted in the same run.
 
     .venv/bin/python benchmarks/cost_model_fidelity.py --quick      # vgg11, 12 plans
-    .venv/bin/python benchmarks/cost_model_fidelity.py              # 3 models x 50 plans
+    .venv/bin/python benchmarks/cost_model_fidelity.py              # 4 models x 50 plans
 
 Targets: >= 95 % within ±10 %, ρ >= 0.98 (nn-Meter: 99.0 % within ±10 % on a
 mobile CPU; HELP: ρ 0.989 on a Xeon).
@@ -54,7 +54,8 @@ from autoprune.io import results_dir, write_json
 SIZES = {"resnet20": 32, "vgg11": 32, "resnet18": 224, "mobilenet_v2": 224}
 
 
-def run_model(name: str, plans: int, calib_plans: int, threads: int, round_to: int, repeats: int = 20) -> dict:
+def run_model(name: str, plans: int, calib_plans: int, threads: int, round_to: int, repeats: int = 20,
+              calibrations: int = 2) -> dict:
     from scipy.stats import spearmanr
 
     from autoprune.models import build_model
@@ -67,19 +68,24 @@ def run_model(name: str, plans: int, calib_plans: int, threads: int, round_to: i
     cal = calibrate(name, CalibrationOptions(plans=calib_plans, seed=0, round_to=round_to), runtime=runtime)
     calib_s = time.perf_counter() - t0
     cm = cal.model
+    # Repeatability: a second, independent calibration of the same model, minutes later, same options.
+    second = calibrate(name, CalibrationOptions(plans=calib_plans, seed=0, round_to=round_to),
+                       runtime=runtime).model if calibrations > 1 else None
     dense_cal_ms = cal.error["dense_reference_ms"]
     dense = build_model(name).eval()
     example = torch.zeros(1, 3, size, size)
     groups = discover_groups(dense, example)
     reference = runtime.runner(export_onnx_bytes(dense, example))
     rng = np.random.default_rng(1000 + len(name))
-    raw, ratio, spread, dense_now, predicted, macs, pred_us, graphs = [], [], [], [], [], [], [], []
+    raw, ratio, spread, dense_now, predicted, macs, pred_us, graphs, predicted_2 = [], [], [], [], [], [], [], [], []
     for i in range(plans):
         pruned = prune_random(dense, example, groups, rng, round_to=round_to)
         t1 = time.perf_counter()
         est = cm.predict(pruned)  # describe the module + predict
         pred_us.append((time.perf_counter() - t1) * 1e6)
         predicted.append(est.latency_ms)
+        if second is not None:
+            predicted_2.append(second.predict(pruned).latency_ms)
         macs.append(est.macs)
         graph = export_onnx_bytes(pruned, example)
         m = measure_vs_reference(runtime, graph, reference)
@@ -113,6 +119,12 @@ def run_model(name: str, plans: int, calib_plans: int, threads: int, round_to: i
                         "median_abs_diff_ratio": float(np.median(np.abs(rep_ratio))) if len(again) else None,
                         "within_10pct_raw": float(np.mean(np.abs(rep_raw) <= 0.10)) if len(again) else None,
                         "median_abs_diff_raw": float(np.median(np.abs(rep_raw))) if len(again) else None},
+        "repeatability": {"calibrations": calibrations,
+                          "within_5pct": float(np.mean(np.abs(np.array(predicted_2) / np.array(predicted) - 1)
+                                                       <= 0.05)) if predicted_2 else None,
+                          "median_abs_diff": float(np.median(np.abs(np.array(predicted_2) / np.array(predicted)
+                                                                    - 1))) if predicted_2 else None,
+                          "predicted_ms_second": predicted_2},
         "flops_spearman": float(spearmanr(macs, ratio)[0]),
         "predict_module_us_median": statistics.median(pred_us), "predict_shape_us": shape_us,
         "calibrate_s": calib_s, "calibration_heldout": {k: cal.error.get(k) for k in
@@ -128,12 +140,14 @@ def run_model(name: str, plans: int, calib_plans: int, threads: int, round_to: i
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="vgg11 (the default model) only, 12 evaluation plans")
-    p.add_argument("--models", default="vgg11,resnet18,mobilenet_v2")
+    p.add_argument("--models", default="vgg11,resnet20,resnet18,mobilenet_v2")
     p.add_argument("--plans", type=int, default=50, help="evaluation plans per model")
     p.add_argument("--calib-plans", type=int, default=96, help="end-to-end plans used by the calibration "
                    "(as `autoprune profile`)")
     p.add_argument("--repeats", type=int, default=20, help="plans re-measured for the noise floor")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--calibrations", type=int, default=2, choices=(1, 2),
+                   help="2 = a second independent calibration per model, for the repeatability column")
     p.add_argument("--round-to", type=int, default=8, help="channel alignment of all plans (1 = none)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
@@ -143,7 +157,8 @@ def main() -> int:
     load_before = os.getloadavg()
     rows = []
     for name in models:
-        rows.append(run_model(name, plans, args.calib_plans, args.threads, args.round_to, args.repeats))
+        rows.append(run_model(name, plans, args.calib_plans, args.threads, args.round_to, args.repeats,
+                              args.calibrations))
     load_after = os.getloadavg()
     print(f"\nhost load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
           f"({os.cpu_count()} CPUs); runtime onnxruntime CPU, threads={args.threads}, batch 1, "
@@ -155,14 +170,19 @@ def main() -> int:
     print("\nMeasured = each plan timed against the dense model in interleaved rounds, as ratio x the dense time "
           "at calibration (the host's drift cancels); raw = the plan's own median time.")
     print(f"{'model':14s} {'n':>3s} {'±10%':>6s} {'MAPE':>6s} {'rho':>6s} {'tau':>6s} {'FLOPs rho':>9s} "
-          f"{'raw ±10%':>8s} {'raw rho':>7s} {'floor ±10%':>10s} {'pred(us) mod/shape':>18s} {'calib(s)':>8s}")
+          f"{'raw ±10%':>8s} {'raw rho':>7s} {'floor ±10%':>10s} {'repeat ±5%':>10s} {'pred(us) mod/shape':>18s} "
+          f"{'calib(s)':>8s}")
     for r in rows:
         nf = r["noise_floor"]
         floor = f"{nf['within_10pct_ratio']:.0%}" if nf["within_10pct_ratio"] is not None else "-"
+        rp = r["repeatability"]["within_5pct"]
+        rep = f"{rp:.0%}" if rp is not None else "-"
         print(f"{r['model']:14s} {r['n']:3d} {r['within_10pct']:6.1%} {r['mape']:6.1%} {r.get('spearman', 0):6.3f} "
               f"{r.get('kendall', 0):6.3f} {r['flops_spearman']:9.3f} {r['raw']['within_10pct']:8.0%} "
-              f"{r['raw'].get('spearman', 0):7.3f} {floor:>10s} "
+              f"{r['raw'].get('spearman', 0):7.3f} {floor:>10s} {rep:>10s} "
               f"{r['predict_module_us_median']:9.0f}/{r['predict_shape_us']:<8.0f} {r['calibrate_s']:8.0f}")
+    print("repeat ±5% = share of the plans that a second, independent calibration (same options, minutes "
+          "later) predicts within 5 % of the first.")
     print("floor ±10% = share of the first plans whose re-measured ratio (minutes later) is within ±10 % of the "
           "first: no predictor can be expected to beat it.")
     out = args.out or results_dir() / "benchmarks" / "cost_model_fidelity.json"

@@ -10,12 +10,14 @@ Kernels without a table fall back to a :class:`~autoprune.costmodel.regressor.Re
 fitted on the same isolated measurements, which also provides the compute /
 memory split used for sparsity.
 
-Isolated kernels run with cold caches and their own layout conversions, so their
-times differ from the same kernels inside the whole graph, by a factor that
-depends on where a kernel sits. :meth:`LutCostModel.fit_kernel_scales` (what
-``autoprune profile`` uses) fits one such factor per kernel, and a per-model
-overhead, on whole pruned models measured end to end: ``latency = c + Σ_k a_k ×
-table_k``. Fewer end-to-end measurements fall back to the global correction of
+Isolated kernels run with their own layout conversions and, timed over and over,
+with their weights cache-hot, so their times differ from the same kernels inside
+the whole graph: by a factor that depends on where a kernel sits, and by the time
+to stream the weights that do not stay cached between inferences.
+:meth:`LutCostModel.fit_kernel_scales` (what ``autoprune profile`` uses) fits one
+such factor per kernel, the streaming cost and a per-model overhead on whole pruned
+models measured end to end: ``latency = c + Σ_k (a_k × table_k + β × weight_MB_k ×
+miss)``, ``miss = max(0, 1 - C / total weight MB)``. Fewer end-to-end measurements fall back to the global correction of
 :meth:`~autoprune.costmodel.base.CostModel.fit_correction`.
 """
 
@@ -34,6 +36,16 @@ from .targets import TargetSpec
 from .template import KernelArrays, ModelTemplate
 
 __all__ = ["LutCostModel", "one_dimensional"]
+
+
+#: Cache sizes (MB of weights that stay cached between inferences) the weight-streaming fit tries;
+#: the last is "everything stays cached" (no streaming term).
+CACHE_GRID_MB: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0, 1e9)
+
+
+def _miss(total_mb: np.ndarray, cache_mb: float) -> np.ndarray:
+    """Share of a model's weights that streams from memory each inference: ``max(0, 1 - C / total)``."""
+    return np.clip(1.0 - cache_mb / np.maximum(total_mb, 1e-12), 0.0, 1.0)
 
 
 def one_dimensional(key: str) -> bool:
@@ -57,6 +69,8 @@ class LutCostModel(CostModel):
         #: keep four columns per kernel).
         self.kernel_fit: np.ndarray | None = None
         self.kernel_fit_keys: tuple[str, ...] | None = None
+        #: The weight-streaming term fitted with the scales: ``{"ms_per_mb", "cache_mb"}``, or None.
+        self.memory_fit: dict[str, float] | None = None
         self._scale_cache: tuple[np.ndarray, np.ndarray] | None = None
 
     def fit(self, samples: Sequence[FitSample]) -> None:
@@ -127,16 +141,19 @@ class LutCostModel(CostModel):
 
     def fit_kernel_scales(self, shapes: Sequence[Any], measured_ms: Sequence[float],
                           ridge: float = 0.1) -> dict[str, Any]:
-        """Fit each kernel's in-context scale on whole-model measurements.
+        """Fit each kernel's in-context scale, and the weight-streaming term, on whole-model measurements.
 
-        ``latency = c + Σ_k a_k × table_k(cin_k, cout_k)`` with ``c, a_k >= 0``, least
-        squares on relative error. An isolated kernel runs with its own layout
-        conversions and cold caches, so its in-context time differs by a factor that
-        depends on where it sits; one global factor cannot follow that (on VGG-11 here
-        it left 37 % of held-out plans within ±10 %, per-kernel scales 83 %). The
-        ``a_k`` are shrunk towards one scale per op class (fitted first), with a penalty
-        ``ridge × (a_k - a_class)²`` weighted by the kernel's mean share of the latency,
-        so that kernels the fit plans barely vary stay at their class's scale.
+        ``latency = c + Σ_k (a_k × table_k + β × weight_MB_k × miss)``, least squares on relative
+        error, where ``miss = max(0, 1 - C / total weight MB)`` is the share of the weights that does
+        not stay in the cache between inferences. An isolated kernel is timed over and over with its
+        weights cache-hot; inside a model whose weights exceed the cache they stream from DRAM
+        every inference (measured here: VGG-11's 512→512 3×3 conv at 2×2 takes 0.19 ms alone and
+        0.9 ms in the 37 MB model), and a model pruned below the cache size gets that time back.
+        ``C`` (MB) is chosen on a grid by the class-level fit; ``β >= 0`` (ms per MB) and ``c``
+        (free: isolated tables keep some per-call cost a whole graph does not pay) are fitted.
+        The ``a_k >= 0`` are shrunk towards one scale per op class, with a penalty ``ridge ×
+        (a_k - a_class)²`` weighted by the kernel's mean share of the latency, so kernels the fit
+        plans barely vary stay at their class's scale. Deterministic: no random state.
         Replaces the global correction (``alpha = power = 1``, ``overhead_ms = c``).
 
         Args:
@@ -145,7 +162,7 @@ class LutCostModel(CostModel):
             ridge: Shrinkage strength towards the op-class scales.
 
         Returns:
-            Fit statistics: the class scales, the overhead and the in-sample MAPE.
+            Fit statistics: the class scales, the overhead, the memory term and the in-sample MAPE.
 
         Raises:
             ConfigError: If a measured latency is NaN, ±inf or not positive, or the counts differ.
@@ -155,13 +172,15 @@ class LutCostModel(CostModel):
         if self.template is None:
             raise ValueError("fit_kernel_scales needs the model's template")
         self.kernel_fit = self.kernel_fit_keys = None
+        self.memory_fit = None
         y = finite_latencies(measured_ms, "fit_kernel_scales")
         if len(y) != len(shapes):
             raise ConfigError(f"fit_kernel_scales: {len(shapes)} shapes but {len(y)} measured latencies")
         self.alpha, self.power, self.overhead_ms = 1.0, 1.0, 0.0
         tab = np.stack([self._kernel_ms(s)[0] for s in shapes])  # (models, kernels): isolated tables
+        wmb = np.stack([self._weight_mb(s) for s in shapes])  # (models, kernels): weight MB
         ok = np.isfinite(y) & (y > 0)
-        tab, y = tab[ok], y[ok]
+        tab, wmb, y = tab[ok], wmb[ok], y[ok]
         n, k = tab.shape
         if n < 2:
             raise ValueError("fit_kernel_scales needs at least two measured models")
@@ -169,24 +188,45 @@ class LutCostModel(CostModel):
         names = sorted(set(classes))
         member = np.array([[c == name for c in classes] for name in names], dtype=float)  # (classes, kernels)
         ones = np.ones((n, 1))
-        coarse = lsq_linear(np.hstack([ones, tab @ member.T]) / y[:, None], np.ones(n), bounds=(0.0, np.inf)).x
-        prior = np.concatenate([[coarse[0]], coarse[1:] @ member])
+        c_low = -0.5 * float(y.min())  # the intercept may take back per-call costs, never the whole time
+        total_mb = wmb.sum(axis=1)
+        best = None
+        for cache_mb in CACHE_GRID_MB:
+            stream = (wmb.sum(axis=1) * _miss(total_mb, cache_mb))[:, None]
+            a_mat = np.hstack([ones, tab @ member.T, stream]) / y[:, None]
+            lo = np.r_[c_low, np.zeros(len(names) + 1)]
+            sol = lsq_linear(a_mat, np.ones(n), bounds=(lo, np.inf))
+            err = float(np.mean(np.abs(a_mat @ sol.x - 1.0)))
+            if best is None or err < best[0] - 1e-9:  # ties keep the smaller cache: deterministic
+                best = (err, cache_mb, sol.x)
+        _, cache_mb, coarse = best
+        stream_k = wmb * _miss(total_mb, cache_mb)[:, None]  # (models, kernels): MB that stream
+        stream = stream_k.sum(axis=1)[:, None]
+        prior = np.concatenate([[coarse[0]], coarse[1:-1] @ member])
         share = tab.mean(axis=0) / y.mean()
-        weight = np.sqrt(ridge) * np.sqrt(np.concatenate([[0.0], share]))
-        a_mat = np.vstack([np.hstack([ones, tab]) / y[:, None], np.diag(weight)])
-        x = lsq_linear(a_mat, np.concatenate([np.ones(n), weight * prior]), bounds=(0.0, np.inf)).x
-        scales = np.where(share > 0, x[1:], 1.0)
+        weight = np.sqrt(ridge) * np.sqrt(np.concatenate([[0.0], share, [0.0]]))
+        a_mat = np.vstack([np.hstack([ones, tab, stream]) / y[:, None], np.diag(weight)])
+        target = np.concatenate([np.ones(n), weight * np.r_[prior, 0.0]])
+        x = lsq_linear(a_mat, target, bounds=(np.r_[c_low, np.zeros(k + 1)], np.inf)).x
+        beta = float(x[-1])
+        scales = np.where(share > 0, x[1:-1], 1.0)
         fit = np.full((k, 4), np.nan)
         fit[:, 3] = scales
         self.kernel_fit, self.kernel_fit_keys = fit, tuple(self.template.keys)
+        self.memory_fit = {"ms_per_mb": beta, "cache_mb": float(cache_mb)} if beta > 0 else None
         self.overhead_ms = float(x[0])
         self._index_cache.clear()
-        pred = tab @ scales + x[0]
+        pred = tab @ scales + x[0] + stream[:, 0] * beta
         timed = (tab @ member.T).mean(axis=0) > 0  # classes with a table time (not reshapes)
-        return {"class_scales": {c: float(v) for c, v, t in zip(names, coarse[1:], timed) if t},
-                "overhead_ms": float(x[0]),
+        return {"class_scales": {c: float(v) for c, v, t in zip(names, coarse[1:-1], timed) if t},
+                "overhead_ms": float(x[0]), "weight_stream_ms_per_mb": beta, "cache_mb": float(cache_mb),
                 "kernel_scale_range": [float(scales.min()), float(scales.max())], "fit_points": int(n),
                 "fit_mape": float(np.mean(np.abs(pred / y - 1.0)))}
+
+    def _weight_mb(self, shape: Any) -> np.ndarray:
+        """Dense weight MB of every kernel of a candidate (what streams from memory when not cached)."""
+        arrays = self.template.arrays  # type: ignore[union-attr]
+        return arrays.costs(np.asarray(shape.cin, float), np.asarray(shape.cout, float))[2] / 1e6
 
     def dense_kernel_ms(self, arrays: KernelArrays, cin: np.ndarray, cout: np.ndarray,
                         keys: Sequence[str] | None) -> np.ndarray:
@@ -194,7 +234,12 @@ class LutCostModel(CostModel):
         fit = self.kernel_fit
         if fit is None or keys is None or len(keys) != len(fit) or tuple(keys) != self.kernel_fit_keys:
             return ms
-        return ms * self._scales(fit)
+        ms = ms * self._scales(fit)
+        mem = self.memory_fit
+        if mem:
+            wmb = arrays.costs(cin, cout)[2] / 1e6
+            ms = ms + mem["ms_per_mb"] * wmb * _miss(np.array([wmb.sum()]), mem["cache_mb"])[0]
+        return ms
 
     def _scales(self, fit: np.ndarray) -> np.ndarray:
         cached = self._scale_cache
@@ -224,6 +269,8 @@ class LutCostModel(CostModel):
         if self.kernel_fit is not None:
             out["kernel_fit"] = [[None if not np.isfinite(v) else float(v) for v in row] for row in self.kernel_fit]
             out["kernel_fit_keys"] = list(self.kernel_fit_keys or ())
+        if self.memory_fit:
+            out["memory_fit"] = dict(self.memory_fit)
         return out
 
     def load_params(self, params: dict[str, Any]) -> None:
@@ -239,6 +286,9 @@ class LutCostModel(CostModel):
             raise ValueError("per-kernel in-context lines (a removed experiment) are no longer read; "
                              "profile the model again")
         self.kernel_fit_keys = None if fit is None else tuple(params.get("kernel_fit_keys", ()))
+        mem = params.get("memory_fit")
+        self.memory_fit = None if not mem else {"ms_per_mb": float(mem["ms_per_mb"]),
+                                                 "cache_mb": float(mem["cache_mb"])}
         self._index_cache.clear()
 
 

@@ -149,6 +149,57 @@ def test_kernel_scales_recover_per_kernel_in_context_factors():
     assert cm.predict(fresh).latency_ms == pytest.approx(float(fresh_tab @ true) + 0.05, rel=0.02)
 
 
+def test_weight_streaming_fit_recovers_known_costs_and_is_deterministic():
+    """Whole models built from known per-kernel scales, a cache size and a DRAM cost per MB of weights:
+    the fit finds them again, predicts a fresh plan on both sides of the cache size, and two fits agree."""
+    import numpy as np
+
+    from autoprune.costmodel.lut import LutCostModel
+    from autoprune.costmodel.targets import target_spec
+    from autoprune.costmodel.template import ModelTemplate
+
+    model = _wide(512)  # conv2 holds 9.4 MB of weights dense, 0.15 MB at 64 channels
+    example = torch.zeros(1, 3, 8, 8)
+    tpl = ModelTemplate.from_model(model, example, "wide")
+    rng = np.random.default_rng(1)
+    n = len(tpl.kernels)
+    true_scale, cache_mb, beta, overhead = rng.uniform(0.5, 2.0, n), 4.0, 0.08, 0.02
+
+    raw = LutCostModel(target_spec("local"), tpl)  # isolated-kernel times only (never fitted)
+
+    def truth(s):
+        wmb = tpl.arrays.costs(np.asarray(s.cin, float), np.asarray(s.cout, float))[2] / 1e6
+        miss = max(0.0, 1.0 - cache_mb / wmb.sum())
+        return float(raw._kernel_ms(s)[0] @ true_scale) + overhead + beta * wmb.sum() * miss
+
+    def fitted():
+        cm = LutCostModel(target_spec("local"), tpl)
+        shapes = []
+        for c1, c2 in rng.integers(1, 65, (60, 2)) * 8:
+            shapes.append(tpl.shape_from_channels({"conv1": (3, int(c1)), "conv2": (int(c1), int(c2)),
+                                                   "fc": (int(c2), 10)}))
+        measured = [truth(s) for s in shapes]
+        return cm, cm.fit_kernel_scales(shapes, measured, ridge=1e-6), shapes, measured
+
+    cm, stats, shapes, measured = fitted()
+    assert stats["cache_mb"] == cache_mb and stats["weight_stream_ms_per_mb"] == pytest.approx(beta, rel=0.05)
+    assert stats["fit_mape"] < 0.01 and cm.memory_fit == {"ms_per_mb": stats["weight_stream_ms_per_mb"],
+                                                           "cache_mb": cache_mb}
+    conv2 = list(tpl.modules).index("conv2")
+    assert cm.kernel_fit[conv2, 3] == pytest.approx(true_scale[conv2], rel=0.05)
+    for c in (48, 480):  # 0.08 MB (all cached) and 8.3 MB (half streams) of conv2 weights
+        fresh = tpl.shape_from_channels({"conv1": (3, c), "conv2": (c, c), "fc": (c, 10)})
+        assert cm.predict(fresh).latency_ms == pytest.approx(truth(fresh), rel=0.03)
+    # Deterministic: the same data fit again gives the same parameters, and they survive a save/load.
+    again = LutCostModel(target_spec("local"), tpl)
+    assert again.fit_kernel_scales(shapes, measured, ridge=1e-6) == stats
+    np.testing.assert_array_equal(again.kernel_fit, cm.kernel_fit)
+    loaded = LutCostModel(target_spec("local"), tpl)
+    loaded.load_params(cm.params())
+    assert loaded.memory_fit == cm.memory_fit
+    assert loaded.predict(shapes[0]).latency_ms == pytest.approx(cm.predict(shapes[0]).latency_ms, rel=1e-12)
+
+
 @pytest.mark.slow
 def test_profile_command_writes_a_checked_calibration(tmp_path, monkeypatch, capsys):
     """`autoprune profile --target local` end to end on the smallest zoo model, then read back."""

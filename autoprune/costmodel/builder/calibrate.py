@@ -14,8 +14,9 @@
    dense model's median time over the whole calibration.
    Uniform plans (``UNIFORM_LADDER``) anchor the small end a search explores.
 3. **Fit**: the LUT and its fallback regressor on (1); then, on (2), each kernel's
-   in-context scale (:meth:`~autoprune.costmodel.lut.LutCostModel.fit_kernel_scales`:
-   ``latency = c + Σ_k a_k × table_k``, the ``a_k`` shrunk towards one scale per op
+   in-context scale and the weight-streaming term
+   (:meth:`~autoprune.costmodel.lut.LutCostModel.fit_kernel_scales`: ``latency = c + Σ_k a_k ×
+   table_k + β × weight MB that does not stay cached``, the ``a_k`` shrunk towards one scale per op
    class), or with fewer than :data:`MIN_SCALE_FIT` fit models the global
    ``alpha × Σ^power`` correction. The fit uses the dense model, the uniform plans and
    the first three quarters of the random plans; the rest are held out and only
@@ -305,7 +306,8 @@ def calibrate(model_name: str, options: CalibrationOptions = CalibrationOptions(
     fit_plans = min(o.plans - 1, int(np.ceil(FIT_SHARE * o.plans))) if o.plans > 1 else o.plans  # >= 1 held out
     n_fit = 1 + len(UNIFORM_LADDER) + fit_plans
     if n_fit >= MIN_SCALE_FIT:
-        whole_fit = {"method": "per-kernel in-context scales (c + sum a_k x table_k)",
+        whole_fit = {"method": "per-kernel in-context scales + weight streaming "
+                               "(c + sum a_k x table_k + beta x streamed weight MB)",
                      **cost_model.fit_kernel_scales(shapes[:n_fit], measured[:n_fit])}
     else:
         cost_model.fit_correction(shapes[:n_fit], measured[:n_fit])
