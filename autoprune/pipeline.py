@@ -11,7 +11,11 @@ the export of a picked point (:mod:`autoprune.deploy.export`) both use it.
 Devices: the dense model, pruning surgery, the cost model and the ONNX export stay on the
 CPU. Gradient criteria, fine-tuning (with the dense teacher) and evaluation run on the
 pipeline's :class:`~autoprune.compute.Compute`; :meth:`Pipeline.run` places the candidate
-there after surgery and brings it back before it is costed and exported.
+there after surgery and brings it back before it is exported.
+
+Costs are known before accuracy: the candidate is costed right after surgery (fine-tuning changes no
+channel count and no mask), and its validation accuracy is checked at a few fine-tuning checkpoints
+(:attr:`Pipeline.checkpoints`), where a stopper (:class:`~autoprune.search.stopping.Stopper`) may stop it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,10 @@ from autoprune.costmodel.base import CostEstimate
 from autoprune.data import DataSplits
 from autoprune.pruning.evaluate import Evaluation
 
+#: Where :meth:`Pipeline.run` checks a candidate's accuracy: after pruning (BatchNorm re-estimated), then
+#: after a quarter, half and three quarters of its fine-tuning steps.
+CHECKPOINTS = (0.0, 0.25, 0.5, 0.75)
+
 
 @dataclass(frozen=True)
 class CandidateResult:
@@ -40,7 +50,8 @@ class CandidateResult:
     at export) and sizes; ``cost`` is *predicted* by the cost model whose provenance it carries;
     ``measured_latency_ms`` is *measured* (on this machine, with ``measured_runtime``) and only set
     where the target is ``local``. ``compute_device`` is where it was fine-tuned and evaluated (the
-    search's compute, not the target).
+    search's compute, not the target). ``curve`` is ``(fraction of fine-tuning steps, accuracy)`` at each
+    checkpoint, on the evaluated split, ending with ``(1.0, accuracy)``.
     """
 
     plan: dict[str, Any]
@@ -51,6 +62,7 @@ class CandidateResult:
     onnx: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     compute_device: str = "cpu"
+    curve: tuple[tuple[float, float], ...] = ()
 
     @property
     def accuracy(self) -> float:
@@ -85,6 +97,7 @@ class CandidateResult:
             "per_layer_ms": [list(p) for p in self.per_layer_ms],
             "measured_latency_ms": self.measured_latency_ms, "measured_runtime": self.measured_runtime,
             "onnx": self.onnx, "seconds": dict(self.seconds), "compute_device": self.compute_device,
+            "curve": [list(p) for p in self.curve],
         }
 
 
@@ -109,6 +122,8 @@ class Pipeline:
         max_ratio: The largest ratio the groups are test-pruned at (default: the space's
             largest, else 0.95).
         compute: Where criteria, fine-tuning and evaluation run (default: the CPU).
+        checkpoints: Fractions of the fine-tuning steps at which :meth:`run` checks the accuracy
+            (0: right after pruning, with BatchNorm statistics re-estimated, as EagleEye does).
 
     Attributes:
         groups: The prunable groups, as checked by :func:`~autoprune.pruning.check_groups`
@@ -120,7 +135,8 @@ class Pipeline:
                  finetune_epochs: int = 2, finetune_steps: int | None = None, lr: float = 0.02,
                  lr_schedule: str = "cosine", batch_size: int = 64, kd_temperature: float = 4.0,
                  kd_weight: float = 0.7, measure: bool | None = None, seed: int = 0,
-                 space: Any = None, max_ratio: float | None = None, compute: Compute | None = None) -> None:
+                 space: Any = None, max_ratio: float | None = None, compute: Compute | None = None,
+                 checkpoints: tuple[float, ...] = CHECKPOINTS) -> None:
         from autoprune.costmodel import calibration_name, load_cost_model, profile_command
         from autoprune.data import natural_input_size
         from autoprune.pruning import check_groups, discover_groups
@@ -145,6 +161,7 @@ class Pipeline:
         self.kd_temperature = kd_temperature
         self.kd_weight = kd_weight
         self.seed = seed
+        self.checkpoints = tuple(checkpoints)
         self.measure = (target == "local") if measure is None else measure
         size = int(data.input_shape[-1])
         fix = profile_command(target, model_ref, data=data.name,
@@ -183,7 +200,7 @@ class Pipeline:
         return self._teacher
 
     def _finetune(self, model: nn.Module, plan, *, epochs_scale: float = 1.0, kd: bool = False,
-                  epochs: int | None = None):
+                  epochs: int | None = None, on_checkpoint=None):
         from autoprune.pruning import FinetuneConfig, finetune
 
         ep = self.finetune_epochs if epochs is None else epochs
@@ -194,11 +211,11 @@ class Pipeline:
             steps=steps, lr=self.lr, lr_schedule=self.lr_schedule,
             kd_temperature=self.kd_temperature, kd_weight=self.kd_weight if kd else 0.0,
             regularization=plan.settings.regularization, reg_strength=plan.settings.reg_strength,
-            seed=self.seed,
+            seed=self.seed, checkpoints=self.checkpoints if on_checkpoint is not None else (),
         )
         return finetune(model, self.data.loader("train", self.batch_size, seed=self.seed,
                                                 pin_memory=self.compute.pin_memory), cfg,
-                        teacher=self.teacher() if kd else None, compute=self.compute)
+                        teacher=self.teacher() if kd else None, compute=self.compute, on_checkpoint=on_checkpoint)
 
     def _measure(self, path: Path) -> tuple[float | None, str]:
         """Measure the exported candidate here; a busy machine gives no figure rather than a failed trial.
@@ -215,7 +232,7 @@ class Pipeline:
         return m.latency_ms, f"{m.runtime} on {m.device}"
 
     def run(self, plan, *, kd: bool = False, split: str = "val", epochs: int | None = None,
-            onnx_path: str | Path | None = None) -> CandidateResult:
+            onnx_path: str | Path | None = None, stopper=None) -> CandidateResult:
         """Run the whole flow for one plan and return its result.
 
         Args:
@@ -225,11 +242,15 @@ class Pipeline:
             split: ``val`` during search; ``test`` at export.
             epochs: Fine-tuning epochs (defaults to the study's budget).
             onnx_path: Where to keep the exported ONNX (a temporary file otherwise).
+            stopper: Asked at each fine-tuning checkpoint, as ``stopper.check(curve, costs)`` with the
+                curve so far and the costs predicted before fine-tuning (``latency_ms``, ``energy_mj``,
+                ``size_mb``, ``macs``): a :class:`~autoprune.search.stopping.Stopper`.
 
         Raises:
             autoprune.errors.AutopruneError: A bad plan, a diverging fine-tune or a failed export.
+            autoprune.search.stopping.TrialStopped: The stopper stopped the candidate.
         """
-        from autoprune.pruning import evaluate, export_onnx
+        from autoprune.pruning import FinetuneConfig, evaluate, export_onnx, recalibrate_bn
 
         t: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -238,21 +259,40 @@ class Pipeline:
         t["prune_s"] = time.perf_counter() - t0
         is_dense = all(gp.structure == "keep" for _, gp in plan.groups) and plan.settings.allocation == "local"
         t0 = time.perf_counter()
+        # Fine-tuning changes no channel count and no mask: the masked module (weight = orig * mask, what
+        # make_permanent bakes in) already has the final shape and zeros, so it is costed once, here.
+        cost = self.cost_model.predict(pruned.module)
+        costs = self._costs(pruned, cost) if stopper is not None else {}
+        t["cost_model_s"] = time.perf_counter() - t0
+        eval_loader = self.data.loader(split, 256, pin_memory=self.compute.pin_memory)
+        bn_loader = self.data.loader("train", self.batch_size, seed=self.seed, pin_memory=self.compute.pin_memory)
+        curve: list[tuple[float, float]] = []
+        t_check = [0.0]
+
+        def checkpoint(fraction: float) -> None:
+            c0 = time.perf_counter()
+            with _side_effect_free(pruned.module, self.compute, bn_loader):
+                recalibrate_bn(pruned.module, bn_loader, FinetuneConfig.bn_recalibration_batches, self.compute)
+                acc = evaluate(pruned.module, eval_loader, self.example, compute=self.compute).accuracy
+            curve.append((fraction, acc))
+            t_check[0] += time.perf_counter() - c0
+            if stopper is not None:
+                stopper.check(tuple(curve), costs)
+
+        t0 = time.perf_counter()
         self.compute.place(pruned.module)  # surgery is done: fine-tune and evaluate on the device
         try:
             if not is_dense:
-                self._finetune(pruned.module, plan, kd=kd, epochs=epochs)
-            t["finetune_s"] = time.perf_counter() - t0
+                self._finetune(pruned.module, plan, kd=kd, epochs=epochs,
+                               on_checkpoint=checkpoint if self.checkpoints and split == "val" else None)
+            t["finetune_s"] = time.perf_counter() - t0 - t_check[0]
+            t["checkpoints_s"] = t_check[0]
             t0 = time.perf_counter()
             module = pruned.make_permanent()
-            ev = evaluate(module, self.data.loader(split, 256, pin_memory=self.compute.pin_memory), self.example,
-                          compute=self.compute)
+            ev = evaluate(module, eval_loader, self.example, compute=self.compute)
         finally:
-            module = self.compute.to_cpu(pruned.module)  # the cost model and the exporter read CPU models
+            module = self.compute.to_cpu(pruned.module)  # the exporter reads CPU models
         t["evaluate_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        cost = self.cost_model.predict(module)
-        t["cost_model_s"] = time.perf_counter() - t0
         measured = runtime = onnx = None
         if self.measure or onnx_path is not None:
             t0 = time.perf_counter()
@@ -267,7 +307,41 @@ class Pipeline:
         return CandidateResult(
             plan=plan.to_dict(), evaluation=ev, cost=cost, measured_latency_ms=measured, measured_runtime=runtime,
             onnx=onnx, seconds={k: round(v, 3) for k, v in t.items()}, compute_device=str(self.compute.device),
+            curve=(*curve, (1.0, ev.accuracy)),
         )
+
+    def _costs(self, pruned, cost: CostEstimate) -> dict[str, float]:
+        """What a candidate costs before it is fine-tuned, by record attribute (the stopper's comparison).
+
+        Latency, energy and MACs depend on the shape and the masks only; the size counts exact zeros, so a
+        weight that fine-tuning moves off zero (never a masked one) can add a few bytes.
+        """
+        from autoprune.pruning.evaluate import count_macs, size_report
+
+        _, _, sparse_bytes = size_report(pruned.module, pruned.nm_members)
+        return {"latency_ms": cost.latency_ms, "energy_mj": cost.energy_mj, "size_mb": sparse_bytes / 1e6,
+                "macs": float(count_macs(pruned.module, self.example))}
+
+
+@contextmanager
+def _side_effect_free(module: nn.Module, compute: Compute, loader: Any) -> Iterator[None]:
+    """Leave fine-tuning as if a checkpoint never ran: BatchNorm statistics, random state and the data
+    order of ``loader`` (a user's loader may be the training loader itself) are restored afterwards."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False)} for m in bns]
+    gen = getattr(loader, "generator", None)
+    gen_state = gen.get_state() if gen is not None else None
+    devices = [compute.device] if compute.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        with torch.no_grad():
+            for m, buffers in zip(bns, saved):
+                for k, b in buffers.items():
+                    getattr(m, k).copy_(b)
+        if gen_state is not None:
+            gen.set_state(gen_state)
 
 
 def _check_options(space: Any, max_ratio: float | None) -> dict[str, Any]:

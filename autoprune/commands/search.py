@@ -33,7 +33,8 @@ class SearchCommand(Command):
         parser.add_argument("--target", default=None, help="target profile (see `autoprune targets`; "
                             "default: jetson-nano)")
         parser.add_argument("--space", default=None,
-                            help="search space: default, structured-only, sparse, or a .yaml path (default: default)")
+                            help="search space: default (latency-budget knapsack + layer priorities), local "
+                                 "(per-group ratios), structured-only, sparse, or a .yaml path (default: default)")
         parser.add_argument("--objectives", default=None,
                             help="comma list from accuracy, latency, energy, size, macs "
                             "(macs = hardware-blind; default: accuracy,latency)")
@@ -111,6 +112,7 @@ class SearchCommand(Command):
         trial_min = out.trials_s / 60
         c = out.counts
         print(f"\nstudy {study_name!r} in {redact_url(storage)}: {c['completed']} trials completed here, "
+              f"{c.get('stopped', 0)} stopped early (dominated at a fine-tuning checkpoint), "
               f"{c['failed']} failed, {c.get('stale_retried', 0)} stale retried, in {trial_min:.1f} min "
               f"({c['completed'] / max(trial_min, 1e-9):.1f} trials/min); {minutes:.1f} min in all with set-up "
               "(dense training when not cached, calibration loading)")

@@ -10,7 +10,7 @@ Typical use::
     res = export_onnx(pruned, "model.onnx", example_input)
 """
 
-from autoprune.pruning.apply import PrunedModel, kept_count, prune_model, safe_deepcopy
+from autoprune.pruning.apply import PrunedModel, channel_importance, kept_count, prune_model, safe_deepcopy
 from autoprune.pruning.check import GroupCheck, check_groups
 from autoprune.pruning.criteria import CRITERIA, Criterion, get_criterion
 from autoprune.pruning.evaluate import Evaluation, count_macs, evaluate, size_report
@@ -42,6 +42,7 @@ __all__ = [
     "PrunableGroup",
     "PrunedModel",
     "PruningPlan",
+    "channel_importance",
     "check_groups",
     "count_macs",
     "discover_groups",

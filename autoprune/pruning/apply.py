@@ -292,6 +292,55 @@ class _Engine:
             torch_prune.custom_from_mask(self.index.modules[name], "weight", mask.to(torch.float32))
 
 
+def channel_importance(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    criterion: str,
+    group_names: Iterable[str],
+    calib_loader: Iterable | None = None,
+    compute: Compute | None = None,
+    seed: int = 0,
+    calib_batches: int = 4,
+) -> dict[str, torch.Tensor]:
+    """Per-channel importance of the dense ``model``'s groups under ``criterion``.
+
+    The scores are the ones a one-shot :func:`prune_model` ranks channels by (same criterion
+    code, same calibration batches), so the lowest-scoring channels are the ones it removes.
+
+    Args:
+        model: The dense model; never modified.
+        example_input: A tensor of the input shape (for tracing).
+        criterion: A criterion name (:data:`~autoprune.pruning.criteria.CRITERIA`).
+        group_names: Groups to score; each must allow ``channel``.
+        calib_loader: ``(x, y)`` batches for data-driven criteria.
+        compute: Where data-driven criteria compute their gradients (default: the CPU).
+        seed: Seed for the ``random`` criterion.
+        calib_batches: Batches drawn from ``calib_loader``.
+
+    Returns:
+        Group name → float tensor of one score per output channel (higher = more important).
+
+    Raises:
+        PlanError: An unknown group or criterion, a group that cannot be channel-pruned, or a
+            data-driven criterion without ``calib_loader``.
+    """
+    from autoprune.pruning.plan import GroupPlan, PlanSettings
+
+    work = safe_deepcopy(model)
+    work.eval()
+    plan = PruningPlan(tuple((n, GroupPlan("channel", 0.0, criterion)) for n in group_names),
+                       PlanSettings(seed=seed, calib_batches=calib_batches))
+    engine = _Engine(work, plan, example_input, calib_loader, compute or Compute())
+    crit = engine._criteria("channel").get(criterion)
+    out = {}
+    for g in engine.index.groups:
+        if crit is not None and engine.gplans[g.name].structure == "channel":
+            sc = crit.channel_scores(engine.index.tp_group(g.name), engine._members(g),
+                                     engine.index.current_channels(g.name))
+            out[g.name] = sc.detach().float().cpu()
+    return out
+
+
 def prune_model(
     model: nn.Module,
     plan: PruningPlan,

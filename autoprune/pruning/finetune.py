@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -45,6 +45,8 @@ class FinetuneConfig:
             skip). Short fine-tunes otherwise leave running statistics dominated
             by the first, badly-scaled steps after pruning.
         seed: Seed for data order in dropout etc.
+        checkpoints: Fractions of the steps in [0, 1) after which :func:`finetune`'s ``on_checkpoint``
+            is called (0: before the first step); fractions that round to the same step are called once.
     """
 
     steps: int | None = None
@@ -60,6 +62,7 @@ class FinetuneConfig:
     max_grad_norm: float | None = 5.0
     bn_recalibration_batches: int = 8
     seed: int = 0
+    checkpoints: tuple[float, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: PlanSettings, **kwargs) -> FinetuneConfig:
@@ -82,6 +85,17 @@ class FinetuneConfig:
             raise ConfigError("kd_weight must be in [0, 1] and kd_temperature > 0")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr!r}")
+        if not all(isinstance(f, (int, float)) and 0.0 <= f < 1.0 for f in self.checkpoints):
+            raise ConfigError(f"fine-tune checkpoints must be fractions in [0, 1), got {self.checkpoints!r}")
+
+    def checkpoint_steps(self, steps: int) -> dict[int, float]:
+        """Step count → fraction of ``steps`` done there, for each checkpoint (those at the end dropped)."""
+        out: dict[int, float] = {}
+        for f in sorted(self.checkpoints):
+            k = 0 if f == 0 else max(1, int(f * steps + 0.5))
+            if k < steps:
+                out.setdefault(k, round(k / steps, 4))
+        return out
 
 
 @dataclass(frozen=True)
@@ -170,6 +184,7 @@ def finetune(
     config: FinetuneConfig | None = None,
     teacher: nn.Module | None = None,
     compute: Compute | None = None,
+    on_checkpoint: Callable[[float], None] | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place on ``(x, y)`` batches.
 
@@ -183,6 +198,9 @@ def finetune(
         teacher: The dense model for knowledge distillation (``kd_weight > 0``), on the same device.
         compute: Where the batches go (default: the CPU); its mixed precision covers the forward
             passes (the regularisation term is added in full precision).
+        on_checkpoint: Called with the fraction of the steps done at each of ``config.checkpoints``
+            (e.g. to evaluate and stop early: what it raises propagates); the model is put back in
+            train mode afterwards.
 
     Returns:
         A :class:`FinetuneResult`.
@@ -221,6 +239,10 @@ def finetune(
     losses: list[float] = []
     batches = _cycle(train_loader)
     scaler = compute.grad_scaler()
+    marks = config.checkpoint_steps(steps) if on_checkpoint is not None else {}
+    if 0 in marks:
+        on_checkpoint(marks[0])
+        model.train()
     for step in range(steps):
         x, y = compute.batch(next(batches))
         with compute.autocast():
@@ -249,6 +271,9 @@ def finetune(
         if sched is not None:
             sched.step()
         losses.append(float(loss.detach()))
+        if step + 1 in marks:
+            on_checkpoint(marks[step + 1])
+            model.train()
     if config.bn_recalibration_batches > 0:
         recalibrate_bn(model, train_loader, config.bn_recalibration_batches, compute)
     model.eval()

@@ -3,6 +3,8 @@
 The budget is exact across workers (a trial started past it is PRUNED as surplus), a heartbeat keeps
 each running trial alive for other workers, and SIGINT/SIGTERM become a clean stop: the trial in
 progress is failed with the reason and its parameters enqueued again, so no trial is left RUNNING.
+A candidate stopped early (:class:`~autoprune.search.stopping.TrialStopped`) is PRUNED with its reason: it
+is neither a failure nor a completed trial, so it leaves the budget to the next one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from autoprune.errors import AutopruneError, StorageError
 from autoprune.search.config import SearchConfig, accuracy_floor, objective_values
 from autoprune.search.objective import CANDIDATE_ERRORS, Heartbeat, failure_reason
 from autoprune.search.pareto import pareto_mask
+from autoprune.search.stopping import TrialStopped, mark_stopped
 from autoprune.search.study import completed_rows, retry_attrs
 
 
@@ -38,14 +41,15 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[floa
         study: The Optuna study (sampler attached).
         config: The study's configuration (budget, objectives, constraints).
         objective: ``objective(trial) -> objective values``: runs the candidate and records it on the
-            trial (:func:`~autoprune.search.objective.record_result`).
+            trial (:func:`~autoprune.search.objective.record_result`); it raises
+            :class:`~autoprune.search.stopping.TrialStopped` for a candidate stopped early.
         timeout_s: Stop asking for new trials after this many seconds.
         progress: Show a progress bar.
         on_trial: Optional callback ``(study, frozen_trial)`` after each trial.
         max_consecutive_failures: Stop after this many failures in a row.
 
     Returns:
-        Counts: ``completed``, ``failed``, ``surplus`` (trials this worker started).
+        Counts: ``completed``, ``failed``, ``surplus``, ``stopped`` (trials this worker started).
     """
     import optuna
     from optuna.storages import fail_stale_trials
@@ -55,7 +59,7 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[floa
     # The ask/tell loop records heartbeats itself (see Heartbeat); Optuna warns for any non-optimize use.
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    counts = {"completed": 0, "failed": 0, "surplus": 0}
+    counts = {"completed": 0, "failed": 0, "surplus": 0, "stopped": 0}
     t_start = time.monotonic()
     done0 = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     bar = tqdm(total=config.trials, initial=min(done0, config.trials), desc="search", unit="trial",
@@ -96,6 +100,12 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[floa
                 consecutive = 0
             except StorageError:
                 raise  # the database is gone (after retries): nothing can be recorded, stop
+            except TrialStopped as exc:
+                mark_stopped(trial, exc.reason, exc.attrs)
+                study.tell(trial, state=TrialState.PRUNED)
+                counts["stopped"] += 1
+                consecutive = 0
+                bar.write(f"trial {trial.number} stopped early: {exc.reason[:200]}")
             except CANDIDATE_ERRORS as exc:
                 reason = failure_reason(exc)
                 trial.set_user_attr("fail_reason", reason)

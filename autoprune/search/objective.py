@@ -16,7 +16,7 @@ from typing import Any
 
 from autoprune.errors import AutopruneError
 from autoprune.search.config import SearchConfig, constraint_values, objective_values, set_constraints
-from autoprune.search.space import SearchSpace, plan_from_params
+from autoprune.search.space import SearchSpace, needs_pipeline, plan_from_params
 from autoprune.search.storage import StudyStorage
 from autoprune.search.study import attach_plan
 
@@ -50,16 +50,31 @@ def build_pipeline(config: SearchConfig, space: SearchSpace, progress: bool = Tr
                     space=space, compute=compute), rec
 
 
-def evaluate_candidate(pipeline, space: SearchSpace, config: SearchConfig, params: dict[str, Any]) -> dict[str, Any]:
+def evaluate_candidate(pipeline, space: SearchSpace, config: SearchConfig, params: dict[str, Any],
+                       stopper=None) -> dict[str, Any]:
     """Run the candidate that ``params`` describe and return its record (see
     :meth:`~autoprune.pipeline.CandidateResult.record`) with its constraint values.
+
+    Knapsack parameters are resolved against the pipeline first
+    (:func:`~autoprune.search.knapsack.knapsack_from_params`); the record then also holds
+    ``allocation``: the budget, priorities, criterion and the resolved per-group kept channels.
 
     Raises:
         AutopruneError, RuntimeError, ValueError, FloatingPointError: The candidate failed (a bad plan,
             a diverging fine-tune, a failed export); the backend fails the trial with the reason.
+        autoprune.search.stopping.TrialStopped: ``stopper`` stopped it at a fine-tuning checkpoint; the
+            backend tells the trial PRUNED with the reason.
     """
-    plan = plan_from_params(space, pipeline.groups, params, config.seed)
-    record = pipeline.run(plan, kd=bool(params.get("kd", space.distillation[0]))).record()
+    info = None
+    if needs_pipeline(space, params):
+        from autoprune.search.knapsack import knapsack_from_params
+
+        plan, info = knapsack_from_params(pipeline, space, params, config.seed)
+    else:
+        plan = plan_from_params(space, pipeline.groups, params, config.seed)
+    record = pipeline.run(plan, kd=bool(params.get("kd", space.distillation[0])), stopper=stopper).record()
+    if info is not None:
+        record["allocation"] = info
     record["constraints"] = constraint_values(config, record)
     return record
 

@@ -3,17 +3,33 @@
 A space says which structures each group may take, the ratio range (overall and
 per kind of layer), the criteria, the allocation and schedule, and the fine-tuning
 budget. :meth:`SearchSpace.suggest` turns one Optuna trial into a pruning plan.
+
+Allocations: ``local`` (``r:{group}``), ``global`` (``global_ratio``) and ``knapsack`` (a latency
+``budget``, a fraction of the dense model's, and priorities ``p:{group}``, log-uniform in ``priorities``;
+resolved against the study's pipeline by :mod:`autoprune.search.knapsack`, see :func:`needs_pipeline`).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autoprune.errors import ConfigError
 from autoprune.io import read_yaml
+from autoprune.search.fields import (
+    PriorityRange,
+    RatioRange,
+    _budget,
+    _check_criteria,
+    _int,
+    _no_unknown,
+    _pos_float,
+    _priorities,
+    _range,
+    _str_list,
+    _unit,
+)
 from autoprune.structures import STRUCTURE_NAMES as STRUCTURES
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -21,28 +37,11 @@ KINDS = ("conv", "depthwise", "linear")
 _TOP_KEYS = {
     "version", "description", "structures", "nm_patterns", "ratio", "ratio_by_kind", "criteria",
     "allocation", "schedule", "iterative_steps", "round_to", "min_channels", "finetune", "distillation",
+    "budget", "priorities",
 }
-_RANGE_KEYS = {"low", "high", "step"}
+ALLOCATIONS = ("local", "global", "knapsack")
 _FT_KEYS = {"epochs", "steps", "lr", "lr_schedule", "batch_size"}
 _KD_KEYS = {"enabled", "temperature", "weight"}
-
-
-@dataclass(frozen=True)
-class RatioRange:
-    """A ratio range ``[low, high]`` on a grid of ``step`` (ratios are fractions removed)."""
-
-    low: float
-    high: float
-    step: float = 0.05
-
-    def grid(self) -> list[float]:
-        """All ratios of the range, on its grid."""
-        n = int(math.floor((self.high - self.low) / self.step + 1e-9))
-        return [round(self.low + i * self.step, 6) for i in range(n + 1)]
-
-    def snap(self, ratio: float) -> float:
-        """The grid value nearest to ``ratio``."""
-        return min(self.grid(), key=lambda r: abs(r - ratio))
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,8 @@ class SearchSpace:
     distillation: tuple[bool, ...] = (False,)
     kd_temperature: float = 4.0
     kd_weight: float = 0.7
+    budget: RatioRange = RatioRange(0.1, 0.9, 0.01)  # noqa: RUF009 - frozen
+    priorities: PriorityRange = PriorityRange()  # noqa: RUF009 - frozen
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -115,7 +116,7 @@ class SearchSpace:
         by_kind = {k: _range(v, f"ratio_by_kind.{k}", where) for k, v in by_kind_raw.items()}
         criteria = _str_list(raw.get("criteria", ["l1"]), "criteria", where, None)
         _check_criteria(criteria, where)
-        allocation = _str_list(raw.get("allocation", ["local"]), "allocation", where, ("local", "global"))
+        allocation = _str_list(raw.get("allocation", ["local"]), "allocation", where, ALLOCATIONS)
         schedule = _str_list(raw.get("schedule", ["one-shot"]), "schedule", where, ("one-shot", "iterative"))
         nm = _str_list(raw.get("nm_patterns", ["2:4"]), "nm_patterns", where, None)
         for pat in nm:
@@ -147,6 +148,8 @@ class SearchSpace:
         enabled = enabled if isinstance(enabled, list) else [enabled]
         if not enabled or not all(isinstance(e, bool) for e in enabled):
             raise ConfigError(f"{where}: 'distillation.enabled' must be true, false or a list of them")
+        budget = _budget(raw.get("budget", {"low": 0.1, "high": 0.9, "step": 0.01}), where)
+        priorities = _priorities(raw.get("priorities", {"low": 0.25, "high": 4.0}), where)
         return cls(
             name=name, description=str(raw.get("description", "")), structures=structures, ratio=ratio,
             ratio_by_kind=by_kind, criteria=criteria, allocation=allocation, schedule=schedule,
@@ -154,6 +157,7 @@ class SearchSpace:
             distillation=tuple(dict.fromkeys(enabled)),
             kd_temperature=_pos_float(kd_raw.get("temperature", 4.0), "distillation.temperature", where),
             kd_weight=_unit(kd_raw.get("weight", 0.7), "distillation.weight", where),
+            budget=budget, priorities=priorities,
         )
 
     # -- per-group view -----------------------------------------------------------------------
@@ -170,16 +174,24 @@ class SearchSpace:
     def suggest(self, trial, groups) -> dict[str, Any]:
         """Ask ``trial`` for one point of the space and return the raw choices.
 
-        The choices are turned into a plan by :func:`autoprune.search.space.plan_from_params`;
-        every parameter is always suggested (a static space suits TPE's multivariate mode).
+        The choices are turned into a plan by :func:`autoprune.search.space.plan_from_params`
+        (or, for a knapsack allocation, :func:`autoprune.search.knapsack.knapsack_from_params`).
+        Every parameter of the space is suggested whatever the trial's allocation (a static space
+        suits TPE's multivariate mode): ``r:{group}`` where the space has ``local`` or ``global`` (or
+        the group may be ``unstructured``), ``budget`` and ``p:{group}`` where it has ``knapsack``.
         """
+        knap = "knapsack" in self.allocation
         for g in groups:
             structs = self.structures_for(g)
             if len(structs) > 1:
                 trial.suggest_categorical(f"s:{g.name}", list(structs))
             rr = self.range_for(g)
-            if rr.high > rr.low:
+            if rr.high > rr.low and self._searches_ratio(structs):
                 trial.suggest_float(f"r:{g.name}", rr.low, rr.high, step=rr.step)
+            if knap and "channel" in structs:
+                trial.suggest_float(f"p:{g.name}", self.priorities.low, self.priorities.high, log=True)
+        if knap:
+            trial.suggest_float("budget", self.budget.low, self.budget.high, step=self.budget.step)
         for key, choices in (("criterion", self.criteria), ("allocation", self.allocation),
                              ("schedule", self.schedule), ("nm", self.nm_patterns)):
             if len(choices) > 1:
@@ -188,41 +200,102 @@ class SearchSpace:
             trial.suggest_float("global_ratio", self.ratio.low, self.ratio.high, step=self.ratio.step)
         if len(self.distillation) > 1:
             trial.suggest_categorical("kd", list(self.distillation))
-        return dict(trial.params)
+        return {**trial.params, **(trial.user_attrs.get("anchor_params") or {})}
 
-    def seed_params(self, groups, ratios=(0.0, 0.3, 0.5, 0.7, 0.9)) -> list[dict[str, Any]]:
-        """Parameters of the anchor trials: the dense model and uniform channel plans.
+    def _searches_ratio(self, structs: tuple[str, ...]) -> bool:
+        return bool({"local", "global"} & set(self.allocation)) or "unstructured" in structs
 
-        Ratio 0.0 is the dense model (every group ``keep``, or ``channel`` at 0).
+    def seed_params(self, groups, ratios=(0.0, 0.3, 0.5, 0.7, 0.9), budgets=(0.3, 0.5, 0.7)) -> list[dict[str, Any]]:
+        """Parameters of the anchor trials, each within the space.
+
+        The dense model first (every group ``keep``, or ``channel`` at 0); then, as the space's
+        allocations allow: uniform channel plans at ``ratios`` (``local``), one global plan at the
+        middle ratio (``global``, when the space also has another allocation), and knapsack plans at
+        ``budgets`` with every priority 1 (``knapsack``). :meth:`anchor_label` names each.
         """
-        seeds = []
-        for ratio in ratios:
-            params: dict[str, Any] = {}
-            for g in groups:
-                structs = self.structures_for(g)
-                want = "keep" if ratio == 0 and "keep" in structs else ("channel" if "channel" in structs
-                                                                       else structs[0])
-                if len(structs) > 1:
-                    params[f"s:{g.name}"] = want
-                rr = self.range_for(g)
-                if rr.high > rr.low:
-                    params[f"r:{g.name}"] = rr.snap(min(max(ratio, rr.low), rr.high))
-            for key, choices in (("criterion", self.criteria), ("allocation", self.allocation),
-                                 ("schedule", self.schedule), ("nm", self.nm_patterns)):
-                if len(choices) > 1:
-                    params[key] = "local" if key == "allocation" and "local" in choices else choices[0]
-            if "global" in self.allocation:
-                params["global_ratio"] = self.ratio.snap(ratio)
-            if len(self.distillation) > 1:
-                params["kd"] = self.distillation[-1]
-            seeds.append(params)
-        return seeds
+        return [params for _, params, _ in self.anchors(groups, ratios, budgets)]
+
+    def anchors(self, groups, ratios=(0.0, 0.3, 0.5, 0.7, 0.9), budgets=(0.3, 0.5, 0.7)
+                ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """The anchor trials as ``(label, params within the space, fixed params)``.
+
+        :meth:`seed_params`'s anchors have no fixed params. A knapsack-only space (the default) also
+        gets the two one-line baselines a search must beat, a uniform and a global L1 plan at the middle
+        ratio: their ``fixed`` params (another allocation) override the in-space ones when the trial
+        runs (:meth:`suggest` reads them from the trial's ``anchor_params`` user attribute), and their
+        in-space params are the knapsack's at about the same latency (``(1 - ratio)²`` of dense), so
+        the sampler sees a consistent point. There the order is: dense, the knapsack's middle budget,
+        uniform, global, the other budgets.
+        """
+        local = "local" in self.allocation
+        plain = [r for r in ratios if r == 0 or local or self.allocation == ("global",)]
+        out = [(self.anchor_label(p), p, {}) for p in
+               (self._anchor(groups, r, "local" if local else self.allocation[0]) for r in plain)]
+        mid = ratios[len(ratios) // 2]
+        if "global" in self.allocation and len(self.allocation) > 1:
+            p = self._anchor(groups, mid, "global")
+            out.append((self.anchor_label(p), p, {}))
+        if "knapsack" in self.allocation:
+            out += [(f"knapsack-{b}", p, {}) for b, p in
+                    ((b, self._anchor(groups, 0.5, "knapsack", budget=b)) for b in budgets)]
+        if self.allocation == ("knapsack",) and "channel" in self.structures:
+            in_space = self._anchor(groups, 0.5, "knapsack", budget=self.budget.snap((1 - mid) ** 2))
+            for allocation in ("local", "global"):
+                fixed = {"allocation": allocation, "global_ratio": mid}
+                for g in groups:
+                    channel = "channel" in self.structures_for(g)
+                    fixed[f"s:{g.name}"] = "channel" if channel else self.structures_for(g)[0]
+                    fixed[f"r:{g.name}"] = self.range_for(g).snap(mid) if channel else 0.0
+                out.append((f"{'uniform' if allocation == 'local' else 'global'}-{mid}", in_space, fixed))
+            # A short study runs the knapsack's middle budget, then the two baselines, then the others.
+            middle = len(budgets) // 2
+            out = [out[0], out[1 + middle], out[-2], out[-1]] + [a for i, a in enumerate(out[1:-2]) if i != middle]
+        return out
+
+    def _anchor(self, groups, ratio: float, allocation: str, budget: float | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for g in groups:
+            structs = self.structures_for(g)
+            want = "keep" if ratio == 0 and budget is None and "keep" in structs else (
+                "channel" if "channel" in structs else structs[0])
+            if len(structs) > 1:
+                params[f"s:{g.name}"] = want
+            rr = self.range_for(g)
+            if rr.high > rr.low and self._searches_ratio(structs):
+                params[f"r:{g.name}"] = rr.snap(min(max(ratio if budget is None else 0.0, rr.low), rr.high))
+            if "knapsack" in self.allocation and "channel" in structs:
+                params[f"p:{g.name}"] = min(max(1.0, self.priorities.low), self.priorities.high)
+        for key, choices in (("criterion", self.criteria), ("allocation", self.allocation),
+                             ("schedule", self.schedule), ("nm", self.nm_patterns)):
+            if len(choices) > 1:
+                params[key] = allocation if key == "allocation" else choices[0]
+        if "global" in self.allocation:
+            params["global_ratio"] = self.ratio.snap(ratio)
+        if "knapsack" in self.allocation:
+            params["budget"] = self.budget.snap(self.budget.high if budget is None else budget)
+        if len(self.distillation) > 1:
+            params["kd"] = self.distillation[-1]
+        return params
+
+    def anchor_label(self, params: dict[str, Any]) -> str:
+        """A short name for an anchor's parameters: ``dense``, ``uniform-0.3``, ``global-0.5``, ``knapsack-0.5``."""
+        allocation, structs = params.get("allocation", self.allocation[0]), {params[k] for k in params if k[:2] == "s:"}
+        ratios = sorted({v for k, v in params.items() if k[:2] == "r:"})
+        if structs == {"keep"} or (allocation == "local" and ratios in ([], [0.0])):
+            return "dense"
+        if allocation in ("knapsack", "global"):
+            return f"{allocation}-{params.get('budget' if allocation == 'knapsack' else 'global_ratio')}"
+        return f"uniform-{ratios}"[:60]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable form (stored with the study)."""
-        from dataclasses import asdict
-
         return asdict(self)
+
+
+def needs_pipeline(space: SearchSpace, params: dict[str, Any]) -> bool:
+    """Whether ``params`` need the study's pipeline to become a plan (a ``knapsack`` allocation:
+    resolve them with :func:`autoprune.search.knapsack.knapsack_from_params`)."""
+    return params.get("allocation", space.allocation[0]) == "knapsack"
 
 
 def plan_from_params(space: SearchSpace, groups, params: dict[str, Any], seed: int = 0):
@@ -237,9 +310,15 @@ def plan_from_params(space: SearchSpace, groups, params: dict[str, Any], seed: i
         groups: The model's prunable groups.
         params: Optuna parameters as suggested by :meth:`SearchSpace.suggest`.
         seed: Seed stored in the plan's settings.
+
+    Raises:
+        ConfigError: The parameters choose the ``knapsack`` allocation (see :func:`needs_pipeline`).
     """
     from autoprune.pruning import GroupPlan, PlanSettings, PruningPlan, snap_plan
 
+    if needs_pipeline(space, params):
+        raise ConfigError("knapsack parameters need the study's pipeline (its cost model and importances): "
+                          "resolve them with autoprune.search.knapsack.knapsack_from_params")
     criterion = params.get("criterion", space.criteria[0])
     nm = params.get("nm", space.nm_patterns[0])
     allocation = params.get("allocation", space.allocation[0])
@@ -266,72 +345,3 @@ def plan_from_params(space: SearchSpace, groups, params: dict[str, Any], seed: i
         seed=seed,
     )
     return snap_plan(PruningPlan(groups=tuple(entries), settings=settings), groups)
-
-
-def _no_unknown(raw: dict, allowed: set[str], where: str) -> None:
-    unknown = sorted(set(map(str, raw)) - allowed)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(allowed))}")
-
-
-def _str_list(value: Any, key: str, where: str, valid) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where}: {key!r} must be a non-empty list of names")
-    if valid is not None:
-        for v in value:
-            if v not in valid:
-                raise ConfigError(f"{where}: unknown {key} value {v!r}; valid: {', '.join(valid)}")
-    return tuple(dict.fromkeys(value))
-
-
-def _check_criteria(criteria: tuple[str, ...], where: str) -> None:
-    from autoprune.pruning import CRITERIA
-
-    for c in criteria:
-        if c not in CRITERIA:
-            raise ConfigError(f"{where}: unknown criterion {c!r}; valid: {', '.join(CRITERIA.names())}")
-
-
-def _number(value: Any, key: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{where}: {key!r} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _int(value: Any, key: str, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{where}: {key!r} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _pos_float(value: Any, key: str, where: str) -> float:
-    v = _number(value, key, where)
-    if v <= 0:
-        raise ConfigError(f"{where}: {key!r} must be above 0, got {value!r}")
-    return v
-
-
-def _unit(value: Any, key: str, where: str) -> float:
-    v = _number(value, key, where)
-    if not 0 <= v <= 1:
-        raise ConfigError(f"{where}: {key!r} must be in [0, 1], got {value!r}")
-    return v
-
-
-def _range(raw: Any, key: str, where: str) -> RatioRange:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: {key!r} must be a mapping with low, high (and step)")
-    _no_unknown(raw, _RANGE_KEYS, f"{where}: {key}")
-    if "low" not in raw or "high" not in raw:
-        raise ConfigError(f"{where}: {key!r} needs both 'low' and 'high'")
-    low, high = _number(raw["low"], f"{key}.low", where), _number(raw["high"], f"{key}.high", where)
-    step = _number(raw.get("step", 0.05), f"{key}.step", where)
-    if not 0 <= low < 1 or not 0 <= high < 1:
-        raise ConfigError(f"{where}: {key!r} ratios must lie in [0, 1), got low={low}, high={high}")
-    if high < low:
-        raise ConfigError(f"{where}: {key!r} is an empty range (low={low} > high={high}); make low <= high")
-    if step <= 0:
-        raise ConfigError(f"{where}: {key}.step must be above 0, got {step}")
-    return RatioRange(low, high, step)

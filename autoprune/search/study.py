@@ -104,13 +104,12 @@ def study_space(study, config: SearchConfig) -> SearchSpace:
 
 
 def seed_study(study, space: SearchSpace, groups) -> int:
-    """Enqueue the anchors (dense + uniform plans) once per study."""
+    """Enqueue the anchors (:meth:`~autoprune.search.space.SearchSpace.anchors`) once per study."""
     if study.user_attrs.get(SEEDED_ATTR):
         return 0
-    seeds = space.seed_params(groups)
-    for i, params in enumerate(seeds):
-        anchor = "dense" if i == 0 else f"uniform-{sorted({v for k, v in params.items() if k.startswith('r:')})}"
-        study.enqueue_trial(params, user_attrs={"anchor": anchor if i == 0 else anchor[:60]})
+    seeds = space.anchors(groups)
+    for label, params, fixed in seeds:
+        study.enqueue_trial(params, user_attrs={"anchor": label[:60], **({"anchor_params": fixed} if fixed else {})})
     study.set_user_attr(SEEDED_ATTR, True)
     return len(seeds)
 
@@ -130,8 +129,9 @@ def attach_plan(trial, storage: StudyStorage, plan: dict[str, Any]) -> str:
 
 def retry_attrs(trial) -> dict[str, Any]:
     """User attributes of a retry: which trial it repeats, and its anchor name if it was one."""
-    anchor = trial.user_attrs.get("anchor")
-    return {"retry_of": trial.number, **({"anchor": anchor} if anchor else {})}
+    anchor, fixed = trial.user_attrs.get("anchor"), trial.user_attrs.get("anchor_params")
+    return {"retry_of": trial.number, **({"anchor": anchor} if anchor else {}),
+            **({"anchor_params": fixed} if fixed else {})}
 
 
 def fail_and_retry(study, trials: Iterable[Any], reason: str) -> int:

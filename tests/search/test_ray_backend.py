@@ -145,7 +145,7 @@ def test_searcher_bookkeeping_without_a_cluster(tiny_dense, results_root):
     spec = rb.worker_spec(study, config)
 
     params = {tid: searcher.suggest(tid) for tid in ("a", "b", "c")}
-    assert all(rb.TRIAL_KEY in p and any(k.startswith("r:") for k in p) for p in params.values())
+    assert all(rb.TRIAL_KEY in p and any(k.startswith(("r:", "p:")) for k in p) for p in params.values())
     assert searcher.suggest("d") is Searcher.FINISHED  # three RUNNING trials hold the whole budget
 
     # a: a real candidate, evaluated as a worker would, recorded on its Optuna trial
@@ -177,4 +177,4 @@ def test_searcher_bookkeeping_without_a_cluster(tiny_dense, results_root):
     retry = [t for t in trials.values() if t.user_attrs.get("retry_of") == num["d"]]
     assert retry and retry[0].state == TrialState.WAITING
     assert not [t for t in trials.values() if t.state == TrialState.RUNNING]
-    assert searcher.counts == {"completed": 1, "failed": 2, "surplus": 1}
+    assert searcher.counts == {"completed": 1, "failed": 2, "surplus": 1, "stopped": 0}

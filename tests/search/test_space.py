@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from autoprune.errors import ConfigError
-from autoprune.search.space import SPACES_DIR, SearchSpace, plan_from_params
+from autoprune.search.space import SPACES_DIR, SearchSpace, needs_pipeline, plan_from_params
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
@@ -49,7 +49,7 @@ def test_params_become_valid_plans(tiny_dense):
 
     model, data, _ = tiny_dense
     groups = discover_groups(model, data.example_input())
-    for name in ("default", "structured-only", "sparse"):
+    for name in ("local", "structured-only", "sparse"):
         space = SearchSpace.load(name)
         study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(0))
         for _ in range(5):
@@ -59,5 +59,20 @@ def test_params_become_valid_plans(tiny_dense):
             study.tell(trial, [0.5, 1.0])
         for params in space.seed_params(groups):
             plan_from_params(space, groups, params).validate(groups)
-    dense = plan_from_params(SearchSpace.load("default"), groups, SearchSpace.load("default").seed_params(groups)[0])
+    dense = plan_from_params(SearchSpace.load("local"), groups, SearchSpace.load("local").seed_params(groups)[0])
     assert all(gp.structure == "keep" for _, gp in dense.groups)
+    default = SearchSpace.load("default")  # knapsack params need the pipeline (tests/search/test_knapsack.py)
+    assert all(needs_pipeline(default, p) for p in default.seed_params(groups))
+
+
+@pytest.mark.parametrize("raw,needle", [
+    ({"allocation": ["knapsack"], "budget": {"low": 0.0, "high": 0.5}}, "'budget'"),
+    ({"allocation": ["knapsack"], "budget": {"low": 0.5, "high": 1.2}}, "'budget'"),
+    ({"allocation": ["knapsack"], "priorities": {"low": 4, "high": 1}}, "'priorities'"),
+    ({"allocation": ["knapsack"], "priorities": {"low": 0, "high": 1}}, "priorities.low"),
+    ({"allocation": ["greedy"]}, "unknown allocation value 'greedy'"),
+])
+def test_knapsack_space_validation_errors(tmp_path, raw, needle):
+    with pytest.raises(ConfigError) as exc:
+        SearchSpace.load(write(tmp_path, raw))
+    assert needle in str(exc.value)

@@ -8,6 +8,7 @@ from autoprune.search.backends import Backend
 from autoprune.search.config import make_sampler
 from autoprune.search.loop import run_trials
 from autoprune.search.objective import evaluate_candidate, record_result
+from autoprune.search.stopping import Stopper
 from autoprune.search.study import ARTIFACTS_ATTR
 
 
@@ -21,8 +22,9 @@ class InProcessBackend(Backend):
                                      salt=0 if exclusive else os.getpid())  # shared-study workers sample apart
         study.set_user_attr(ARTIFACTS_ATTR, str(storage.artifact_dir))
 
-        def objective(trial) -> list[float]:
-            record = evaluate_candidate(pipeline, space, config, space.suggest(trial, pipeline.groups))
+        def objective(trial) -> list[float]:  # the stopper reads the trials completed so far, fresh each time
+            record = evaluate_candidate(pipeline, space, config, space.suggest(trial, pipeline.groups),
+                                        stopper=Stopper.from_study(study, config))
             return record_result(trial, config, record, storage)
 
         return run_trials(study, config, objective, timeout_s=timeout_s, progress=progress)

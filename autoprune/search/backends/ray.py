@@ -16,7 +16,8 @@ on Ray and resumed in-process (or the other way round), and ``autoprune pareto``
   (:mod:`autoprune.search.backends.resources`); a worker given a GPU uses the one Ray assigned.
 
 A failed candidate (bad plan, diverging fine-tune, failed export) is reported as such
-and told FAIL with its reason; a crashed worker is retried by Ray
+and told FAIL with its reason; one stopped early (each trial gets the :class:`~autoprune.search.stopping.Stopper`
+of the trials completed when it was suggested) PRUNED with its reason; a crashed worker is retried by Ray
 (``FailureConfig(max_failures=2)``). No Optuna trial is left RUNNING: after the run,
 any trial this driver asked for and did not finish is failed with a reason and its
 parameters are enqueued again.
@@ -39,22 +40,15 @@ from autoprune.registry import lazy_import
 from autoprune.search.backends import Backend
 from autoprune.search.backends.resources import TrialResources, trial_resources, with_trial_resources
 from autoprune.search.config import SearchConfig, make_sampler, objective_values
-from autoprune.search.objective import (
-    CANDIDATE_ERRORS,
-    Heartbeat,
-    evaluate_candidate,
-    failure_reason,
-    record_result,
-)
+from autoprune.search.objective import CANDIDATE_ERRORS, Heartbeat, evaluate_candidate, failure_reason, record_result
+from autoprune.search.stopping import Stopper, TrialStopped, mark_stopped
 from autoprune.search.storage import StudyStorage, get_storage
 from autoprune.search.study import SPACE_ATTR, fail_and_retry, retry_attrs, study_space
 
-#: Result key of the candidate record (a JSON string) reported by a worker.
-RECORD_KEY = "autoprune_record"
-#: Result key of a candidate's failure reason reported by a worker.
-ERROR_KEY = "autoprune_error"
-#: Config key carrying the Optuna trial number to the worker (not a search parameter).
-TRIAL_KEY = "autoprune_trial"
+#: Result keys a worker reports: the candidate record (JSON), a failure reason, a stop (JSON: reason, attributes).
+RECORD_KEY, ERROR_KEY, STOPPED_KEY = "autoprune_record", "autoprune_error", "autoprune_stopped"
+#: Config keys carrying the Optuna trial number and the stopper (JSON) to the worker (not search parameters).
+TRIAL_KEY, STOPPER_KEY = "autoprune_trial", "autoprune_stopper"
 #: Ray retries of a trial whose worker crashed.
 MAX_FAILURES = 2
 #: Tuner rounds at most (a round ends when Ray runs out of samples; failed trials leave budget).
@@ -126,7 +120,7 @@ def run_ray(study, config: SearchConfig, storage: str | StudyStorage, groups, *,
     lazy_import("ray.tune", "ray[tune]")
 
     storage = get_storage(storage)
-    counts = {"completed": 0, "failed": 0, "surplus": 0}
+    counts = {"completed": 0, "failed": 0, "surplus": 0, "stopped": 0}
     t_start = time.monotonic()
     asked: dict[int, int] = {}  # Optuna trial number -> trial id, over all rounds
     _shorten_trial_errors()
@@ -141,7 +135,7 @@ def run_ray(study, config: SearchConfig, storage: str | StudyStorage, groups, *,
                                       asked, resources or TrialResources())
             for k in counts:
                 counts[k] += round_counts[k]
-            if round_counts["completed"] == 0:
+            if round_counts["completed"] + round_counts["stopped"] == 0:
                 break  # every trial of the round failed: do not loop on a broken setup
     finally:  # another worker's RUNNING trials (PostgreSQL / journal storages) are left alone
         mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number in asked]
@@ -296,7 +290,7 @@ def _searcher_class():
             super().__init__(*args, **kwargs)
             self._config = config
             self._study_storage = study_storage
-            self.counts = {"completed": 0, "failed": 0, "surplus": 0}
+            self.counts = {"completed": 0, "failed": 0, "surplus": 0, "stopped": 0}
 
         def suggest(self, trial_id: str):
             if trial_id not in self._ot_trials:
@@ -305,13 +299,23 @@ def _searcher_class():
                 if len(trials) >= self._config.trials:
                     return Searcher.FINISHED  # the rest of the budget is held by running trials
             with _quiet_heartbeat():
-                return super().suggest(trial_id)
+                suggested = super().suggest(trial_id)
+            if isinstance(suggested, dict):  # the trials completed by now decide whether this one stops early
+                suggested[STOPPER_KEY] = json.dumps(Stopper.from_study(self._ot_study, self._config).to_dict())
+            return suggested
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             ot_trial = self._ot_trials.get(trial_id)
             if ot_trial is None or trial_id in self._completed_trials:
                 return super().on_trial_complete(trial_id, result, error)
             result = result or {}
+            if result.get(STOPPED_KEY):
+                stop = json.loads(result[STOPPED_KEY])
+                mark_stopped(ot_trial, stop["reason"], stop["attrs"])
+                self._tell(ot_trial, state=TrialState.PRUNED)
+                self.counts["stopped"] += 1
+                self._completed_trials.add(trial_id)
+                return None
             reason = result.get(ERROR_KEY)
             if not reason and RECORD_KEY in result:
                 try:
@@ -390,17 +394,22 @@ def evaluate_params(params: dict[str, Any], spec: dict[str, Any]) -> dict[str, A
 
     Returns:
         The objective values by name and the record as JSON (``RECORD_KEY``), or NaN objectives
-        and the failure reason (``ERROR_KEY``) for a candidate that cannot be built or evaluated.
+        and the failure reason (``ERROR_KEY``) for a candidate that cannot be built or evaluated,
+        or NaN objectives and the stop (``STOPPED_KEY``) for a candidate stopped early.
     """
     if spec.get("cwd") and Path(spec["cwd"]).is_dir():
         os.chdir(spec["cwd"])  # relative model, space and checkpoint paths mean the driver's folder
     config, space, pipeline = _worker_setup(spec)
-    params = {k: v for k, v in params.items() if k != TRIAL_KEY}
+    stopper = Stopper.from_dict(json.loads(params[STOPPER_KEY])) if STOPPER_KEY in params else None
+    params = {k: v for k, v in params.items() if k not in (TRIAL_KEY, STOPPER_KEY)}
+    nan = {o: float("nan") for o in config.objectives}
     try:
-        record = evaluate_candidate(pipeline, space, config, params)
+        record = evaluate_candidate(pipeline, space, config, params, stopper=stopper)
         values = dict(zip(config.objectives, objective_values(config, record), strict=True))
+    except TrialStopped as exc:
+        return {**nan, STOPPED_KEY: json.dumps({"reason": exc.reason, "attrs": exc.attrs})}
     except CANDIDATE_ERRORS as exc:
-        return {**{o: float("nan") for o in config.objectives}, ERROR_KEY: failure_reason(exc)}
+        return {**nan, ERROR_KEY: failure_reason(exc)}
     return {**values, RECORD_KEY: json.dumps(record)}
 
 

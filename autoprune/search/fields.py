@@ -1,0 +1,128 @@
+"""The fields of a search space file: ratio and priority ranges, and the checks that read each key.
+
+Every check raises :class:`~autoprune.errors.ConfigError` with one line that names the file, the key
+and what it must be.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from autoprune.errors import ConfigError
+
+_RANGE_KEYS = {"low", "high", "step"}
+
+
+@dataclass(frozen=True)
+class RatioRange:
+    """A ratio range ``[low, high]`` on a grid of ``step`` (ratios are fractions removed)."""
+
+    low: float
+    high: float
+    step: float = 0.05
+
+    def grid(self) -> list[float]:
+        """All ratios of the range, on its grid."""
+        n = int(math.floor((self.high - self.low) / self.step + 1e-9))
+        return [round(self.low + i * self.step, 6) for i in range(n + 1)]
+
+    def snap(self, ratio: float) -> float:
+        """The grid value nearest to ``ratio``."""
+        return min(self.grid(), key=lambda r: abs(r - ratio))
+
+
+@dataclass(frozen=True)
+class PriorityRange:
+    """Per-group knapsack priorities, searched log-uniformly in ``[low, high]``."""
+
+    low: float = 0.25
+    high: float = 4.0
+
+
+def _no_unknown(raw: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(map(str, raw)) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(allowed))}")
+
+
+def _str_list(value: Any, key: str, where: str, valid) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: {key!r} must be a non-empty list of names")
+    if valid is not None:
+        for v in value:
+            if v not in valid:
+                raise ConfigError(f"{where}: unknown {key} value {v!r}; valid: {', '.join(valid)}")
+    return tuple(dict.fromkeys(value))
+
+
+def _check_criteria(criteria: tuple[str, ...], where: str) -> None:
+    from autoprune.pruning import CRITERIA
+
+    for c in criteria:
+        if c not in CRITERIA:
+            raise ConfigError(f"{where}: unknown criterion {c!r}; valid: {', '.join(CRITERIA.names())}")
+
+
+def _number(value: Any, key: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}: {key!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _int(value: Any, key: str, where: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{where}: {key!r} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _pos_float(value: Any, key: str, where: str) -> float:
+    v = _number(value, key, where)
+    if v <= 0:
+        raise ConfigError(f"{where}: {key!r} must be above 0, got {value!r}")
+    return v
+
+
+def _unit(value: Any, key: str, where: str) -> float:
+    v = _number(value, key, where)
+    if not 0 <= v <= 1:
+        raise ConfigError(f"{where}: {key!r} must be in [0, 1], got {value!r}")
+    return v
+
+
+def _budget(raw: Any, where: str) -> RatioRange:
+    if isinstance(raw, dict) and set(raw) <= _RANGE_KEYS and {"low", "high"} <= set(raw):
+        low, high = _number(raw["low"], "budget.low", where), _number(raw["high"], "budget.high", where)
+        step = _number(raw.get("step", 0.01), "budget.step", where)
+        if 0 < low <= high <= 1 and step > 0:
+            return RatioRange(low, high, step)
+    raise ConfigError(f"{where}: 'budget' must be a mapping of low, high (fractions of the dense latency, "
+                      f"0 < low <= high <= 1) and an optional step > 0, got {raw!r}")
+
+
+def _priorities(raw: Any, where: str) -> PriorityRange:
+    if isinstance(raw, dict) and not set(raw) - {"low", "high"}:
+        low = _pos_float(raw.get("low", 0.25), "priorities.low", where)
+        if low <= _pos_float(raw.get("high", 4.0), "priorities.high", where):
+            return PriorityRange(low, float(raw.get("high", 4.0)))
+    raise ConfigError(f"{where}: 'priorities' must be a mapping of low and high, 0 < low <= high, got {raw!r}")
+
+
+def _range(raw: Any, key: str, where: str) -> RatioRange:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {key!r} must be a mapping with low, high (and step)")
+    _no_unknown(raw, _RANGE_KEYS, f"{where}: {key}")
+    if "low" not in raw or "high" not in raw:
+        raise ConfigError(f"{where}: {key!r} needs both 'low' and 'high'")
+    low, high = _number(raw["low"], f"{key}.low", where), _number(raw["high"], f"{key}.high", where)
+    step = _number(raw.get("step", 0.05), f"{key}.step", where)
+    if not 0 <= low < 1 or not 0 <= high < 1:
+        raise ConfigError(f"{where}: {key!r} ratios must lie in [0, 1), got low={low}, high={high}")
+    if high < low:
+        raise ConfigError(f"{where}: {key!r} is an empty range (low={low} > high={high}); make low <= high")
+    if step <= 0:
+        raise ConfigError(f"{where}: {key}.step must be above 0, got {step}")
+    return RatioRange(low, high, step)

@@ -1,0 +1,343 @@
+"""Latency-budgeted channel allocation: a HALP-style knapsack with SPDY-style layer priorities.
+
+:func:`knapsack_plan` chooses how many channels each channel-prunable group keeps so that the summed
+importance of the kept channels is as large as possible while the cost model's predicted latency stays
+within ``budget ×`` the dense model's (HALP, Shen et al., NeurIPS 2022). Importances are the pruning
+criterion's scores on the dense model, normalised per group (divided by the group's mean score) and
+scaled by a per-group priority: the search explores the priorities and the budget, not the ratios
+(SPDY, Frantar & Alistarh, ICML 2022).
+
+Latency comes from the calibrated cost model through a linear map from per-group removed channels to
+the template's per-kernel channel counts (:class:`ChannelMap`), found once per pipeline by removing one
+unit of channels of one group at a time and reading the template (so concatenations, residual adds,
+depthwise and grouped convolutions are all accounted for as the pruner really cuts them).
+
+The result is a *local* :class:`~autoprune.pruning.PruningPlan` whose per-group ratios reproduce the
+chosen kept counts exactly (:func:`~autoprune.pruning.kept_count`), so a trial stores an ordinary plan
+and ``export`` rebuilds the same model from it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from autoprune.errors import ConfigError, PlanError
+
+__all__ = ["ChannelMap", "channel_map", "group_importance", "knapsack_from_params", "knapsack_plan"]
+
+#: Pipeline → {"map": ChannelMap, ("scores", criterion): {group: scores}}; dropped with the pipeline.
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOOKAHEAD = 4  # levels tried at once when one level saves no latency (LUT plateaus)
+
+
+@dataclass(frozen=True)
+class ChannelMap:
+    """Linear map from channels removed per group to the cost model's :class:`CandidateShape`.
+
+    Attributes:
+        groups: Channel-prunable group names, in pipeline order.
+        dense_cin, dense_cout: The dense template's per-kernel channels.
+        dcin, dcout: ``[group, kernel]``: channels a kernel loses per channel removed from the group.
+        units: Group name → its channel units (root-channel indices removed together).
+    """
+
+    groups: tuple[str, ...]
+    dense_cin: np.ndarray
+    dense_cout: np.ndarray
+    dcin: np.ndarray
+    dcout: np.ndarray
+    units: dict[str, list[list[int]]]
+
+    def shape(self, removed: np.ndarray):
+        """The :class:`~autoprune.costmodel.CandidateShape` with ``removed[i]`` channels gone from group ``i``."""
+        from autoprune.costmodel import CandidateShape
+
+        cin = np.rint(self.dense_cin - removed @ self.dcin).astype(int).tolist()
+        cout = np.rint(self.dense_cout - removed @ self.dcout).astype(int).tolist()
+        n = len(cin)
+        return CandidateShape(tuple(cin), tuple(cout), (1.0,) * n, ("",) * n)
+
+    def neighbours(self) -> list[set[int]]:
+        """Per group, the groups (itself included) that share a kernel with it."""
+        touched = (self.dcin != 0) | (self.dcout != 0)
+        share = (touched.astype(int) @ touched.T.astype(int)) > 0
+        return [set(np.flatnonzero(row).tolist()) | {i} for i, row in enumerate(share)]
+
+
+def channel_map(pipeline) -> ChannelMap:
+    """The pipeline's :class:`ChannelMap` (probed once, then cached with the pipeline)."""
+    entry = _CACHE.setdefault(pipeline, {})
+    if "map" not in entry:
+        entry["map"] = _probe(pipeline)
+    return entry["map"]
+
+
+def _probe(pipeline) -> ChannelMap:
+    from autoprune.pruning import safe_deepcopy
+    from autoprune.pruning.groups import build_index
+
+    template = pipeline.cost_model.template
+    if template is None:
+        raise ConfigError("the knapsack allocation needs a cost model with a model template")
+    work = safe_deepcopy(pipeline.dense).eval()
+    index = build_index(work, pipeline.example)
+    live = {g.name for g in index.groups}
+    units = {}
+    for g in pipeline.groups:
+        if "channel" in g.allowed and g.name in live:
+            u = index.units(g.name)
+            if not isinstance(u, str) and len(u) > 1:
+                units[g.name] = u
+    names = tuple(units)
+    base = template.describe(work, sparsity=False)
+    dense_cin, dense_cout = np.array(base.cin, float), np.array(base.cout, float)
+    dcin, dcout = np.zeros((len(names), len(base.cin))), np.zeros((len(names), len(base.cout)))
+    for i, name in enumerate(names):
+        idxs = units[name][0]
+        group = index.tp_group(name, idxs)
+        if not index.dg.check_pruning_group(group):
+            raise PlanError(f"group {name!r}: removing one unit of its channels breaks a layer; keep it")
+        group.prune()
+        now = template.describe(work, sparsity=False)
+        dcin[i] = (np.array(base.cin, float) - np.array(now.cin, float)) / len(idxs)
+        dcout[i] = (np.array(base.cout, float) - np.array(now.cout, float)) / len(idxs)
+        base = now
+    return ChannelMap(names, dense_cin, dense_cout, dcin, dcout, units)
+
+
+def group_importance(pipeline, criterion: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """Per-channel scores of ``criterion`` on the dense model, per channel-prunable group (cached).
+
+    Data-driven criteria (``taylor``...) read the pipeline's training loader as :meth:`Pipeline.prune`
+    does.
+    """
+    entry = _CACHE.setdefault(pipeline, {})
+    key = ("scores", criterion, seed)
+    if key not in entry:
+        from autoprune.pruning import channel_importance
+
+        names = channel_map(pipeline).groups
+        loader = pipeline.data.loader("train", pipeline.batch_size, seed=pipeline.seed,
+                                      pin_memory=pipeline.compute.pin_memory)
+        scores = channel_importance(pipeline.dense, pipeline.example, criterion, names, calib_loader=loader,
+                                    compute=pipeline.compute, seed=seed)
+        entry[key] = {n: np.nan_to_num(s.numpy().astype(float), nan=0.0) for n, s in scores.items()}
+    return entry[key]
+
+
+def _levels(g, cap: float, round_to: int | None, min_channels: int) -> list[tuple[int, float]]:
+    """``(kept, ratio)`` pairs a local plan reproduces exactly, from dense down, ratio <= cap."""
+    from autoprune.pruning import kept_count
+
+    out = [(g.channels, 0.0)]
+    for k in range(g.channels - 1, 0, -1):
+        r = round(1.0 - k / g.channels, 6)
+        if r > cap:
+            break
+        if kept_count(g.channels, r, round_to, min_channels, g.channel_multiple) == k:
+            out.append((k, r))
+    return out
+
+
+def _lost(scores: np.ndarray, units: list[list[int]], kept: list[int]) -> np.ndarray:
+    """Importance lost at each kept count: whole units, lowest mean score first (as the pruner does)."""
+    means = np.array([scores[u].mean() for u in units])
+    order = np.argsort(means, kind="stable")
+    cum = np.concatenate([[0.0], np.cumsum([scores[units[i]].sum() for i in order])])
+    size = len(units[0])
+    total = len(units) * size
+    return np.array([cum[(total - k) // size] for k in kept])
+
+
+def knapsack_plan(pipeline, budget: float, *, criterion: str = "l1", priorities: dict[str, float] | None = None,
+                  structures: dict[str, str] | None = None, seed: int = 0, space: Any = None,
+                  settings: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Allocate kept channels per group to maximise summed importance within a latency budget.
+
+    Greedy on the marginal cost (normalised importance lost per millisecond saved), re-evaluated on the
+    current state (a group's step changes its neighbours' kernels too), then a fill-back pass that
+    re-adds the steps the budget still has room for.
+
+    Args:
+        pipeline: The study's :class:`~autoprune.pipeline.Pipeline` (dense model, checked groups, cost model).
+        budget: Predicted latency allowed, as a fraction of the dense model's, in (0, 1].
+        criterion: Importance criterion (also written into the plan).
+        priorities: Group name → weight on its normalised importances (default 1).
+        structures: Group name → ``keep`` (stays dense), ``channel`` (allocated, the default where
+            allowed) or another structure (not allocated; written as ``keep`` for the caller to fill).
+        seed: Seed stored in the plan (and for the ``random`` criterion).
+        space: The search space, for ``round_to``, ``min_channels`` and per-kind ratio caps.
+        settings: Base :class:`~autoprune.pruning.PlanSettings` (schedule...); made local.
+
+    Returns:
+        ``(plan, info)``: a local, snapped plan, and ``{"budget", "dense_ms", "predicted_ms", "kept",
+        "priorities", "criterion", "met", "seconds"}`` (``met`` is False when even the smallest
+        allowed model is over budget; that smallest model is then returned).
+
+    Raises:
+        ConfigError: A budget outside (0, 1] or a priority that is not a positive number.
+    """
+    from dataclasses import replace
+
+    from autoprune.pruning import GroupPlan, PlanSettings, PruningPlan, kept_count, snap_plan
+
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1:
+        raise ConfigError(f"knapsack budget must be a fraction of the dense latency in (0, 1], got {budget!r}")
+    priorities, structures = dict(priorities or {}), dict(structures or {})
+    for name, p in priorities.items():
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not (math.isfinite(p) and p > 0):
+            raise ConfigError(f"knapsack priority of {name!r} must be a positive number, got {p!r}")
+    t0 = time.perf_counter()
+    base = settings or PlanSettings()
+    round_to = space.round_to if space is not None else base.round_to
+    min_ch = space.min_channels if space is not None else base.min_channels
+    settings = replace(base, allocation="local", global_ratio=0.0, round_to=round_to, min_channels=min_ch, seed=seed)
+    cmap = channel_map(pipeline)
+    by_name = {g.name: g for g in pipeline.groups}
+    active, levels, lost = [], [], []
+    scores = None
+    for i, name in enumerate(cmap.groups):
+        g = by_name[name]
+        if structures.get(name, "channel") != "channel":
+            continue
+        caps = [c for c in (g.max_ratio, space.range_for(g).high if space is not None else None) if c is not None]
+        lv = _levels(g, min(caps) if caps else 0.999999, round_to, min_ch)
+        lv = [(k, r) for k, r in lv if (g.channels - k) % len(cmap.units[name][0]) == 0]
+        if len(lv) < 2:
+            continue
+        scores = scores if scores is not None else group_importance(pipeline, criterion, seed)
+        s = scores[name]
+        mean = float(s.mean())
+        s = s / mean if mean > 0 and math.isfinite(mean) else np.ones_like(s)
+        active.append(i)
+        levels.append(lv)
+        lost.append(_lost(s * float(priorities.get(name, 1.0)), cmap.units[name], [k for k, _ in lv]))
+    cm = pipeline.cost_model
+    memo: dict[tuple[int, ...], float] = {}
+    removed = np.zeros(len(cmap.groups))
+
+    def latency(j: list[int]) -> float:
+        key = tuple(j)
+        if key not in memo:
+            for a, i in enumerate(active):
+                removed[i] = by_name[cmap.groups[i]].channels - levels[a][j[a]][0]
+            memo[key] = cm.predict(cmap.shape(removed)).latency_ms
+        return memo[key]
+
+    j = [0] * len(active)
+    dense_ms = cm.predict(cmap.shape(np.zeros(len(cmap.groups)))).latency_ms
+    target = budget * dense_ms
+    cur = latency(j)
+    near = cmap.neighbours()
+    pos = {i: a for a, i in enumerate(active)}
+    near_a = [[pos[i] for i in near[active[a]] if i in pos] for a in range(len(active))]
+    cache: dict[int, tuple[tuple[int, ...], float, int, float]] = {}  # a -> (stamp, ratio, levels, saved ms)
+    while cur > target:
+        best = None
+        for a in range(len(active)):
+            if j[a] + 1 >= len(levels[a]):
+                continue
+            stamp = tuple(j[b] for b in near_a[a])
+            if a not in cache or cache[a][0] != stamp:
+                cache[a] = (stamp, *_move(a, j, levels[a], lost[a], cur, latency))
+            _, ratio, d, saved = cache[a]
+            if saved > 0 and (best is None or ratio < best[0]):
+                best = (ratio, a, d)
+        if best is None:  # nothing left that saves time: the smallest allowed model
+            j = [len(lv) - 1 for lv in levels]
+            cur = latency(j)
+            break
+        j[best[1]] += best[2]
+        cur = latency(j)
+    while True:  # fill back: re-add the steps (best importance per ms) that still fit the budget
+        best = None
+        for a in range(len(active)):
+            if j[a] == 0:
+                continue
+            up = list(j)
+            up[a] -= 1
+            new = latency(up)
+            if new <= target:
+                gain = lost[a][j[a]] - lost[a][j[a] - 1]
+                score = math.inf if new <= cur else gain / (new - cur)
+                if best is None or score > best[0]:
+                    best = (score, a, new)
+        if best is None:
+            break
+        j[best[1]] -= 1
+        cur = best[2]
+    entries, kept = [], {}
+    chosen = {cmap.groups[i]: levels[a][j[a]] for a, i in enumerate(active)}
+    for g in pipeline.groups:
+        k, r = chosen.get(g.name, (g.channels, 0.0))
+        entries.append((g.name, GroupPlan("channel", r, criterion) if r > 0 else GroupPlan("keep", 0.0, criterion)))
+        if "channel" in g.allowed:
+            kept[g.name] = int(k)
+    plan = snap_plan(PruningPlan(tuple(entries), settings), pipeline.groups)
+    for name, gp in plan.groups:  # the stored plan must rebuild exactly these counts
+        g = by_name[name]
+        got = g.channels if gp.structure != "channel" else kept_count(g.channels, gp.ratio, round_to, min_ch,
+                                                                     g.channel_multiple)
+        if name in chosen and got != chosen[name][0]:
+            raise PlanError(f"knapsack: group {name!r} would keep {got} channels, not {chosen[name][0]}")
+    info = {"budget": float(budget), "dense_ms": float(dense_ms), "predicted_ms": float(cur), "kept": kept,
+            "priorities": {cmap.groups[i]: float(priorities.get(cmap.groups[i], 1.0)) for i in active},
+            "criterion": criterion, "met": bool(cur <= target * (1 + 1e-9)),
+            "seconds": round(time.perf_counter() - t0, 4)}
+    return plan, info
+
+
+def _move(a: int, j: list[int], lv: list, lost: np.ndarray, cur: float, latency) -> tuple[float, int, float]:
+    """``(importance lost per ms saved, levels, ms saved)`` of group ``a``'s next step down.
+
+    One level, or up to :data:`_LOOKAHEAD` levels where one saves nothing (a table's plateau).
+    """
+    out = (math.inf, 1, 0.0)
+    for d in range(1, min(_LOOKAHEAD, len(lv) - 1 - j[a]) + 1):
+        nxt = list(j)
+        nxt[a] += d
+        saved = cur - latency(nxt)
+        if saved > 0:
+            return (lost[j[a] + d] - lost[j[a]]) / saved, d, saved
+    return out
+
+
+def knapsack_from_params(pipeline, space, params: dict[str, Any], seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """Resolve a trial's knapsack parameters (``budget``, ``p:{group}``, ``criterion``, ``s:{group}``)
+    into a plan with :func:`knapsack_plan`; groups given ``unstructured`` or ``nm`` get their own ratio
+    (``r:{group}``) or pattern as in a local plan."""
+    from dataclasses import replace
+
+    from autoprune.pruning import GroupPlan, PlanSettings, PruningPlan, snap_plan
+
+    criterion = params.get("criterion", space.criteria[0])
+    nm = params.get("nm", space.nm_patterns[0])
+    structures, priorities = {}, {}
+    for g in pipeline.groups:
+        structures[g.name] = params.get(f"s:{g.name}", space.structures_for(g)[0])
+        if structures[g.name] not in space.structures_for(g):
+            raise PlanError(f"group {g.name!r} cannot take structure {structures[g.name]!r}; "
+                            f"allowed here: {', '.join(space.structures_for(g))}")
+        if f"p:{g.name}" in params:
+            priorities[g.name] = float(params[f"p:{g.name}"])
+    budget = float(params.get("budget", space.budget.high))
+    settings = PlanSettings(schedule=params.get("schedule", space.schedule[0]), iterative_steps=space.iterative_steps)
+    plan, info = knapsack_plan(pipeline, budget, criterion=criterion, priorities=priorities,
+                               structures=structures, seed=seed, space=space, settings=settings)
+    entries = []
+    for name, gp in plan.groups:
+        s = structures.get(name, "keep")
+        if s == "unstructured":
+            ratio = float(params.get(f"r:{name}", 0.0))
+            gp = GroupPlan("unstructured", ratio, criterion, nm) if ratio > 0 else gp
+        elif s == "nm":
+            n, m = (int(v) for v in nm.split(":"))
+            gp = GroupPlan("nm", 1 - n / m, criterion, nm)
+        entries.append((name, replace(gp, nm=nm)))
+    return snap_plan(PruningPlan(tuple(entries), plan.settings), pipeline.groups), info
