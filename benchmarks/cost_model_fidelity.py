@@ -69,8 +69,9 @@ def run_model(name: str, plans: int, calib_plans: int, threads: int, round_to: i
     calib_s = time.perf_counter() - t0
     cm = cal.model
     # Repeatability: a second, independent calibration of the same model, minutes later, same options.
-    second = calibrate(name, CalibrationOptions(plans=calib_plans, seed=0, round_to=round_to),
-                       runtime=runtime).model if calibrations > 1 else None
+    second_cal = calibrate(name, CalibrationOptions(plans=calib_plans, seed=0, round_to=round_to),
+                           runtime=runtime) if calibrations > 1 else None
+    second = second_cal.model if second_cal is not None else None
     dense_cal_ms = cal.error["dense_reference_ms"]
     dense = build_model(name).eval()
     example = torch.zeros(1, 3, size, size)
@@ -119,12 +120,11 @@ def run_model(name: str, plans: int, calib_plans: int, threads: int, round_to: i
                         "median_abs_diff_ratio": float(np.median(np.abs(rep_ratio))) if len(again) else None,
                         "within_10pct_raw": float(np.mean(np.abs(rep_raw) <= 0.10)) if len(again) else None,
                         "median_abs_diff_raw": float(np.median(np.abs(rep_raw))) if len(again) else None},
-        "repeatability": {"calibrations": calibrations,
-                          "within_5pct": float(np.mean(np.abs(np.array(predicted_2) / np.array(predicted) - 1)
-                                                       <= 0.05)) if predicted_2 else None,
-                          "median_abs_diff": float(np.median(np.abs(np.array(predicted_2) / np.array(predicted)
-                                                                    - 1))) if predicted_2 else None,
-                          "predicted_ms_second": predicted_2},
+        "repeatability": repeatability(predicted, predicted_2, pred_dense,
+                                       second.predict(shape).latency_ms if second is not None else None,
+                                       dense_cal_ms, second_cal.error["dense_reference_ms"] if second_cal else None),
+        "floor_spearman": float(spearmanr([a.ratio for a in again], ratio[:len(again)])[0]) if len(again) > 2
+        else None,
         "flops_spearman": float(spearmanr(macs, ratio)[0]),
         "predict_module_us_median": statistics.median(pred_us), "predict_shape_us": shape_us,
         "calibrate_s": calib_s, "calibration_heldout": {k: cal.error.get(k) for k in
@@ -135,6 +135,21 @@ def run_model(name: str, plans: int, calib_plans: int, threads: int, round_to: i
         "measured_normalised_ms": normalised, "measured_raw_ms": raw, "ratio_to_dense": ratio,
         "ratio_spread": spread, "predicted_ms": predicted, "macs": macs,
     }
+
+
+def repeatability(first: list[float], second: list[float], dense_first: float, dense_second: float | None,
+                  dense_ms_first: float, dense_ms_second: float | None) -> dict:
+    """How two calibrations of one model agree on the same plans: in ms, and relative to each one's own
+    predicted dense model (what a search ranks by: the host's speed when each was measured cancels)."""
+    if not second or dense_second is None:
+        return {"calibrations": 1, "within_5pct": None, "within_5pct_relative": None}
+    a, b = np.array(first), np.array(second)
+    rel = (b / dense_second) / (a / dense_first) - 1
+    return {"calibrations": 2, "within_5pct": float(np.mean(np.abs(b / a - 1) <= 0.05)),
+            "median_abs_diff": float(np.median(np.abs(b / a - 1))),
+            "within_5pct_relative": float(np.mean(np.abs(rel) <= 0.05)),
+            "median_abs_diff_relative": float(np.median(np.abs(rel))),
+            "dense_reference_ms": [dense_ms_first, dense_ms_second], "predicted_ms_second": list(second)}
 
 
 def main() -> int:
@@ -170,19 +185,22 @@ def main() -> int:
     print("\nMeasured = each plan timed against the dense model in interleaved rounds, as ratio x the dense time "
           "at calibration (the host's drift cancels); raw = the plan's own median time.")
     print(f"{'model':14s} {'n':>3s} {'±10%':>6s} {'MAPE':>6s} {'rho':>6s} {'tau':>6s} {'FLOPs rho':>9s} "
-          f"{'raw ±10%':>8s} {'raw rho':>7s} {'floor ±10%':>10s} {'repeat ±5%':>10s} {'pred(us) mod/shape':>18s} "
+          f"{'raw ±10%':>8s} {'raw rho':>7s} {'floor ±10%':>10s} {'floor rho':>9s} {'repeat ±5%':>10s} "
+          f"{'pred(us) mod/shape':>18s} "
           f"{'calib(s)':>8s}")
     for r in rows:
         nf = r["noise_floor"]
         floor = f"{nf['within_10pct_ratio']:.0%}" if nf["within_10pct_ratio"] is not None else "-"
-        rp = r["repeatability"]["within_5pct"]
-        rep = f"{rp:.0%}" if rp is not None else "-"
+        rp, rr = r["repeatability"]["within_5pct"], r["repeatability"]["within_5pct_relative"]
+        rep = f"{rp:.0%}/{rr:.0%}" if rp is not None else "-"
+        fr = f"{r['floor_spearman']:.3f}" if r.get("floor_spearman") is not None else "-"
         print(f"{r['model']:14s} {r['n']:3d} {r['within_10pct']:6.1%} {r['mape']:6.1%} {r.get('spearman', 0):6.3f} "
               f"{r.get('kendall', 0):6.3f} {r['flops_spearman']:9.3f} {r['raw']['within_10pct']:8.0%} "
-              f"{r['raw'].get('spearman', 0):7.3f} {floor:>10s} {rep:>10s} "
+              f"{r['raw'].get('spearman', 0):7.3f} {floor:>10s} {fr:>9s} {rep:>10s} "
               f"{r['predict_module_us_median']:9.0f}/{r['predict_shape_us']:<8.0f} {r['calibrate_s']:8.0f}")
     print("repeat ±5% = share of the plans that a second, independent calibration (same options, minutes "
-          "later) predicts within 5 % of the first.")
+          "later) predicts within 5 % of the first: in ms / relative to each calibration's own dense prediction.")
+    print("floor rho = Spearman of the re-measured plans' ratios against their first measurement.")
     print("floor ±10% = share of the first plans whose re-measured ratio (minutes later) is within ±10 % of the "
           "first: no predictor can be expected to beat it.")
     out = args.out or results_dir() / "benchmarks" / "cost_model_fidelity.json"
