@@ -33,8 +33,8 @@ class SearchCommand(Command):
         parser.add_argument("--target", default=None, help="target profile (see `autoprune targets`; "
                             "default: jetson-nano)")
         parser.add_argument("--space", default=None,
-                            help="search space: default (latency-budget knapsack + layer priorities), local "
-                                 "(per-group ratios), structured-only, sparse, or a .yaml path (default: default)")
+                            help="search space: default (per-group ratios), knapsack (a latency budget + layer "
+                                 "priorities), structured-only, sparse, or a .yaml path (default: default)")
         parser.add_argument("--objectives", default=None,
                             help="comma list from accuracy, latency, energy, size, macs "
                             "(macs = hardware-blind; default: accuracy,latency)")

@@ -35,7 +35,7 @@ from autoprune.search.space import SearchSpace, plan_from_params
 from tests.models_foreign import FOREIGN_MODELS, ResNeXtShuffleNet
 
 PLANS_PER_SPACE = 30
-SPACES = ("local", "sparse")
+SPACES = ("default", "sparse")
 
 
 @pytest.fixture(scope="module")

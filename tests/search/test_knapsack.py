@@ -201,8 +201,8 @@ def test_bad_budget_and_priority_are_config_errors(pipe):
         knapsack_plan(pipe, 0.5, priorities={"stem.0": -1.0})
 
 
-def test_default_space_suggests_knapsack_params_and_anchors(pipe):
-    space = SearchSpace.load("default")
+def test_knapsack_space_suggests_knapsack_params_and_anchors(pipe):
+    space = SearchSpace.load("knapsack")
     assert space.allocation == ("knapsack",)
     groups = pipe.groups
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(0))
@@ -229,7 +229,7 @@ def test_default_space_suggests_knapsack_params_and_anchors(pipe):
             assert {gp.ratio for n, gp in plan.groups if n in channel} == {0.5}
         else:
             assert plan.settings.allocation == "global" and plan.settings.global_ratio == 0.5
-    local = SearchSpace.load("local")
+    local = SearchSpace.load("default")
     assert local.allocation == ("local",) and not needs_pipeline(local, local.seed_params(groups)[1])
     mixed = SearchSpace.from_dict({**BASE, "allocation": ["local", "global", "knapsack"]})
     assert [mixed.anchor_label(p) for p in mixed.seed_params(groups)][-5:] == [

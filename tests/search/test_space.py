@@ -49,7 +49,7 @@ def test_params_become_valid_plans(tiny_dense):
 
     model, data, _ = tiny_dense
     groups = discover_groups(model, data.example_input())
-    for name in ("local", "structured-only", "sparse"):
+    for name in ("default", "structured-only", "sparse"):
         space = SearchSpace.load(name)
         study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(0))
         for _ in range(5):
@@ -59,10 +59,10 @@ def test_params_become_valid_plans(tiny_dense):
             study.tell(trial, [0.5, 1.0])
         for params in space.seed_params(groups):
             plan_from_params(space, groups, params).validate(groups)
-    dense = plan_from_params(SearchSpace.load("local"), groups, SearchSpace.load("local").seed_params(groups)[0])
+    dense = plan_from_params(SearchSpace.load("default"), groups, SearchSpace.load("default").seed_params(groups)[0])
     assert all(gp.structure == "keep" for _, gp in dense.groups)
-    default = SearchSpace.load("default")  # knapsack params need the pipeline (tests/search/test_knapsack.py)
-    assert all(needs_pipeline(default, p) for p in default.seed_params(groups))
+    knapsack = SearchSpace.load("knapsack")  # knapsack params need the pipeline (tests/search/test_knapsack.py)
+    assert all(needs_pipeline(knapsack, p) for p in knapsack.seed_params(groups))
 
 
 @pytest.mark.parametrize("raw,needle", [

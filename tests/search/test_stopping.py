@@ -12,6 +12,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from autoprune.pipeline import CHECKPOINTS
 from autoprune.search.config import CONFIG_ATTR, SearchConfig
 from autoprune.search.loop import run_trials
 from autoprune.search.stopping import (
@@ -216,8 +217,8 @@ def test_the_pipeline_asks_the_stopper_at_its_checkpoints_with_costs_known_befor
     stopper = Recorder()
     result = pipe.run(_plan(pipe), stopper=stopper)
     rec = result.record()
-    assert [c[0][-1][0] for c in stopper.calls] == [0.0, 0.25, 0.5, 0.75]
-    assert [len(c[0]) for c in stopper.calls] == [1, 2, 3, 4]  # the curve so far, growing
+    assert [c[0][-1][0] for c in stopper.calls] == list(CHECKPOINTS) == [0.0, 0.5]
+    assert [len(c[0]) for c in stopper.calls] == [1, 2]  # the curve so far, growing
     costs = stopper.calls[0][1]
     assert costs["latency_ms"] == rec["latency_ms"] and costs["energy_mj"] == rec["energy_mj"]
     assert costs["macs"] == rec["macs"]
@@ -246,7 +247,7 @@ def test_checkpoints_leave_fine_tuning_as_it_was(user_loaders, monkeypatch):
     monkeypatch.setattr(pipe, "checkpoints", ())
     torch.manual_seed(1)
     without = pipe.run(_plan(pipe)).record()
-    assert len(with_curve["curve"]) == 5 and without["curve"] == [[1.0, without["accuracy"]]]
+    assert len(with_curve["curve"]) == len(CHECKPOINTS) + 1 and without["curve"] == [[1.0, without["accuracy"]]]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert with_curve["accuracy"] == without["accuracy"]
@@ -256,7 +257,7 @@ def test_a_stop_at_a_checkpoint_propagates_out_of_the_pipeline(pipe):
     stopper = Recorder(stop_at=0.5)
     with pytest.raises(TrialStopped, match="test stop"):
         pipe.run(_plan(pipe), stopper=stopper)
-    assert [c[0][-1][0] for c in stopper.calls] == [0.0, 0.25, 0.5]
+    assert [c[0][-1][0] for c in stopper.calls] == [0.0, 0.5]
 
 
 def test_a_masked_candidate_is_costed_as_make_permanent_will_leave_it(pipe):
