@@ -254,6 +254,7 @@ class Pipeline:
             autoprune.search.stopping.TrialStopped: The stopper stopped the candidate.
         """
         from autoprune.pruning import evaluate, export_onnx, recalibrate_bn
+        from autoprune.train import accuracy
 
         t: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -277,7 +278,7 @@ class Pipeline:
             with _side_effect_free(pruned.module, self.compute, bn_loader):
                 if fraction == 0.0:  # after surgery the running statistics are stale; later, training updates them
                     recalibrate_bn(pruned.module, bn_loader, CHECK_BN_BATCHES, self.compute)
-                acc = _accuracy(pruned.module, eval_loader, self.compute)
+                acc = accuracy(pruned.module, eval_loader, self.compute)  # top-1 only, no extra metrics
             curve.append((fraction, acc))
             t_check[0] += time.perf_counter() - c0
             if stopper is not None:
@@ -325,18 +326,6 @@ class Pipeline:
         _, _, sparse_bytes = size_report(pruned.module, pruned.nm_members)
         return {"latency_ms": cost.latency_ms, "energy_mj": cost.energy_mj, "size_mb": sparse_bytes / 1e6,
                 "macs": float(count_macs(pruned.module, self.example))}
-
-
-def _accuracy(module: nn.Module, loader: Any, compute: Compute) -> float:
-    """Top-1 accuracy only (a checkpoint needs nothing else), in eval mode, full precision."""
-    module.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for batch in loader:
-            x, y = compute.batch(batch)
-            correct += int((module(x).argmax(1) == y).sum())
-            total += int(y.numel())
-    return correct / max(total, 1)
 
 
 @contextmanager

@@ -48,6 +48,11 @@ def _miss(total_mb: np.ndarray, cache_mb: float) -> np.ndarray:
     return np.clip(1.0 - cache_mb / np.maximum(total_mb, 1e-12), 0.0, 1.0)
 
 
+def _weight_mb(arrays: KernelArrays, cin: np.ndarray, cout: np.ndarray) -> np.ndarray:
+    """Weight MB of every kernel at these channel counts (what streams from memory when not cached)."""
+    return arrays.costs(np.asarray(cin, float), np.asarray(cout, float))[2] / 1e6
+
+
 def one_dimensional(key: str) -> bool:
     """Whether a config key's table is 1-D (depthwise conv, or a weightless kernel)."""
     return not key.startswith(("conv", "gemm")) or "gdw|" in key
@@ -178,7 +183,7 @@ class LutCostModel(CostModel):
             raise ConfigError(f"fit_kernel_scales: {len(shapes)} shapes but {len(y)} measured latencies")
         self.alpha, self.power, self.overhead_ms = 1.0, 1.0, 0.0
         tab = np.stack([self._kernel_ms(s)[0] for s in shapes])  # (models, kernels): isolated tables
-        wmb = np.stack([self._weight_mb(s) for s in shapes])  # (models, kernels): weight MB
+        wmb = np.stack([_weight_mb(self.template.arrays, s.cin, s.cout) for s in shapes])  # (models, kernels)
         ok = np.isfinite(y) & (y > 0)
         tab, wmb, y = tab[ok], wmb[ok], y[ok]
         n, k = tab.shape
@@ -192,7 +197,7 @@ class LutCostModel(CostModel):
         total_mb = wmb.sum(axis=1)
         best = None
         for cache_mb in CACHE_GRID_MB:
-            stream = (wmb.sum(axis=1) * _miss(total_mb, cache_mb))[:, None]
+            stream = (total_mb * _miss(total_mb, cache_mb))[:, None]
             a_mat = np.hstack([ones, tab @ member.T, stream]) / y[:, None]
             lo = np.r_[c_low, np.zeros(len(names) + 1)]
             sol = lsq_linear(a_mat, np.ones(n), bounds=(lo, np.inf))
@@ -223,11 +228,6 @@ class LutCostModel(CostModel):
                 "kernel_scale_range": [float(scales.min()), float(scales.max())], "fit_points": int(n),
                 "fit_mape": float(np.mean(np.abs(pred / y - 1.0)))}
 
-    def _weight_mb(self, shape: Any) -> np.ndarray:
-        """Dense weight MB of every kernel of a candidate (what streams from memory when not cached)."""
-        arrays = self.template.arrays  # type: ignore[union-attr]
-        return arrays.costs(np.asarray(shape.cin, float), np.asarray(shape.cout, float))[2] / 1e6
-
     def dense_kernel_ms(self, arrays: KernelArrays, cin: np.ndarray, cout: np.ndarray,
                         keys: Sequence[str] | None) -> np.ndarray:
         ms = self._table_ms(arrays, cin, cout, keys)
@@ -237,8 +237,8 @@ class LutCostModel(CostModel):
         ms = ms * self._scales(fit)
         mem = self.memory_fit
         if mem:
-            wmb = arrays.costs(cin, cout)[2] / 1e6
-            ms = ms + mem["ms_per_mb"] * wmb * _miss(np.array([wmb.sum()]), mem["cache_mb"])[0]
+            wmb = _weight_mb(arrays, cin, cout)
+            ms = ms + mem["ms_per_mb"] * wmb * _miss(wmb.sum(), mem["cache_mb"])
         return ms
 
     def _scales(self, fit: np.ndarray) -> np.ndarray:
