@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -13,6 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ROOT / "tests" / "fixtures" / "tiny_cnn.py"
 TINY_REF = f"{TINY_MODEL}:tiny_cnn"
 PYTHON = sys.executable
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -51,3 +59,21 @@ def pg_url() -> str:
     if not url:
         pytest.skip('no PostgreSQL: AUTOPRUNE_TEST_PG_URL is unset (run `eval "$(.ci/postgres.sh start)"`)')
     return url
+
+
+def ray_searcher(results_root: Path, name: str, trials: int):
+    """A Ray Tune searcher on a new ``jetson-nano`` study of the tiny user CNN (no cluster needed).
+
+    Returns:
+        ``(url, study, config, searcher)``.
+    """
+    from autoprune.search.backends import ray as rb
+    from autoprune.search.config import SearchConfig
+    from autoprune.search.objective import build_pipeline
+    from autoprune.search.study import open_study, study_space
+
+    url = f"sqlite:///{results_root / (name + '.db')}"
+    config = SearchConfig(model=TINY_REF, target="jetson-nano", finetune_epochs=0, trials=trials)
+    study, config, _ = open_study(url, name, config, {}, None)
+    searcher = rb.make_searcher(study, config, url, build_pipeline(config, study_space(study, config), False)[0].groups)
+    return url, study, config, searcher

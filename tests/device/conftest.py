@@ -6,7 +6,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT
+from tests.conftest import PYTHON, ROOT, free_port
 
 #: The fake board's input power, in milliwatts (the Nano's L4T 32 rail name).
 TRUE_POWER_MW = 4750
@@ -28,12 +27,6 @@ def make_ina3221_tree(root: Path, rails: dict[str, int]) -> Path:
         (dev / f"rail_name_{k}").write_text(f"{name}\n")
         (dev / f"in_power{k}_input").write_text(f"{mw}\n")
     return root
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DeviceServer:

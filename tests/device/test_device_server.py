@@ -69,7 +69,7 @@ def test_a_plain_tvm_server_is_named_not_misused(tmp_path):
 
 
 def test_unreachable_server_is_one_bounded_line():
-    from tests.device.conftest import free_port
+    from tests.conftest import free_port
 
     rt = DeviceOnnxRuntime(RPCConfig("127.0.0.1", free_port(), connect_timeout_s=3.0))
     t0 = time.monotonic()

@@ -19,17 +19,11 @@ import pytest
 from optuna.trial import TrialState
 
 from autoprune.cli import main
-from tests.conftest import TINY_REF, cli_env
+from tests.conftest import TINY_REF, cli_env, free_port, ray_searcher
 
 FAST = ["--model", TINY_REF, "--target", "jetson-nano", "--finetune-epochs", "0", "--no-progress"]
 RAY = str(Path(sys.executable).with_name("ray"))
 TOKEN = secrets.token_hex(32)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, log, timeout_s: float = 90) -> None:
@@ -134,14 +128,8 @@ def test_searcher_bookkeeping_without_a_cluster(tiny_dense, results_root):
     from ray.tune.search import Searcher
 
     from autoprune.search.backends import ray as rb
-    from autoprune.search.config import SearchConfig
-    from autoprune.search.objective import build_pipeline
-    from autoprune.search.study import open_study, study_space
 
-    url = f"sqlite:///{results_root / 'searcher.db'}"
-    config = SearchConfig(model=TINY_REF, target="jetson-nano", finetune_epochs=0, trials=3)
-    study, config, _ = open_study(url, "searcher", config, {}, None)
-    searcher = rb.make_searcher(study, config, url, build_pipeline(config, study_space(study, config), False)[0].groups)
+    url, study, config, searcher = ray_searcher(results_root, "searcher", trials=3)
     spec = rb.worker_spec(study, config)
 
     params = {tid: searcher.suggest(tid) for tid in ("a", "b", "c")}

@@ -24,7 +24,7 @@ from autoprune.search.stopping import (
     learned_margin,
     stop_reason,
 )
-from tests.conftest import TINY_REF
+from tests.conftest import TINY_REF, ray_searcher
 
 
 def _trial(number, acc, latency, gains=(0.10, 0.05, 0.02), feasible=True, energy=None):
@@ -290,13 +290,8 @@ def test_ray_searcher_hands_out_the_stopper_and_tells_a_stopped_trial_pruned(tin
     import json
 
     from autoprune.search.backends import ray as rb
-    from autoprune.search.objective import build_pipeline
-    from autoprune.search.study import open_study, study_space
 
-    url = f"sqlite:///{results_root / 'stopping-ray.db'}"
-    config = SearchConfig(model=TINY_REF, target="jetson-nano", finetune_epochs=0, trials=2)
-    study, config, _ = open_study(url, "stopping-ray", config, {}, None)
-    searcher = rb.make_searcher(study, config, url, build_pipeline(config, study_space(study, config), False)[0].groups)
+    url, study, config, searcher = ray_searcher(results_root, "stopping-ray", trials=2)
     params = searcher.suggest("a")
     assert Stopper.from_dict(json.loads(params[rb.STOPPER_KEY])) == Stopper.from_study(study)  # none completed yet
 
