@@ -169,11 +169,14 @@ def storage_url(root: Path, seed: int) -> str:
 
 
 def steps_used(study, steps: int) -> float:
-    """Fine-tuning steps a study has spent: all of each completed trial's, part of each stopped one's."""
+    """Fine-tuning steps a study has spent: all of each completed trial's, part of each stopped one's
+    (the dense anchor is evaluated, never fine-tuned: it spends none)."""
     from optuna.trial import TrialState
 
     used = 0.0
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if t.user_attrs.get("anchor") == "dense":
+            continue
         if t.state == TrialState.COMPLETE:
             used += steps
         elif "stopped_reason" in t.user_attrs:
@@ -246,7 +249,8 @@ def run_sweep(bench: Bench, method: str, cache: dict[str, Any], target: str = "j
                                                              min_channels=ss.min_channels, round_to=ss.round_to,
                                                              seed=bench.seed))
         else:  # knapsack: the budget is a fraction of the dense model's predicted latency on the target
-            plan, _ = knapsack_plan(pipe, ratio, criterion="l1", seed=bench.seed, space=ss)
+            plan, _ = knapsack_plan(pipe, ratio, criterion="l1", seed=bench.seed, space=ss, latency_weight=1.0,
+                                    thinning=0.0)  # HALP as published: importance per ms, plain sum
         key = f"{method}:{target}:{ratio}:{plan_key(plan.to_dict(), bench.kd, bench.seed)}"
         if key not in cache:
             t0 = time.time()

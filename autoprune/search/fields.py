@@ -22,6 +22,7 @@ class RatioRange:
     low: float
     high: float
     step: float = 0.05
+    log: bool = False  # searched log-uniformly, off any grid (a latency budget: speedups spread evenly)
 
     def grid(self) -> list[float]:
         """All ratios of the range, on its grid."""
@@ -29,8 +30,16 @@ class RatioRange:
         return [round(self.low + i * self.step, 6) for i in range(n + 1)]
 
     def snap(self, ratio: float) -> float:
-        """The grid value nearest to ``ratio``."""
+        """The grid value nearest to ``ratio`` (a log range has no grid: ``ratio`` clipped to it)."""
+        if self.log:
+            return min(max(float(ratio), self.low), self.high)
         return min(self.grid(), key=lambda r: abs(r - ratio))
+
+    def suggest(self, trial, name: str) -> float:
+        """Ask ``trial`` for a value of this range under ``name``."""
+        if self.log:
+            return trial.suggest_float(name, self.low, self.high, log=True)
+        return trial.suggest_float(name, self.low, self.high, step=self.step)
 
 
 @dataclass(frozen=True)
@@ -94,13 +103,30 @@ def _unit(value: Any, key: str, where: str) -> float:
 
 
 def _budget(raw: Any, where: str) -> RatioRange:
-    if isinstance(raw, dict) and set(raw) <= _RANGE_KEYS and {"low", "high"} <= set(raw):
+    if isinstance(raw, dict) and set(raw) <= _RANGE_KEYS | {"log"} and {"low", "high"} <= set(raw):
         low, high = _number(raw["low"], "budget.low", where), _number(raw["high"], "budget.high", where)
         step = _number(raw.get("step", 0.01), "budget.step", where)
-        if 0 < low <= high <= 1 and step > 0:
-            return RatioRange(low, high, step)
+        log = raw.get("log", False)
+        if 0 < low <= high <= 1 and step > 0 and isinstance(log, bool):
+            return RatioRange(low, high, step, log)
     raise ConfigError(f"{where}: 'budget' must be a mapping of low, high (fractions of the dense latency, "
-                      f"0 < low <= high <= 1) and an optional step > 0, got {raw!r}")
+                      f"0 < low <= high <= 1), an optional step > 0 and an optional log (true: log-uniform, "
+                      f"no step), got {raw!r}")
+
+
+def _latency_weight(raw: Any, where: str) -> RatioRange:
+    """``latency_weight``: a number (fixed) or a range ``{low, high, step}`` in [0, 1] (searched)."""
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        v = _unit(raw, "latency_weight", where)
+        return RatioRange(v, v, 0.05)
+    if isinstance(raw, dict) and set(raw) <= _RANGE_KEYS and {"low", "high"} <= set(raw):
+        low = _number(raw["low"], "latency_weight.low", where)
+        high = _number(raw["high"], "latency_weight.high", where)
+        step = _number(raw.get("step", 0.05), "latency_weight.step", where)
+        if 0 <= low <= high <= 1 and step > 0:
+            return RatioRange(low, high, step)
+    raise ConfigError(f"{where}: 'latency_weight' must be a number in [0, 1] or a mapping of low, high "
+                      f"(0 <= low <= high <= 1) and an optional step > 0, got {raw!r}")
 
 
 def _priorities(raw: Any, where: str) -> PriorityRange:

@@ -7,6 +7,14 @@ criterion's scores on the dense model, normalised per group (divided by the grou
 scaled by a per-group priority: the search explores the priorities and the budget, not the ratios
 (SPDY, Frantar & Alistarh, ICML 2022).
 
+Two knobs shape the allocation. ``thinning`` makes a group dearer the thinner it gets: the unit that
+leaves ``r`` of a group's ``n`` channels costs its importance times ``(n / r)^thinning``. Without it
+(HALP's plain sum) the per-group scores are nearly flat, and on VGG-11 the knapsack cut alternate layers
+to 4-13 channels and left their neighbours dense (fine-tuned accuracy 95 % where global L1 kept 99 %).
+``latency_weight`` ``w`` ranks a step by importance lost per ``(ms saved)^w × (channels removed)^(1-w)``:
+1 is HALP's ratio, 0 ranks channels by importance alone as global magnitude pruning does (the budget
+alone is latency's).
+
 Latency comes from the calibrated cost model through a linear map from per-group removed channels to
 the template's per-kernel channel counts (:class:`ChannelMap`), found once per pipeline by removing one
 unit of channels of one group at a time and reading the template (so concatenations, residual adds,
@@ -145,19 +153,23 @@ def _levels(g, cap: float, round_to: int | None, min_channels: int) -> list[tupl
     return out
 
 
-def _lost(scores: np.ndarray, units: list[list[int]], kept: list[int]) -> np.ndarray:
-    """Importance lost at each kept count: whole units, lowest mean score first (as the pruner does)."""
+def _lost(scores: np.ndarray, units: list[list[int]], kept: list[int], thinning: float = 0.0) -> np.ndarray:
+    """Importance lost at each kept count: whole units, lowest mean score first (as the pruner does),
+    the unit that leaves ``r`` of ``n`` channels weighted by ``(n / r)^thinning``."""
     means = np.array([scores[u].mean() for u in units])
     order = np.argsort(means, kind="stable")
-    cum = np.concatenate([[0.0], np.cumsum([scores[units[i]].sum() for i in order])])
     size = len(units[0])
     total = len(units) * size
+    left = np.maximum(total - size * np.arange(1, len(units) + 1), 1)  # channels left after each removal
+    step = np.array([scores[units[i]].sum() for i in order]) * (total / left) ** thinning
+    cum = np.concatenate([[0.0], np.cumsum(step)])
     return np.array([cum[(total - k) // size] for k in kept])
 
 
 def knapsack_plan(pipeline, budget: float, *, criterion: str = "l1", priorities: dict[str, float] | None = None,
                   structures: dict[str, str] | None = None, seed: int = 0, space: Any = None,
-                  settings: Any = None) -> tuple[Any, dict[str, Any]]:
+                  settings: Any = None, latency_weight: float = 1.0,
+                  thinning: float = 1.0) -> tuple[Any, dict[str, Any]]:
     """Allocate kept channels per group to maximise summed importance within a latency budget.
 
     Greedy on the marginal cost (normalised importance lost per millisecond saved), re-evaluated on the
@@ -174,6 +186,9 @@ def knapsack_plan(pipeline, budget: float, *, criterion: str = "l1", priorities:
         seed: Seed stored in the plan (and for the ``random`` criterion).
         space: The search space, for ``round_to``, ``min_channels`` and per-kind ratio caps.
         settings: Base :class:`~autoprune.pruning.PlanSettings` (schedule...); made local.
+        latency_weight: ``w`` in [0, 1]: a step is ranked by importance lost per ``(ms saved)^w ×
+            (channels removed)^(1-w)``. 1 is HALP's knapsack; 0 ranks channels by importance alone, as
+            global magnitude pruning does, and only the budget is latency's; values between trade the two.
 
     Returns:
         ``(plan, info)``: a local, snapped plan, and ``{"budget", "dense_ms", "predicted_ms", "kept",
@@ -189,6 +204,11 @@ def knapsack_plan(pipeline, budget: float, *, criterion: str = "l1", priorities:
 
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1:
         raise ConfigError(f"knapsack budget must be a fraction of the dense latency in (0, 1], got {budget!r}")
+    if isinstance(latency_weight, bool) or not isinstance(latency_weight, (int, float)) \
+            or not 0 <= latency_weight <= 1:
+        raise ConfigError(f"knapsack latency_weight must be a number in [0, 1], got {latency_weight!r}")
+    if isinstance(thinning, bool) or not isinstance(thinning, (int, float)) or not 0 <= thinning < math.inf:
+        raise ConfigError(f"knapsack thinning must be a number >= 0, got {thinning!r}")
     priorities, structures = dict(priorities or {}), dict(structures or {})
     for name, p in priorities.items():
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not (math.isfinite(p) and p > 0):
@@ -217,7 +237,7 @@ def knapsack_plan(pipeline, budget: float, *, criterion: str = "l1", priorities:
         s = s / mean if mean > 0 and math.isfinite(mean) else np.ones_like(s)
         active.append(i)
         levels.append(lv)
-        lost.append(_lost(s * float(priorities.get(name, 1.0)), cmap.units[name], [k for k, _ in lv]))
+        lost.append(_lost(s * float(priorities.get(name, 1.0)), cmap.units[name], [k for k, _ in lv], thinning))
     cm = pipeline.cost_model
     memo: dict[tuple[int, ...], float] = {}
     removed = np.zeros(len(cmap.groups))
@@ -245,7 +265,7 @@ def knapsack_plan(pipeline, budget: float, *, criterion: str = "l1", priorities:
                 continue
             stamp = tuple(j[b] for b in near_a[a])
             if a not in cache or cache[a][0] != stamp:
-                cache[a] = (stamp, *_move(a, j, levels[a], lost[a], cur, latency))
+                cache[a] = (stamp, *_move(a, j, levels[a], lost[a], cur, latency, latency_weight))
             _, ratio, d, saved = cache[a]
             if saved > 0 and (best is None or ratio < best[0]):
                 best = (ratio, a, d)
@@ -265,7 +285,8 @@ def knapsack_plan(pipeline, budget: float, *, criterion: str = "l1", priorities:
             new = latency(up)
             if new <= target:
                 gain = lost[a][j[a]] - lost[a][j[a] - 1]
-                score = math.inf if new <= cur else gain / (new - cur)
+                score = math.inf if new <= cur else _price(
+                    gain, new - cur, levels[a][j[a] - 1][0] - levels[a][j[a]][0], latency_weight)
                 if best is None or score > best[0]:
                     best = (score, a, new)
         if best is None:
@@ -288,15 +309,18 @@ def knapsack_plan(pipeline, budget: float, *, criterion: str = "l1", priorities:
             raise PlanError(f"knapsack: group {name!r} would keep {got} channels, not {chosen[name][0]}")
     info = {"budget": float(budget), "dense_ms": float(dense_ms), "predicted_ms": float(cur), "kept": kept,
             "priorities": {cmap.groups[i]: float(priorities.get(cmap.groups[i], 1.0)) for i in active},
-            "criterion": criterion, "met": bool(cur <= target * (1 + 1e-9)),
+            "criterion": criterion, "latency_weight": float(latency_weight),
+            "thinning": float(thinning), "met": bool(cur <= target * (1 + 1e-9)),
             "seconds": round(time.perf_counter() - t0, 4)}
     return plan, info
 
 
-def _move(a: int, j: list[int], lv: list, lost: np.ndarray, cur: float, latency) -> tuple[float, int, float]:
-    """``(importance lost per ms saved, levels, ms saved)`` of group ``a``'s next step down.
+def _move(a: int, j: list[int], lv: list, lost: np.ndarray, cur: float, latency,
+          latency_weight: float = 1.0) -> tuple[float, int, float]:
+    """``(price, levels, ms saved)`` of group ``a``'s next step down.
 
-    One level, or up to :data:`_LOOKAHEAD` levels where one saves nothing (a table's plateau).
+    One level, or up to :data:`_LOOKAHEAD` levels where one saves nothing (a table's plateau). The
+    price is :func:`_price` of the importance the step loses.
     """
     out = (math.inf, 1, 0.0)
     for d in range(1, min(_LOOKAHEAD, len(lv) - 1 - j[a]) + 1):
@@ -304,8 +328,14 @@ def _move(a: int, j: list[int], lv: list, lost: np.ndarray, cur: float, latency)
         nxt[a] += d
         saved = cur - latency(nxt)
         if saved > 0:
-            return (lost[j[a] + d] - lost[j[a]]) / saved, d, saved
+            return _price(lost[j[a] + d] - lost[j[a]], saved, lv[j[a]][0] - lv[j[a] + d][0], latency_weight), d, saved
     return out
+
+
+def _price(importance: float, ms: float, channels: int, latency_weight: float) -> float:
+    """Importance per ``ms^w × channels^(1-w)``: per millisecond at ``w = 1`` (HALP), per channel at
+    ``w = 0`` (global magnitude pruning's order, whatever a group's unit size)."""
+    return importance / (ms ** latency_weight * channels ** (1.0 - latency_weight))
 
 
 def knapsack_from_params(pipeline, space, params: dict[str, Any], seed: int = 0) -> tuple[Any, dict[str, Any]]:
@@ -327,9 +357,11 @@ def knapsack_from_params(pipeline, space, params: dict[str, Any], seed: int = 0)
         if f"p:{g.name}" in params:
             priorities[g.name] = float(params[f"p:{g.name}"])
     budget = float(params.get("budget", space.budget.high))
+    latency_weight = float(params.get("latency_weight", space.latency_weight.high))
     settings = PlanSettings(schedule=params.get("schedule", space.schedule[0]), iterative_steps=space.iterative_steps)
     plan, info = knapsack_plan(pipeline, budget, criterion=criterion, priorities=priorities,
-                               structures=structures, seed=seed, space=space, settings=settings)
+                               structures=structures, seed=seed, space=space, settings=settings,
+                               latency_weight=latency_weight, thinning=space.thinning)
     entries = []
     for name, gp in plan.groups:
         s = structures.get(name, "keep")

@@ -5,8 +5,9 @@ per kind of layer), the criteria, the allocation and schedule, and the fine-tuni
 budget. :meth:`SearchSpace.suggest` turns one Optuna trial into a pruning plan.
 
 Allocations: ``local`` (``r:{group}``), ``global`` (``global_ratio``) and ``knapsack`` (a latency
-``budget``, a fraction of the dense model's, and priorities ``p:{group}``, log-uniform in ``priorities``;
-resolved against the study's pipeline by :mod:`autoprune.search.knapsack`, see :func:`needs_pipeline`).
+``budget``, a fraction of the dense model's, priorities ``p:{group}``, log-uniform in ``priorities``, and
+``latency_weight`` where the space gives it a range; ``thinning`` is fixed per space), resolved against the
+study's pipeline by :mod:`autoprune.search.knapsack` (see :func:`needs_pipeline`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from autoprune.search.fields import (
     _budget,
     _check_criteria,
     _int,
+    _latency_weight,
     _no_unknown,
+    _number,
     _pos_float,
     _priorities,
     _range,
@@ -37,7 +40,7 @@ KINDS = ("conv", "depthwise", "linear")
 _TOP_KEYS = {
     "version", "description", "structures", "nm_patterns", "ratio", "ratio_by_kind", "criteria",
     "allocation", "schedule", "iterative_steps", "round_to", "min_channels", "finetune", "distillation",
-    "budget", "priorities",
+    "budget", "priorities", "latency_weight", "thinning",
 }
 ALLOCATIONS = ("local", "global", "knapsack")
 _FT_KEYS = {"epochs", "steps", "lr", "lr_schedule", "batch_size"}
@@ -77,6 +80,8 @@ class SearchSpace:
     kd_weight: float = 0.7
     budget: RatioRange = RatioRange(0.1, 0.9, 0.01)  # noqa: RUF009 - frozen
     priorities: PriorityRange = PriorityRange()  # noqa: RUF009 - frozen
+    latency_weight: RatioRange = RatioRange(1.0, 1.0, 0.05)  # noqa: RUF009 - frozen
+    thinning: float = 1.0
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -150,6 +155,9 @@ class SearchSpace:
             raise ConfigError(f"{where}: 'distillation.enabled' must be true, false or a list of them")
         budget = _budget(raw.get("budget", {"low": 0.1, "high": 0.9, "step": 0.01}), where)
         priorities = _priorities(raw.get("priorities", {"low": 0.25, "high": 4.0}), where)
+        thinning = _number(raw.get("thinning", 1.0), "thinning", where)
+        if thinning < 0:
+            raise ConfigError(f"{where}: 'thinning' must be >= 0 (0 = HALP's plain sum), got {thinning}")
         return cls(
             name=name, description=str(raw.get("description", "")), structures=structures, ratio=ratio,
             ratio_by_kind=by_kind, criteria=criteria, allocation=allocation, schedule=schedule,
@@ -158,6 +166,7 @@ class SearchSpace:
             kd_temperature=_pos_float(kd_raw.get("temperature", 4.0), "distillation.temperature", where),
             kd_weight=_unit(kd_raw.get("weight", 0.7), "distillation.weight", where),
             budget=budget, priorities=priorities,
+            latency_weight=_latency_weight(raw.get("latency_weight", 1.0), where), thinning=thinning,
         )
 
     # -- per-group view -----------------------------------------------------------------------
@@ -191,7 +200,10 @@ class SearchSpace:
             if knap and "channel" in structs:
                 trial.suggest_float(f"p:{g.name}", self.priorities.low, self.priorities.high, log=True)
         if knap:
-            trial.suggest_float("budget", self.budget.low, self.budget.high, step=self.budget.step)
+            self.budget.suggest(trial, "budget")
+            lw = self.latency_weight
+            if lw.high > lw.low:
+                trial.suggest_float("latency_weight", lw.low, lw.high, step=lw.step)
         for key, choices in (("criterion", self.criteria), ("allocation", self.allocation),
                              ("schedule", self.schedule), ("nm", self.nm_patterns)):
             if len(choices) > 1:
@@ -205,17 +217,20 @@ class SearchSpace:
     def _searches_ratio(self, structs: tuple[str, ...]) -> bool:
         return bool({"local", "global"} & set(self.allocation)) or "unstructured" in structs
 
-    def seed_params(self, groups, ratios=(0.0, 0.3, 0.5, 0.7, 0.9), budgets=(0.3, 0.5, 0.7)) -> list[dict[str, Any]]:
+    def seed_params(self, groups, ratios=(0.0, 0.3, 0.5, 0.7, 0.9), budgets=(0.075, 0.15, 0.3, 0.6)
+                    ) -> list[dict[str, Any]]:
         """Parameters of the anchor trials, each within the space.
 
         The dense model first (every group ``keep``, or ``channel`` at 0); then, as the space's
         allocations allow: uniform channel plans at ``ratios`` (``local``), one global plan at the
         middle ratio (``global``, when the space also has another allocation), and knapsack plans at
-        ``budgets`` with every priority 1 (``knapsack``). :meth:`anchor_label` names each.
+        ``budgets`` with every priority 1 (``knapsack``; by default 0.075, 0.15, 0.3 and 0.6 of the dense
+        latency, each twice the last, so the first trials already span 1.7-13x). :meth:`anchor_label`
+        names each.
         """
         return [params for _, params, _ in self.anchors(groups, ratios, budgets)]
 
-    def anchors(self, groups, ratios=(0.0, 0.3, 0.5, 0.7, 0.9), budgets=(0.3, 0.5, 0.7)
+    def anchors(self, groups, ratios=(0.0, 0.3, 0.5, 0.7, 0.9), budgets=(0.075, 0.15, 0.3, 0.6)
                 ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
         """The anchor trials as ``(label, params within the space, fixed params)``.
 
@@ -236,8 +251,12 @@ class SearchSpace:
             p = self._anchor(groups, mid, "global")
             out.append((self.anchor_label(p), p, {}))
         if "knapsack" in self.allocation:
-            out += [(f"knapsack-{b}", p, {}) for b, p in
-                    ((b, self._anchor(groups, 0.5, "knapsack", budget=b)) for b in budgets)]
+            ladder = {}  # budgets as the space snaps them (a coarse or narrow range may merge two)
+            for b in budgets:
+                p = self._anchor(groups, 0.5, "knapsack", budget=b)
+                ladder.setdefault(p["budget"], p)
+            out += [(f"knapsack-{b:g}", p, {}) for b, p in ladder.items()]
+            budgets = tuple(ladder)
         if self.allocation == ("knapsack",) and "channel" in self.structures:
             in_space = self._anchor(groups, 0.5, "knapsack", budget=self.budget.snap((1 - mid) ** 2))
             for allocation in ("local", "global"):
@@ -273,6 +292,8 @@ class SearchSpace:
             params["global_ratio"] = self.ratio.snap(ratio)
         if "knapsack" in self.allocation:
             params["budget"] = self.budget.snap(self.budget.high if budget is None else budget)
+            if self.latency_weight.high > self.latency_weight.low:  # anchors run HALP's ranking
+                params["latency_weight"] = self.latency_weight.high
         if len(self.distillation) > 1:
             params["kd"] = self.distillation[-1]
         return params

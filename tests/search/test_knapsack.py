@@ -168,12 +168,56 @@ def test_equal_priorities_give_the_halp_optimum(budget):
         removed = np.array([by_name[n].channels - k for n, k in zip(names, combo)], float)
         if pipe.cost_model.predict(cmap.shape(removed)).latency_ms <= budget * dense:
             best = max(best, sum(value[n, k] for n, k in zip(names, combo)))
-    _, info = knapsack_plan(pipe, budget, space=space)
+    _, info = knapsack_plan(pipe, budget, space=space, thinning=0.0)  # HALP: the plain importance sum
     got = sum(value[n, info["kept"][n]] for n in names)
     one_step = max(value[n, a] - value[n, b] for n, ks in zip(names, allowed) for a, b in itertools.pairwise(ks))
     assert info["met"] and best > 0
     assert got <= best + 1e-9
     assert got >= best - one_step, (got, best, one_step)
+
+
+def _removed_scores(pipe, kept: dict[str, int]) -> list[float]:
+    """Normalised L1 scores (per channel, its unit's mean) of the channels a plan removes."""
+    scores, cmap = group_importance(pipe, "l1"), channel_map(pipe)
+    by_name = {g.name: g.channels for g in pipe.groups}
+    out: list[float] = []
+    for name, k in kept.items():
+        s = scores[name] / scores[name].mean()
+        per_channel = sorted(float(s[u].mean()) for u in cmap.units[name] for _ in u)
+        out += per_channel[: by_name[name] - k]
+    return out
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.5])
+def test_latency_weight_trades_importance_order_for_speed(pipe, space, budget):
+    """``latency_weight`` 0 removes the lowest-scored channels whatever they cost (global magnitude
+    pruning's order); 1 removes those that lose least per ms saved (HALP), which buys the budget with
+    fewer, more important channels. In between lies in between."""
+    removed = []
+    for w in (0.0, 0.5, 1.0):
+        _, info = knapsack_plan(pipe, budget, space=space, thinning=0.0, latency_weight=w)
+        assert info["met"] and info["latency_weight"] == w and info["thinning"] == 0.0
+        removed.append(_removed_scores(pipe, info["kept"]))
+    means = [float(np.mean(r)) for r in removed]
+    assert means[0] < means[1] < means[2], means
+    assert len(removed[0]) > len(removed[1]) > len(removed[2]), [len(r) for r in removed]
+
+
+def test_thinning_keeps_every_group_thicker(pipe, space):
+    """Without a thinning penalty the knapsack cuts the cheapest group to a sliver; with it, the
+    thinnest group keeps more of its channels, at the same budget."""
+    dense = {g.name: g.channels for g in pipe.groups}
+    thinnest = {}
+    for thinning in (0.0, 2.0):
+        _, info = knapsack_plan(pipe, 0.3, space=space, thinning=thinning)
+        assert info["met"]
+        thinnest[thinning] = min(k / dense[n] for n, k in info["kept"].items())
+    assert thinnest[2.0] > 1.5 * thinnest[0.0], thinnest
+    for bad in (-1.0, float("inf"), "1"):
+        with pytest.raises(ConfigError, match="thinning"):
+            knapsack_plan(pipe, 0.3, space=space, thinning=bad)
+    with pytest.raises(ConfigError, match="latency_weight"):
+        knapsack_plan(pipe, 0.3, space=space, latency_weight=1.5)
 
 
 def test_priorities_move_channels_to_the_favoured_group(pipe, space):
@@ -217,7 +261,7 @@ def test_knapsack_space_suggests_knapsack_params_and_anchors(pipe):
     seeds = space.seed_params(groups)
     anchors = space.anchors(groups)
     assert [label for label, _, _ in anchors] == [
-        "dense", "knapsack-0.5", "uniform-0.5", "global-0.5", "knapsack-0.3", "knapsack-0.7"]
+        "dense", "knapsack-0.3", "uniform-0.5", "global-0.5", "knapsack-0.075", "knapsack-0.15", "knapsack-0.6"]
     assert all(seeds[1][f"p:{n}"] == 1.0 for n in channel)
     # The uniform and global baselines run as themselves: their fixed params override the in-space ones.
     for label, in_space, fixed in anchors[2:4]:
@@ -232,8 +276,8 @@ def test_knapsack_space_suggests_knapsack_params_and_anchors(pipe):
     local = SearchSpace.load("default")
     assert local.allocation == ("local",) and not needs_pipeline(local, local.seed_params(groups)[1])
     mixed = SearchSpace.from_dict({**BASE, "allocation": ["local", "global", "knapsack"]})
-    assert [mixed.anchor_label(p) for p in mixed.seed_params(groups)][-5:] == [
-        "uniform-[0.9]", "global-0.5", "knapsack-0.3", "knapsack-0.5", "knapsack-0.7"]
+    assert [mixed.anchor_label(p) for p in mixed.seed_params(groups)][-6:] == [  # 0.075 snaps to the range's 0.1
+        "uniform-[0.9]", "global-0.5", "knapsack-0.1", "knapsack-0.15", "knapsack-0.3", "knapsack-0.6"]
 
 
 def test_evaluate_candidate_records_the_allocation(pipe, space):
