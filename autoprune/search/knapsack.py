@@ -168,8 +168,8 @@ def _lost(scores: np.ndarray, units: list[list[int]], kept: list[int], thinning:
 
 def knapsack_plan(pipeline, budget: float, *, criterion: str = "l1", priorities: dict[str, float] | None = None,
                   structures: dict[str, str] | None = None, seed: int = 0, space: Any = None,
-                  settings: Any = None, latency_weight: float = 1.0,
-                  thinning: float = 1.0) -> tuple[Any, dict[str, Any]]:
+                  settings: Any = None, latency_weight: float = 1.0, thinning: float = 1.0,
+                  budget_range: tuple[float, float, bool] | None = None) -> tuple[Any, dict[str, Any]]:
     """Allocate kept channels per group to maximise summed importance within a latency budget.
 
     Greedy on the marginal cost (normalised importance lost per millisecond saved), re-evaluated on the
@@ -189,10 +189,17 @@ def knapsack_plan(pipeline, budget: float, *, criterion: str = "l1", priorities:
         latency_weight: ``w`` in [0, 1]: a step is ranked by importance lost per ``(ms saved)^w ×
             (channels removed)^(1-w)``. 1 is HALP's knapsack; 0 ranks channels by importance alone, as
             global magnitude pruning does, and only the budget is latency's; values between trade the two.
+        thinning: ``a >= 0``: the unit that leaves ``r`` of ``n`` channels costs its importance times
+            ``(n / r)^a`` (0: HALP's plain sum).
+        budget_range: ``(low, high, log)`` the budget was drawn from (a search space's). Where even the
+            smallest allowed model is slower than ``low`` (a launch-bound target), the range is mapped
+            onto ``[that floor, high]`` (geometrically when ``log``), so every draw is a different
+            reachable budget instead of many draws collapsing onto the smallest model.
 
     Returns:
-        ``(plan, info)``: a local, snapped plan, and ``{"budget", "dense_ms", "predicted_ms", "kept",
-        "priorities", "criterion", "met", "seconds"}`` (``met`` is False when even the smallest
+        ``(plan, info)``: a local, snapped plan, and ``{"budget", "effective_budget", "floor", "dense_ms",
+        "predicted_ms", "kept", "priorities", "criterion", "latency_weight", "thinning", "met", "seconds"}``
+        (``floor``: the smallest allowed model's share of the dense latency) (``met`` is False when even the smallest
         allowed model is over budget; that smallest model is then returned).
 
     Raises:
@@ -252,7 +259,9 @@ def knapsack_plan(pipeline, budget: float, *, criterion: str = "l1", priorities:
 
     j = [0] * len(active)
     dense_ms = cm.predict(cmap.shape(np.zeros(len(cmap.groups)))).latency_ms
-    target = budget * dense_ms
+    floor = latency([len(lv) - 1 for lv in levels]) / dense_ms
+    effective = _reachable(budget, floor, budget_range) if budget_range else budget
+    target = effective * dense_ms
     cur = latency(j)
     near = cmap.neighbours()
     pos = {i: a for a, i in enumerate(active)}
@@ -307,12 +316,25 @@ def knapsack_plan(pipeline, budget: float, *, criterion: str = "l1", priorities:
                                                                      g.channel_multiple)
         if name in chosen and got != chosen[name][0]:
             raise PlanError(f"knapsack: group {name!r} would keep {got} channels, not {chosen[name][0]}")
-    info = {"budget": float(budget), "dense_ms": float(dense_ms), "predicted_ms": float(cur), "kept": kept,
+    info = {"budget": float(budget), "effective_budget": float(effective), "floor": float(floor),
+            "dense_ms": float(dense_ms), "predicted_ms": float(cur), "kept": kept,
             "priorities": {cmap.groups[i]: float(priorities.get(cmap.groups[i], 1.0)) for i in active},
             "criterion": criterion, "latency_weight": float(latency_weight),
             "thinning": float(thinning), "met": bool(cur <= target * (1 + 1e-9)),
             "seconds": round(time.perf_counter() - t0, 4)}
     return plan, info
+
+
+def _reachable(budget: float, floor: float, budget_range: tuple[float, float, bool]) -> float:
+    """``budget`` drawn from ``[low, high]``, mapped onto ``[floor, high]`` where ``floor > low``."""
+    low, high, log = budget_range
+    if floor <= low or high <= low:
+        return budget
+    if floor >= high:
+        return floor
+    t = (math.log(budget / low) / math.log(high / low)) if log else (budget - low) / (high - low)
+    t = min(max(t, 0.0), 1.0)
+    return floor * (high / floor) ** t if log else floor + t * (high - floor)
 
 
 def _move(a: int, j: list[int], lv: list, lost: np.ndarray, cur: float, latency,
@@ -361,7 +383,8 @@ def knapsack_from_params(pipeline, space, params: dict[str, Any], seed: int = 0)
     settings = PlanSettings(schedule=params.get("schedule", space.schedule[0]), iterative_steps=space.iterative_steps)
     plan, info = knapsack_plan(pipeline, budget, criterion=criterion, priorities=priorities,
                                structures=structures, seed=seed, space=space, settings=settings,
-                               latency_weight=latency_weight, thinning=space.thinning)
+                               latency_weight=latency_weight, thinning=space.thinning,
+                               budget_range=(space.budget.low, space.budget.high, space.budget.log))
     entries = []
     for name, gp in plan.groups:
         s = structures.get(name, "keep")

@@ -220,6 +220,23 @@ def test_thinning_keeps_every_group_thicker(pipe, space):
         knapsack_plan(pipe, 0.3, space=space, latency_weight=1.5)
 
 
+def test_a_budget_range_below_the_floor_is_mapped_onto_what_the_model_can_reach(pipe, space):
+    """A launch-bound target cannot go below some share of the dense latency; budgets drawn under it
+    would all give the smallest model. With the range they came from, they spread over what is reachable."""
+    _, smallest = knapsack_plan(pipe, 0.01, space=space)
+    floor = smallest["floor"]
+    assert not smallest["met"] and smallest["predicted_ms"] == pytest.approx(floor * smallest["dense_ms"])
+    drawn_from = (floor / 4, 0.9, True)
+    infos = [knapsack_plan(pipe, b, space=space, budget_range=drawn_from)[1]
+             for b in (floor / 4, floor / 2, floor, 0.5, 0.9)]
+    effective = [i["effective_budget"] for i in infos]
+    assert effective[0] == pytest.approx(floor) and effective[-1] == pytest.approx(0.9)
+    assert all(a < b for a, b in itertools.pairwise(effective)) and all(i["met"] for i in infos)
+    assert [i["budget"] for i in infos][:2] == [floor / 4, floor / 2]  # the drawn budget is still recorded
+    _, reachable = knapsack_plan(pipe, 0.5, space=space, budget_range=(floor * 1.1, 0.9, True))
+    assert reachable["effective_budget"] == 0.5  # a range the model can reach is left alone
+
+
 def test_priorities_move_channels_to_the_favoured_group(pipe, space):
     _, equal = knapsack_plan(pipe, 0.7, space=space)
     cut = [n for n, k in equal["kept"].items() if k < {g.name: g.channels for g in pipe.groups}[n]]
