@@ -230,14 +230,9 @@ class SearchSpace:
         """
         return [params for _, params, _ in self.anchors(groups, ratios, budgets)]
 
-    def anchors(self, groups, ratios=(0.0, 0.3, 0.5, 0.7, 0.9), budgets=(0.075, 0.15, 0.3, 0.6),
-                global_ratios=(0.75, 0.85)) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    def anchors(self, groups, ratios=(0.0, 0.3, 0.5, 0.7, 0.9), budgets=(0.075, 0.15, 0.3, 0.6)
+                ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
         """The anchor trials as ``(label, params within the space, fixed params)``.
-
-        A per-group space (``local`` only, with ``channel``: the default) runs the dense model, uniform
-        L1 at ``ratios`` but the last, then global L1 at ``global_ratios`` (fixed params, as below; in
-        the space they read as the uniform plan at that ratio): on VGG-11/digits global L1 kept 96-99 %
-        where uniform L1 at 90 % kept 49 %.
 
         :meth:`seed_params`'s anchors have no fixed params. A knapsack-only space (the default) also
         gets the two one-line baselines a search must beat, a uniform and a global L1 plan at the middle
@@ -249,16 +244,9 @@ class SearchSpace:
         """
         local = "local" in self.allocation
         plain = [r for r in ratios if r == 0 or local or self.allocation == ("global",)]
-        mid = ratios[len(ratios) // 2]
-        per_group = self.allocation == ("local",) and "channel" in self.structures
-        if per_group:  # global L1 replaces the harshest uniform plan: it keeps accuracy further down
-            plain = [r for r in plain if r < max(ratios)]
         out = [(self.anchor_label(p), p, {}) for p in
                (self._anchor(groups, r, "local" if local else self.allocation[0]) for r in plain)]
-        if per_group:
-            for r in global_ratios:
-                out.append((f"global-{self.ratio.snap(r):g}", self._anchor(groups, r, "local"),
-                            self._fixed(groups, "global", r)))
+        mid = ratios[len(ratios) // 2]
         if "global" in self.allocation and len(self.allocation) > 1:
             p = self._anchor(groups, mid, "global")
             out.append((self.anchor_label(p), p, {}))
@@ -272,21 +260,16 @@ class SearchSpace:
         if self.allocation == ("knapsack",) and "channel" in self.structures:
             in_space = self._anchor(groups, 0.5, "knapsack", budget=self.budget.snap((1 - mid) ** 2))
             for allocation in ("local", "global"):
-                out.append((f"{'uniform' if allocation == 'local' else 'global'}-{mid}", in_space,
-                            self._fixed(groups, allocation, mid)))
+                fixed = {"allocation": allocation, "global_ratio": mid}
+                for g in groups:
+                    channel = "channel" in self.structures_for(g)
+                    fixed[f"s:{g.name}"] = "channel" if channel else self.structures_for(g)[0]
+                    fixed[f"r:{g.name}"] = self.range_for(g).snap(mid) if channel else 0.0
+                out.append((f"{'uniform' if allocation == 'local' else 'global'}-{mid}", in_space, fixed))
             # A short study runs the knapsack's middle budget, then the two baselines, then the others.
             middle = len(budgets) // 2
             out = [out[0], out[1 + middle], out[-2], out[-1]] + [a for i, a in enumerate(out[1:-2]) if i != middle]
         return out
-
-    def _fixed(self, groups, allocation: str, ratio: float) -> dict[str, Any]:
-        """Params that run a uniform (``local``) or global L1 plan at ``ratio`` whatever the space's allocation."""
-        fixed: dict[str, Any] = {"allocation": allocation, "global_ratio": self.ratio.snap(ratio)}
-        for g in groups:
-            channel = "channel" in self.structures_for(g)
-            fixed[f"s:{g.name}"] = "channel" if channel else self.structures_for(g)[0]
-            fixed[f"r:{g.name}"] = self.range_for(g).snap(ratio) if channel else 0.0
-        return fixed
 
     def _anchor(self, groups, ratio: float, allocation: str, budget: float | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {}

@@ -106,27 +106,3 @@ def test_knapsack_space_searches_a_log_budget_and_the_latency_weight(tiny_dense)
     anchors = [p for p in space.seed_params(groups) if "latency_weight" in p]
     assert anchors and all(p["latency_weight"] == 1.0 for p in anchors)
     assert {0.075, 0.15, 0.3, 0.6} <= {p["budget"] for p in anchors}  # the ladder, each twice the last
-
-
-def test_per_group_space_anchors_run_uniform_then_global_l1(tiny_dense):
-    """The default space's anchors: dense, uniform L1 at 30/50/70 %, then global L1 at 75 and 85 %
-    (the harshest uniform plan is replaced: global L1 keeps accuracy further down). The global ones
-    run as global plans (fixed params) and read as the uniform plan at their ratio in the space."""
-    import optuna
-
-    from autoprune.pruning import discover_groups
-
-    model, data, _ = tiny_dense
-    groups = discover_groups(model, data.example_input())
-    space = SearchSpace.load("default")
-    anchors = space.anchors(groups)
-    assert [a[0] for a in anchors] == ["dense", "uniform-[0.3]", "uniform-[0.5]", "uniform-[0.7]",
-                                       "global-0.75", "global-0.85"]
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(0))
-    for label, params, fixed in anchors:
-        study.enqueue_trial(params, user_attrs={"anchor": label, **({"anchor_params": fixed} if fixed else {})})
-    plans = [plan_from_params(space, groups, space.suggest(study.ask(), groups)) for _ in anchors]
-    assert [p.settings.allocation for p in plans] == ["local"] * 4 + ["global"] * 2
-    assert [p.settings.global_ratio for p in plans[4:]] == [0.75, 0.85]
-    for p in plans:
-        p.validate(groups)
