@@ -97,7 +97,7 @@ def main() -> int:
     example = torch.zeros(1, 3, size, size)
     groups = discover_groups(dense, example)
     rng = np.random.default_rng(2000)
-    fit = cm.kernel_fit
+    arrays, keys = cm.template.arrays, cm.template.keys
     in_ctx, table, fitted, wmb, sums = [], [], [], [], []
     repeat_rows: list[list[list[float]]] = []
     for i in range(args.plans):
@@ -112,11 +112,10 @@ def main() -> int:
                   file=sys.stderr)
             return 2
         in_ctx.append(times)
-        fitted.append(cm._kernel_ms(shape)[0][conv])
-        cm.kernel_fit = None
-        table.append(cm._kernel_ms(shape)[0][conv])
-        cm.kernel_fit = fit
-        wmb.append(_weight_mb(cm.template.arrays, np.asarray(shape.cin, float), np.asarray(shape.cout, float))[conv])
+        cin, cout = np.asarray(shape.cin, float), np.asarray(shape.cout, float)
+        fitted.append(cm.dense_kernel_ms(arrays, cin, cout, keys)[conv])  # isolated table x fit + streaming
+        table.append(cm._table_ms(arrays, cin, cout, keys)[conv])  # the isolated table alone
+        wmb.append(_weight_mb(arrays, cin, cout)[conv])
         sums.append((sum(ms for _, ms in nodes), total, cm.predict(shape).latency_ms))
         if i < args.repeats:
             repeat_rows.append([[ms for op, ms in profile_nodes(graph, tuple(example.shape), args.runs)[0]

@@ -153,7 +153,7 @@ def _levels(g, cap: float, round_to: int | None, min_channels: int) -> list[tupl
     return out
 
 
-def _lost(scores: np.ndarray, units: list[list[int]], kept: list[int], thinning: float = 0.0) -> np.ndarray:
+def _lost(scores: np.ndarray, units: list[list[int]], kept: list[int], thinning: float) -> np.ndarray:
     """Importance lost at each kept count: whole units, lowest mean score first (as the pruner does),
     the unit that leaves ``r`` of ``n`` channels weighted by ``(n / r)^thinning``."""
     means = np.array([scores[u].mean() for u in units])
@@ -198,9 +198,9 @@ def knapsack_plan(pipeline, budget: float, *, criterion: str = "l1", priorities:
 
     Returns:
         ``(plan, info)``: a local, snapped plan, and ``{"budget", "effective_budget", "floor", "dense_ms",
-        "predicted_ms", "kept", "priorities", "criterion", "latency_weight", "thinning", "met", "seconds"}``
-        (``floor``: the smallest allowed model's share of the dense latency) (``met`` is False when even the smallest
-        allowed model is over budget; that smallest model is then returned).
+        "predicted_ms", "kept", "priorities", "criterion", "latency_weight", "thinning", "met", "seconds"}``.
+        ``floor`` is the smallest allowed model's share of the dense latency; ``met`` is False when even
+        that model is over budget, and it is then returned.
 
     Raises:
         ConfigError: A budget outside (0, 1] or a priority that is not a positive number.

@@ -201,9 +201,8 @@ class SearchSpace:
                 trial.suggest_float(f"p:{g.name}", self.priorities.low, self.priorities.high, log=True)
         if knap:
             self.budget.suggest(trial, "budget")
-            lw = self.latency_weight
-            if lw.high > lw.low:
-                trial.suggest_float("latency_weight", lw.low, lw.high, step=lw.step)
+            if self.latency_weight.high > self.latency_weight.low:
+                self.latency_weight.suggest(trial, "latency_weight")
         for key, choices in (("criterion", self.criteria), ("allocation", self.allocation),
                              ("schedule", self.schedule), ("nm", self.nm_patterns)):
             if len(choices) > 1:
