@@ -40,7 +40,7 @@ pruning, fine-tuning, checkpoints, evaluation and the cost model.
 
     .venv/bin/python benchmarks/search_quality.py --quick     # 1 seed, 10-candidate budget, 6-step fine-tune
     .venv/bin/python benchmarks/search_quality.py             # 20-candidate budget, 8-step fine-tune, 3 seeds
-    .venv/bin/python benchmarks/search_quality.py --model resnet56
+    .venv/bin/python benchmarks/search_quality.py --model resnet56 --trials 12 --finetune-steps 20  # deeper: more steps
 
 Phases (each resumable; studies and measurements are cached under
 ``results/benchmarks/search_quality-<model>[-quick]/``): ``--phase search`` (studies and
