@@ -238,14 +238,11 @@ def load_data(spec: str = "digits", *, size: int = 32, seed: int = 0) -> DataSpl
 
 
 def natural_input_size(model_ref: str, data_ref: str = "digits") -> int:
-    """The square input side a model is used at when the user gives no ``--input-size``.
+    """The input side of ``model_ref`` on ``data_ref`` when no ``--input-size`` is given
+    (:func:`autoprune.models.natural_input_size`, the one rule, with the data named)."""
+    from autoprune.models import natural_input_size as rule
 
-    A zoo model's own size, 32 for a user's model; capped at 32 px for the 8×8 digits.
-    """
-    from autoprune.models import ZOO
-
-    size = ZOO.get(model_ref).input_size if model_ref in ZOO else 32
-    return min(size, 32) if data_ref == "digits" else size
+    return rule(model_ref, data_ref)
 
 
 def load_data_for(model_ref: str, data_ref: str = "digits", *, input_size: int | None = None,

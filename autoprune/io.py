@@ -114,6 +114,13 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def safe_name(text: str, max_chars: int | None = None) -> str:
+    """``text`` with every character but letters, digits, ``-``, ``_`` and ``.`` replaced by ``_``
+    (cut to ``max_chars``): the one rule for names that become file names."""
+    out = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))
+    return out if max_chars is None else out[:max_chars]
+
+
 def results_dir() -> Path:
     """Return the results folder (``$AUTOPRUNE_RESULTS`` or ``./results``)."""
     return Path(os.environ.get("AUTOPRUNE_RESULTS", "results"))

@@ -20,7 +20,7 @@ from torch import nn
 from autoprune.compute import Compute
 from autoprune.data import DataSplits
 from autoprune.errors import AutopruneError
-from autoprune.io import atomic_write_bytes, results_dir, write_json
+from autoprune.io import atomic_write_bytes, results_dir, safe_name, write_json
 from autoprune.models import build_model, load_checkpoint
 
 
@@ -67,8 +67,7 @@ def checkpoint_path(model: str, data: DataSplits, seed: int) -> Path:
     precision, within it), not in what was trained. So a CPU re-run finds the checkpoint a
     GPU trained, and the reverse; the ``.json`` beside it records which compute trained it.
     """
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
-    return results_dir() / "checkpoints" / f"{safe}-{data.key}-train{seed}.pt"
+    return results_dir() / "checkpoints" / f"{safe_name(model)}-{data.key}-train{seed}.pt"
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.errors import CalibrationError, ConfigError
-from autoprune.io import read_json, results_dir, write_json
+from autoprune.io import read_json, results_dir, safe_name, write_json
 
 from .base import CostModel, Provenance, get_cost_model_class
 from .energy import apply_energy_fit
@@ -57,7 +57,7 @@ def calibration_name(model_ref: str) -> str:
         module, func = ref.rsplit(":", 1)
         module = Path(module).stem if module.endswith(".py") else module
         ref = f"{module}.{func}"
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in ref)
+    return safe_name(ref)
 
 
 def calibration_path(target: str, model: str, input_size: int, root: str | Path | None = None) -> Path:
@@ -182,12 +182,12 @@ def template_for(model: Any, input_shape: tuple[int, ...] | None = None, *, name
         return model
     import torch
 
-    from autoprune.models import ZOO, build_model
+    from autoprune.models import build_model, natural_input_size
 
     if isinstance(model, str):
         name = name or model
         if input_shape is None:
-            size = ZOO.get(model).input_size if model in ZOO else 32
+            size = natural_input_size(model)
             input_shape = (3, size, size)
         key = (f"{model}/{num_classes}", tuple(input_shape))
         if key not in _TEMPLATES:

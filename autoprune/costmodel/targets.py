@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from autoprune.errors import ConfigError
+from autoprune.hardware.records import GPU_PROVIDERS
 
 __all__ = ["TargetSpec", "energy_mj", "spec_from_profile", "target_spec"]
 
 #: Bytes per element of each precision named in a profile's ``peak_gflops``.
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
-#: Execution providers whose presence means the runtime computes on the device's GPU.
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from autoprune.errors import ConfigError, NoisyMeasurementError, ProfilingError, UnknownNameError
+from autoprune.hardware.records import GPU_PROVIDERS
 from autoprune.profiling.base import Runtime, model_bytes
 from autoprune.profiling.protocol import DEFAULT_PROTOCOL, Measurement, ProtocolSettings
 from autoprune.profiling.rpc import RPCConfig, connect, run_with_watchdog
@@ -155,7 +156,7 @@ class DeviceOnnxRuntime(Runtime):
             available = set(info.get("available_providers", ()))
             wanted = list(info.get("providers") or self.providers)
             if wanted == ["auto"]:
-                wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+                wanted = [p for p in GPU_PROVIDERS if p in available]
             used = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
             missing = [p for p in wanted if p not in available]
             text = f"onnxruntime-{info.get('onnxruntime')}/{used[0]}"

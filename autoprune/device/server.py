@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from autoprune.errors import AutopruneError, ConfigError, ProfilingError
+from autoprune.hardware.records import GPU_PROVIDERS
 from autoprune.registry import lazy_import
 
 __all__ = ["FUNCTIONS", "ServerConfig", "handle_info", "handle_measure", "handle_relative", "is_loopback",
@@ -48,7 +49,7 @@ __all__ = ["FUNCTIONS", "ServerConfig", "handle_info", "handle_measure", "handle
 FUNCTIONS = {"info": "autoprune.device.info", "measure": "autoprune.device.measure",
              "relative": "autoprune.device.relative"}
 #: Providers tried by ``--providers auto``, best first.
-AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+AUTO_PROVIDERS = (*GPU_PROVIDERS, "CPUExecutionProvider")
 #: Reference models kept loaded per session (a calibration compares everything with one dense model).
 _CACHED_REFERENCES = 2
 

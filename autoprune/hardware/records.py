@@ -13,11 +13,15 @@ from typing import Any
 
 from autoprune.errors import ConfigError, UnknownNameError
 
-__all__ = ["SCHEMA_VERSION", "CalibrationInfo", "DeviceFacts", "HardwareProfile", "PowerMode", "ProcessorFacts",
-           "freeze", "thaw"]
+__all__ = ["GPU_PROVIDERS", "HERE_TARGETS", "SCHEMA_VERSION", "CalibrationInfo", "DeviceFacts", "HardwareProfile",
+           "PowerMode", "ProcessorFacts", "freeze", "thaw"]
 
 #: The profile file format this autoprune reads.
 SCHEMA_VERSION = 1
+#: The targets that are this machine, and which part of it: profiled and measured without ``--rpc``.
+HERE_TARGETS = {"local": "cpu", "cuda": "gpu"}
+#: ONNX Runtime execution providers that compute on an NVIDIA GPU, best first.
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,17 @@ class HardwareProfile:
     energy_pj_per_byte: float | None = None
     path: str | None = None
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def here(self) -> str | None:
+        """``"cpu"`` (``local``) or ``"gpu"`` (``cuda``) where the target is part of this machine, else
+        ``None`` (a device reached over RPC): the one answer to "is this target this machine?"."""
+        return HERE_TARGETS.get(self.name)
+
+    @property
+    def is_here(self) -> bool:
+        """The target is this machine (see :attr:`here`)."""
+        return self.here is not None
 
     def power_mode(self, name: str | None = None) -> PowerMode:
         """Return power mode ``name`` (default: :attr:`default_power_mode`).

@@ -57,6 +57,20 @@ for _spec in (
     ZOO.register(_spec.name, _spec)
 
 
+#: A model that is not in the zoo (a user's own) is used at this square side unless told otherwise.
+DEFAULT_INPUT_SIZE = 32
+
+
+def natural_input_size(model_ref: str, data_ref: str | None = None) -> int:
+    """The square input side a model is used at when the user gives no ``--input-size``: the one rule.
+
+    A zoo model's own size, :data:`DEFAULT_INPUT_SIZE` for a user's model; with ``data_ref="digits"``
+    capped at 32 px (the 8×8 digits are upsampled no further).
+    """
+    size = ZOO.get(model_ref).input_size if model_ref in ZOO else DEFAULT_INPUT_SIZE
+    return min(size, 32) if data_ref == "digits" else size
+
+
 def model_names() -> list[str]:
     """Return the zoo's model names."""
     return ZOO.names()

@@ -143,8 +143,9 @@ class SearchConfig:
 
 def default_study_name(config: SearchConfig) -> str:
     """``<model>-<data>-<target>-<space>`` with file-safe characters."""
-    raw = f"{config.model}-{config.data}-{config.target}-{config.space}"
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)[:120]
+    from autoprune.io import safe_name
+
+    return safe_name(f"{config.model}-{config.data}-{config.target}-{config.space}", 120)
 
 
 def make_sampler(config: SearchConfig, n_trials: int, salt: int = 0):

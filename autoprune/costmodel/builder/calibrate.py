@@ -221,7 +221,7 @@ def calibrate(model_name: str, options: CalibrationOptions = CalibrationOptions(
     """
     import torch
 
-    from autoprune.models import ZOO, build_model
+    from autoprune.models import DEFAULT_INPUT_SIZE, build_model, natural_input_size
     from autoprune.profiling import get_runtime
     from autoprune.pruning import PlanSettings, PruningPlan, check_groups, discover_groups, prune_model
 
@@ -229,7 +229,7 @@ def calibrate(model_name: str, options: CalibrationOptions = CalibrationOptions(
     start = time.perf_counter()
     if runtime is None:
         runtime = get_runtime("onnxruntime", threads=o.threads)
-    size = o.input_size_px or (ZOO.get(model_name).input_size if model is None else 32)
+    size = o.input_size_px or (natural_input_size(model_name) if model is None else DEFAULT_INPUT_SIZE)
     dense = (model if model is not None else build_model(model_name, num_classes=o.num_classes,
                                                          in_channels=o.in_channels)).eval()
     example = torch.zeros(1, o.in_channels, size, size)
