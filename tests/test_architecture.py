@@ -1,5 +1,6 @@
 """The package's shape, checked: no import cycles between autoprune's modules (lazy imports inside
-functions included), the library never imports the CLI, and no module past about 400 lines."""
+functions and imports only for type checkers included), every import goes down the package layers
+(:data:`LAYERS`), the library never imports the CLI, and no module past about 400 lines."""
 
 from __future__ import annotations
 
@@ -11,6 +12,24 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "autoprune"
 MAX_LINES = 420  # "about 400"
 
+#: autoprune's top-level modules and packages, lowest layer first. A module may import modules of its
+#: own layer and of lower layers, never of a higher one. Siblings of one layer may import each other
+#: (without a cycle: ``test_no_import_cycles``). The root package (``autoprune``, for ``__version__``)
+#: may be imported by anyone, and itself imports nothing of autoprune.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("autoprune.errors", "autoprune.registry", "autoprune.io", "autoprune.structures", "autoprune.compute"),
+    ("autoprune.hardware", "autoprune.models"),
+    ("autoprune.data", "autoprune.profiling", "autoprune.pruning"),
+    ("autoprune.costmodel", "autoprune.train", "autoprune.device"),
+    ("autoprune.pipeline",),
+    ("autoprune.search",),
+    ("autoprune.deploy",),
+    ("autoprune.dashboard",),
+    ("autoprune.commands", "autoprune.cli", "autoprune.__main__"),
+)
+ROOT = "autoprune"
+ROOT_LAYER = -1  # below every layer: whatever it imported, everyone reading __version__ would import too
+
 
 def _module_name(path: Path) -> str:
     rel = path.relative_to(PKG.parent).with_suffix("")
@@ -20,26 +39,15 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _is_type_checking(block: ast.If) -> bool:
-    test = block.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def import_graph() -> dict[str, set[str]]:
-    """Module → the autoprune modules it imports (anywhere in the file, lazy imports included; imports only
-    for type checkers are left out)."""
+    """Module → the autoprune modules it imports, anywhere in the file: lazy imports inside functions and
+    imports under ``if TYPE_CHECKING:`` included (a type checker, or a reader, follows those too)."""
     files = {_module_name(p): p for p in PKG.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
         is_pkg = path.name == "__init__.py"
         deps: set[str] = set()
-        tree = ast.parse(path.read_text())
-        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block)
-                       for n in ast.walk(block)}
-        for node in ast.walk(tree):
-            if id(node) in typing_only:
-                continue
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -104,9 +112,43 @@ def _without_package_inits(graph: dict[str, set[str]]) -> dict[str, set[str]]:
     return {m: {d for d in deps if not d.startswith(m + ".")} for m, deps in graph.items()}
 
 
+def top_level(module: str) -> str:
+    """``autoprune.costmodel.targets`` → ``autoprune.costmodel``; ``autoprune`` stays ``autoprune``."""
+    return ".".join(module.split(".")[:2])
+
+
+def layer_of() -> dict[str, int]:
+    """Top-level module → its index in :data:`LAYERS`."""
+    return {m: i for i, names in enumerate(LAYERS) for m in names}
+
+
 def test_no_import_cycles():
-    found = cycles(_without_package_inits(import_graph()))
-    assert found == [], f"import cycles: {found}"
+    graph = _without_package_inits(import_graph())
+    found = cycles(graph)
+    arrows = [f"{m} → {d}" for comp in found for m in comp for d in sorted(graph[m]) if d in comp]
+    assert found == [], f"import cycles (TYPE_CHECKING imports count): {found}; their arrows: {arrows}"
+
+
+def test_every_top_level_module_has_a_layer():
+    named = [m for names in LAYERS for m in names]
+    assert len(named) == len(set(named)), f"a module is in two LAYERS: {sorted(m for m in named if named.count(m) > 1)}"
+    tops = {top_level(m) for m in import_graph()} - {ROOT}
+    missing = sorted(tops - set(named))
+    assert missing == [], (f"{', '.join(missing)} has no layer: add it to LAYERS in tests/test_architecture.py "
+                           "(no lower than anything it imports, no higher than anything that imports it)")
+
+
+def test_imports_go_down_the_layers():
+    layer = layer_of() | {ROOT: ROOT_LAYER}
+    backward = []
+    for m, deps in sorted(import_graph().items()):
+        for d in sorted(deps):
+            src, dst = top_level(m), top_level(d)
+            if dst == ROOT or src not in layer or dst not in layer:  # unassigned: the test above says so
+                continue
+            if layer[dst] > layer[src]:
+                backward.append(f"{m} → {d} (layer {layer[src]} {src} imports layer {layer[dst]} {dst})")
+    assert backward == [], "imports against the layers (see LAYERS):\n  " + "\n  ".join(backward)
 
 
 def test_the_library_never_imports_the_cli():

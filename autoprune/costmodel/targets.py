@@ -6,7 +6,7 @@ picks the processor that runs inference and its precision, and reads its peak, t
 bandwidth, the power mode's active power, the DRAM energy per byte and the sparsity the
 kernels exploit. An edited or added profile changes the predictions.
 
-Energy model (the one energy model; :func:`autoprune.hardware.energy.model_energy` calls
+Energy model (the one energy model; :func:`autoprune.costmodel.energy.model_energy` calls
 :func:`energy_mj` too): ``energy_mj = active_power_w × latency_ms + pj_per_byte × dram_bytes ×
 1e-9``. The first term is the board drawing its active inference power while the model runs;
 the second, where the profile gives a pJ/byte figure, is the DRAM access energy of the bytes

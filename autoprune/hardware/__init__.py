@@ -1,4 +1,4 @@
-"""Hardware targets: validated profiles (``hw_profiles/*.yaml``) and energy readings/models."""
+"""Hardware targets: validated profiles (``hw_profiles/*.yaml``) and energy readings (sensors)."""
 
 from autoprune.hardware.profile import (
     TARGETS,

@@ -1,6 +1,6 @@
-"""Energy per inference: *measured* from a power sensor, or *modelled* from a profile.
+"""Energy per inference, *measured* from a power sensor.
 
-Measured (``method="measured"``), where the platform exposes a sensor:
+Where the platform exposes a sensor (``method="measured"``):
 
 * :class:`RaplSensor`: Linux powercap/RAPL ``energy_uj`` counters (package
   domains), differenced with wrap-around at ``max_energy_range_uj``;
@@ -11,10 +11,9 @@ Measured (``method="measured"``), where the platform exposes a sensor:
 
 The sysfs root is a parameter so tests point the readers at a fake tree.
 
-Modelled (``method="modelled"``): :func:`model_energy` = active power of the power
-mode × latency, plus bytes moved × the profile's pJ/byte where it gives one: the cost
-model's one energy model, :func:`autoprune.costmodel.targets.energy_mj`.
-Units: W × ms = mJ; 1 pJ = 1e-9 mJ.
+Energy *modelled* from a profile's power figures (no sensor) is the cost model's:
+:func:`autoprune.costmodel.energy.model_energy`. This module measures only, and imports
+nothing of the cost model.
 """
 
 from __future__ import annotations
@@ -26,11 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoprune.errors import ConfigError, MissingDependencyError, ProfilingError
-from autoprune.hardware.records import HardwareProfile
+from autoprune.errors import MissingDependencyError, ProfilingError
 
 __all__ = [
-    "EnergyEstimate",
     "EnergyReading",
     "EnergySensor",
     "Ina3221Sensor",
@@ -38,7 +35,6 @@ __all__ = [
     "RaplSensor",
     "detect_sensor",
     "measure_energy",
-    "model_energy",
 ]
 
 #: Board-input rails, most specific first: ``VDD_IN`` (Xavier/Orin, mainline hwmon labels) and
@@ -78,29 +74,6 @@ class EnergyReading:
         return {"energy_mj": self.energy_mj, "method": self.method, "source": self.source,
                 "total_energy_mj": self.total_energy_mj, "duration_s": self.duration_s, "calls": self.calls,
                 "average_power_w": self.average_power_w, "window_latency_ms": self.window_latency_ms}
-
-
-@dataclass(frozen=True)
-class EnergyEstimate:
-    """Energy modelled from a profile's power figures.
-
-    Attributes:
-        energy_mj: Energy per inference, in millijoules.
-        method: Always ``"modelled"``.
-        source: What the model used, e.g. ``"model:jetson-nano/maxn active_w=10"``.
-        latency_ms: The latency it was computed from.
-        active_w: Active power used.
-        bytes_moved: DRAM bytes accounted for (0 if none or no pJ/byte figure).
-        data_energy_mj: The data-movement part of ``energy_mj``.
-    """
-
-    energy_mj: float
-    method: str
-    source: str
-    latency_ms: float
-    active_w: float
-    bytes_moved: int = 0
-    data_energy_mj: float = 0.0
 
 
 # -- sensors -----------------------------------------------------------------------------------------
@@ -321,7 +294,8 @@ def measure_energy(
     sensor = sensor or detect_sensor()
     if sensor is None:
         raise ProfilingError(
-            "no energy sensor here (no RAPL, INA3221 or NVML); use model_energy() for a modelled estimate"
+            "no energy sensor here (no RAPL, INA3221 or NVML); "
+            "use autoprune.costmodel.energy.model_energy() for a modelled estimate"
         )
     for _ in range(warmup):
         fn()
@@ -354,44 +328,3 @@ def measure_energy(
         average_power_w=total_mj / duration / 1e3,
     )
 
-
-def model_energy(
-    profile: HardwareProfile, latency_ms: float, bytes_moved: int = 0, power_mode: str | None = None
-) -> EnergyEstimate:
-    """Model energy per inference: active power × latency (+ bytes × pJ/byte if known).
-
-    Args:
-        profile: The target.
-        latency_ms: Latency of one inference (measured or predicted), in ms.
-        bytes_moved: DRAM traffic of one inference, in bytes.
-        power_mode: Power mode name (default: the profile's default).
-
-    Raises:
-        ConfigError: On a non-positive latency or a profile without power figures.
-        UnknownNameError: On an unknown power mode.
-    """
-    from autoprune.costmodel.targets import energy_mj, spec_from_profile
-
-    if not (latency_ms > 0 and latency_ms != float("inf")):
-        raise ConfigError(f"latency_ms must be positive and finite, got {latency_ms!r}")
-    if bytes_moved < 0:
-        raise ConfigError(f"bytes_moved must be >= 0, got {bytes_moved!r}")
-    if not profile.power_modes:
-        profile.power_mode(power_mode)  # raises: no power figures, with the fix
-    spec = spec_from_profile(profile, power_mode)
-    source = f"model:{profile.name}/{spec.power_mode} active_w={spec.active_power_w:g}"
-    if bytes_moved and spec.dram_pj_per_byte is not None:
-        source += f" pj_per_byte={spec.dram_pj_per_byte:g}"
-    elif bytes_moved:
-        source += " (no pJ/byte figure: data movement not modelled)"
-        bytes_moved = 0
-    total = energy_mj(spec, latency_ms, bytes_moved)
-    return EnergyEstimate(
-        energy_mj=total,
-        method="modelled",
-        source=source,
-        latency_ms=latency_ms,
-        active_w=float(spec.active_power_w),
-        bytes_moved=bytes_moved,
-        data_energy_mj=total - spec.active_power_w * latency_ms,
-    )

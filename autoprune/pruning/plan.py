@@ -25,13 +25,10 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from autoprune.errors import PlanError
 from autoprune.structures import STRUCTURE_NAMES
-
-if TYPE_CHECKING:  # pragma: no cover
-    from autoprune.pruning.groups import PrunableGroup
 
 STRUCTURES = STRUCTURE_NAMES  # the registry: autoprune.structures
 ALLOCATIONS = ("local", "global")
@@ -54,6 +51,25 @@ def parse_nm(nm: str) -> tuple[int, int]:
     if n is None or m is None or not 1 <= n < m:
         raise PlanError(f"bad N:M pattern {nm!r}: write it as 'N:M' with integers 1 <= N < M, e.g. '2:4'")
     return n, m
+
+
+class GroupLike(Protocol):
+    """What a plan reads of a prunable group: :class:`autoprune.pruning.groups.PrunableGroup` is one.
+
+    Written here so that this module (torch-free) needs nothing of :mod:`autoprune.pruning.groups`,
+    which imports it.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def allowed(self) -> tuple[str, ...]: ...
+
+    @property
+    def reduction_channels(self) -> tuple[int, ...]: ...
+
+    def allows_nm(self, nm: str) -> bool: ...
 
 
 def kept_count(dense: int, ratio: float, round_to: int | None, min_channels: int, multiple: int = 1) -> int:
@@ -214,14 +230,14 @@ class PruningPlan:
 
     # ----------------------------------------------------------- constructors
     @classmethod
-    def dense(cls, groups: Iterable[PrunableGroup], settings: PlanSettings | None = None) -> PruningPlan:
+    def dense(cls, groups: Iterable[GroupLike], settings: PlanSettings | None = None) -> PruningPlan:
         """A plan that keeps every group dense."""
         return cls(tuple((g.name, GroupPlan("keep")) for g in groups), settings or PlanSettings())
 
     @classmethod
     def uniform(
         cls,
-        groups: Iterable[PrunableGroup],
+        groups: Iterable[GroupLike],
         structure: str,
         ratio: float,
         criterion: str = "l1",
@@ -252,7 +268,7 @@ class PruningPlan:
         return self.as_mapping().get(name, GroupPlan("keep"))
 
     # ------------------------------------------------------------ validation
-    def validate(self, groups: Iterable[PrunableGroup], needs_data_ok: bool = True) -> None:
+    def validate(self, groups: Iterable[GroupLike], needs_data_ok: bool = True) -> None:
         """Check the whole plan against a model's groups before any work is done.
 
         Args:

@@ -6,15 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from autoprune.costmodel.energy import model_energy
 from autoprune.errors import ConfigError, ProfilingError
 from autoprune.hardware import load_profile
-from autoprune.hardware.energy import (
-    Ina3221Sensor,
-    RaplSensor,
-    detect_sensor,
-    measure_energy,
-    model_energy,
-)
+from autoprune.hardware.energy import Ina3221Sensor, RaplSensor, detect_sensor, measure_energy
 
 
 def _rapl_tree(root: Path, energy_uj: int, max_uj: int = 262143328850) -> Path:
