@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,11 +38,12 @@ import numpy as np
 
 from autoprune.errors import ConfigError, PlanError
 
+from .knapsack_greedy import Ladders, descend, fill_back, lost_importance, reachable
+
 __all__ = ["ChannelMap", "channel_map", "group_importance", "knapsack_from_params", "knapsack_plan"]
 
 #: Pipeline → {"map": ChannelMap, ("scores", criterion): {group: scores}}; dropped with the pipeline.
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_LOOKAHEAD = 4  # levels tried at once when one level saves no latency (LUT plateaus)
 
 
 @dataclass(frozen=True)
@@ -139,33 +141,6 @@ def group_importance(pipeline, criterion: str, seed: int = 0) -> dict[str, np.nd
     return entry[key]
 
 
-def _levels(g, cap: float, round_to: int | None, min_channels: int) -> list[tuple[int, float]]:
-    """``(kept, ratio)`` pairs a local plan reproduces exactly, from dense down, ratio <= cap."""
-    from autoprune.pruning import kept_count
-
-    out = [(g.channels, 0.0)]
-    for k in range(g.channels - 1, 0, -1):
-        r = round(1.0 - k / g.channels, 6)
-        if r > cap:
-            break
-        if kept_count(g.channels, r, round_to, min_channels, g.channel_multiple) == k:
-            out.append((k, r))
-    return out
-
-
-def _lost(scores: np.ndarray, units: list[list[int]], kept: list[int], thinning: float) -> np.ndarray:
-    """Importance lost at each kept count: whole units, lowest mean score first (as the pruner does),
-    the unit that leaves ``r`` of ``n`` channels weighted by ``(n / r)^thinning``."""
-    means = np.array([scores[u].mean() for u in units])
-    order = np.argsort(means, kind="stable")
-    size = len(units[0])
-    total = len(units) * size
-    left = np.maximum(total - size * np.arange(1, len(units) + 1), 1)  # channels left after each removal
-    step = np.array([scores[units[i]].sum() for i in order]) * (total / left) ** thinning
-    cum = np.concatenate([[0.0], np.cumsum(step)])
-    return np.array([cum[(total - k) // size] for k in kept])
-
-
 def knapsack_plan(pipeline, budget: float, *, criterion: str = "l1", priorities: dict[str, float] | None = None,
                   structures: dict[str, str] | None = None, seed: int = 0, space: Any = None,
                   settings: Any = None, latency_weight: float = 1.0, thinning: float = 1.0,
@@ -205,117 +180,21 @@ def knapsack_plan(pipeline, budget: float, *, criterion: str = "l1", priorities:
     Raises:
         ConfigError: A budget outside (0, 1] or a priority that is not a positive number.
     """
-    from dataclasses import replace
-
-    from autoprune.pruning import GroupPlan, PlanSettings, PruningPlan, kept_count, snap_plan
-
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1:
-        raise ConfigError(f"knapsack budget must be a fraction of the dense latency in (0, 1], got {budget!r}")
-    if isinstance(latency_weight, bool) or not isinstance(latency_weight, (int, float)) \
-            or not 0 <= latency_weight <= 1:
-        raise ConfigError(f"knapsack latency_weight must be a number in [0, 1], got {latency_weight!r}")
-    if isinstance(thinning, bool) or not isinstance(thinning, (int, float)) or not 0 <= thinning < math.inf:
-        raise ConfigError(f"knapsack thinning must be a number >= 0, got {thinning!r}")
+    _check_knobs(budget, latency_weight, thinning)
     priorities, structures = dict(priorities or {}), dict(structures or {})
-    for name, p in priorities.items():
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not (math.isfinite(p) and p > 0):
-            raise ConfigError(f"knapsack priority of {name!r} must be a positive number, got {p!r}")
+    _check_priorities(priorities)
     t0 = time.perf_counter()
-    base = settings or PlanSettings()
-    round_to = space.round_to if space is not None else base.round_to
-    min_ch = space.min_channels if space is not None else base.min_channels
-    settings = replace(base, allocation="local", global_ratio=0.0, round_to=round_to, min_channels=min_ch, seed=seed)
+    settings = _local_settings(settings, space, seed)
     cmap = channel_map(pipeline)
-    by_name = {g.name: g for g in pipeline.groups}
-    active, levels, lost = [], [], []
-    scores = None
-    for i, name in enumerate(cmap.groups):
-        g = by_name[name]
-        if structures.get(name, "channel") != "channel":
-            continue
-        caps = [c for c in (g.max_ratio, space.range_for(g).high if space is not None else None) if c is not None]
-        lv = _levels(g, min(caps) if caps else 0.999999, round_to, min_ch)
-        lv = [(k, r) for k, r in lv if (g.channels - k) % len(cmap.units[name][0]) == 0]
-        if len(lv) < 2:
-            continue
-        scores = scores if scores is not None else group_importance(pipeline, criterion, seed)
-        s = scores[name]
-        mean = float(s.mean())
-        s = s / mean if mean > 0 and math.isfinite(mean) else np.ones_like(s)
-        active.append(i)
-        levels.append(lv)
-        lost.append(_lost(s * float(priorities.get(name, 1.0)), cmap.units[name], [k for k, _ in lv], thinning))
-    cm = pipeline.cost_model
-    memo: dict[tuple[int, ...], float] = {}
-    removed = np.zeros(len(cmap.groups))
-
-    def latency(j: list[int]) -> float:
-        key = tuple(j)
-        if key not in memo:
-            for a, i in enumerate(active):
-                removed[i] = by_name[cmap.groups[i]].channels - levels[a][j[a]][0]
-            memo[key] = cm.predict(cmap.shape(removed)).latency_ms
-        return memo[key]
-
-    j = [0] * len(active)
-    dense_ms = cm.predict(cmap.shape(np.zeros(len(cmap.groups)))).latency_ms
-    floor = latency([len(lv) - 1 for lv in levels]) / dense_ms
-    effective = _reachable(budget, floor, budget_range) if budget_range else budget
+    active, ladders = _ladders(pipeline, cmap, settings, space, criterion, priorities, structures, thinning)
+    dense_ms = pipeline.cost_model.predict(cmap.shape(np.zeros(len(cmap.groups)))).latency_ms
+    floor = ladders.latency(ladders.smallest()) / dense_ms
+    effective = reachable(budget, floor, budget_range) if budget_range else budget
     target = effective * dense_ms
-    cur = latency(j)
-    near = cmap.neighbours()
-    pos = {i: a for a, i in enumerate(active)}
-    near_a = [[pos[i] for i in near[active[a]] if i in pos] for a in range(len(active))]
-    cache: dict[int, tuple[tuple[int, ...], float, int, float]] = {}  # a -> (stamp, ratio, levels, saved ms)
-    while cur > target:
-        best = None
-        for a in range(len(active)):
-            if j[a] + 1 >= len(levels[a]):
-                continue
-            stamp = tuple(j[b] for b in near_a[a])
-            if a not in cache or cache[a][0] != stamp:
-                cache[a] = (stamp, *_move(a, j, levels[a], lost[a], cur, latency, latency_weight))
-            _, ratio, d, saved = cache[a]
-            if saved > 0 and (best is None or ratio < best[0]):
-                best = (ratio, a, d)
-        if best is None:  # nothing left that saves time: the smallest allowed model
-            j = [len(lv) - 1 for lv in levels]
-            cur = latency(j)
-            break
-        j[best[1]] += best[2]
-        cur = latency(j)
-    while True:  # fill back: re-add the steps (best importance per ms) that still fit the budget
-        best = None
-        for a in range(len(active)):
-            if j[a] == 0:
-                continue
-            up = list(j)
-            up[a] -= 1
-            new = latency(up)
-            if new <= target:
-                gain = lost[a][j[a]] - lost[a][j[a] - 1]
-                score = math.inf if new <= cur else _price(
-                    gain, new - cur, levels[a][j[a] - 1][0] - levels[a][j[a]][0], latency_weight)
-                if best is None or score > best[0]:
-                    best = (score, a, new)
-        if best is None:
-            break
-        j[best[1]] -= 1
-        cur = best[2]
-    entries, kept = [], {}
-    chosen = {cmap.groups[i]: levels[a][j[a]] for a, i in enumerate(active)}
-    for g in pipeline.groups:
-        k, r = chosen.get(g.name, (g.channels, 0.0))
-        entries.append((g.name, GroupPlan("channel", r, criterion) if r > 0 else GroupPlan("keep", 0.0, criterion)))
-        if "channel" in g.allowed:
-            kept[g.name] = int(k)
-    plan = snap_plan(PruningPlan(tuple(entries), settings), pipeline.groups)
-    for name, gp in plan.groups:  # the stored plan must rebuild exactly these counts
-        g = by_name[name]
-        got = g.channels if gp.structure != "channel" else kept_count(g.channels, gp.ratio, round_to, min_ch,
-                                                                     g.channel_multiple)
-        if name in chosen and got != chosen[name][0]:
-            raise PlanError(f"knapsack: group {name!r} would keep {got} channels, not {chosen[name][0]}")
+    j, cur = descend(ladders, target, latency_weight)
+    j, cur = fill_back(ladders, j, cur, target, latency_weight)
+    chosen = {cmap.groups[i]: ladders.levels[a][j[a]] for a, i in enumerate(active)}
+    plan, kept = _exact_plan(pipeline, chosen, criterion, settings)
     info = {"budget": float(budget), "effective_budget": float(effective), "floor": float(floor),
             "dense_ms": float(dense_ms), "predicted_ms": float(cur), "kept": kept,
             "priorities": {cmap.groups[i]: float(priorities.get(cmap.groups[i], 1.0)) for i in active},
@@ -325,39 +204,157 @@ def knapsack_plan(pipeline, budget: float, *, criterion: str = "l1", priorities:
     return plan, info
 
 
-def _reachable(budget: float, floor: float, budget_range: tuple[float, float, bool]) -> float:
-    """``budget`` drawn from ``[low, high]``, mapped onto ``[floor, high]`` where ``floor > low``."""
-    low, high, log = budget_range
-    if floor <= low or high <= low:
-        return budget
-    if floor >= high:
-        return floor
-    t = (math.log(budget / low) / math.log(high / low)) if log else (budget - low) / (high - low)
-    t = min(max(t, 0.0), 1.0)
-    return floor * (high / floor) ** t if log else floor + t * (high - floor)
+def _is_number(x: Any) -> bool:
+    """True for an int or float that is not a bool."""
+    return not isinstance(x, bool) and isinstance(x, (int, float))
 
 
-def _move(a: int, j: list[int], lv: list, lost: np.ndarray, cur: float, latency,
-          latency_weight: float = 1.0) -> tuple[float, int, float]:
-    """``(price, levels, ms saved)`` of group ``a``'s next step down.
+def _check_knobs(budget: Any, latency_weight: Any, thinning: Any) -> None:
+    """Check :func:`knapsack_plan`'s numeric knobs.
 
-    One level, or up to :data:`_LOOKAHEAD` levels where one saves nothing (a table's plateau). The
-    price is :func:`_price` of the importance the step loses.
+    Raises:
+        ConfigError: A budget outside (0, 1], a latency weight outside [0, 1] or a thinning that is
+            not a finite number >= 0.
     """
-    out = (math.inf, 1, 0.0)
-    for d in range(1, min(_LOOKAHEAD, len(lv) - 1 - j[a]) + 1):
-        nxt = list(j)
-        nxt[a] += d
-        saved = cur - latency(nxt)
-        if saved > 0:
-            return _price(lost[j[a] + d] - lost[j[a]], saved, lv[j[a]][0] - lv[j[a] + d][0], latency_weight), d, saved
-    return out
+    if not _is_number(budget) or not 0 < budget <= 1:
+        raise ConfigError(f"knapsack budget must be a fraction of the dense latency in (0, 1], got {budget!r}")
+    if not _is_number(latency_weight) or not 0 <= latency_weight <= 1:
+        raise ConfigError(f"knapsack latency_weight must be a number in [0, 1], got {latency_weight!r}")
+    if not _is_number(thinning) or not 0 <= thinning < math.inf:
+        raise ConfigError(f"knapsack thinning must be a number >= 0, got {thinning!r}")
 
 
-def _price(importance: float, ms: float, channels: int, latency_weight: float) -> float:
-    """Importance per ``ms^w × channels^(1-w)``: per millisecond at ``w = 1`` (HALP), per channel at
-    ``w = 0`` (global magnitude pruning's order, whatever a group's unit size)."""
-    return importance / (ms ** latency_weight * channels ** (1.0 - latency_weight))
+def _check_priorities(priorities: dict[str, float]) -> None:
+    """Check every group priority.
+
+    Raises:
+        ConfigError: A priority that is not a positive finite number.
+    """
+    for name, p in priorities.items():
+        if not _is_number(p) or not (math.isfinite(p) and p > 0):
+            raise ConfigError(f"knapsack priority of {name!r} must be a positive number, got {p!r}")
+
+
+def _local_settings(settings: Any, space: Any, seed: int) -> Any:
+    """The plan's :class:`~autoprune.pruning.PlanSettings`: ``settings`` (default ones for None) made
+    local, with the space's ``round_to`` and ``min_channels`` where a space is given, and ``seed``."""
+    from dataclasses import replace
+
+    from autoprune.pruning import PlanSettings
+
+    base = settings or PlanSettings()
+    round_to = space.round_to if space is not None else base.round_to
+    min_ch = space.min_channels if space is not None else base.min_channels
+    return replace(base, allocation="local", global_ratio=0.0, round_to=round_to, min_channels=min_ch, seed=seed)
+
+
+def _levels(g, unit: int, settings: Any, space: Any) -> list[tuple[int, float]]:
+    """Group ``g``'s allowed ``(kept, ratio)`` levels, from dense down: under its ratio caps (the group's
+    and the space's), reproduced exactly by a local plan, and removing whole units of ``unit`` channels."""
+    from autoprune.pruning import kept_count
+
+    caps = [c for c in (g.max_ratio, space.range_for(g).high if space is not None else None) if c is not None]
+    cap = min(caps) if caps else 0.999999
+    out = [(g.channels, 0.0)]
+    for k in range(g.channels - 1, 0, -1):
+        r = round(1.0 - k / g.channels, 6)
+        if r > cap:
+            break
+        if kept_count(g.channels, r, settings.round_to, settings.min_channels, g.channel_multiple) == k:
+            out.append((k, r))
+    return [(k, r) for k, r in out if (g.channels - k) % unit == 0]
+
+
+def _ladders(pipeline, cmap: ChannelMap, settings: Any, space: Any, criterion: str, priorities: dict[str, float],
+             structures: dict[str, str], thinning: float) -> tuple[list[int], Ladders]:
+    """The allocation problem: the groups to allocate and, per group, its levels and importance lost.
+
+    A group is allocated where its structure is ``channel`` (the default) and it has a level below
+    dense; its scores (read once, for the first such group) are normalised by their mean and scaled by
+    its priority.
+
+    Returns:
+        ``(active, ladders)``: the allocated groups' indices in ``cmap.groups``, and their
+        :class:`~autoprune.search.knapsack_greedy.Ladders` with the cost model's latency of a state.
+    """
+    by_name = {g.name: g for g in pipeline.groups}
+    active, levels, lost = [], [], []
+    scores = None
+    for i, name in enumerate(cmap.groups):
+        g = by_name[name]
+        if structures.get(name, "channel") != "channel":
+            continue
+        lv = _levels(g, len(cmap.units[name][0]), settings, space)
+        if len(lv) < 2:
+            continue
+        scores = scores if scores is not None else group_importance(pipeline, criterion, settings.seed)
+        s = scores[name]
+        mean = float(s.mean())
+        s = s / mean if mean > 0 and math.isfinite(mean) else np.ones_like(s)
+        active.append(i)
+        levels.append(lv)
+        lost.append(lost_importance(s * float(priorities.get(name, 1.0)), cmap.units[name], [k for k, _ in lv],
+                                    thinning))
+    near = cmap.neighbours()
+    pos = {i: a for a, i in enumerate(active)}
+    near_a = [[pos[i] for i in near[active[a]] if i in pos] for a in range(len(active))]
+    dense = [by_name[cmap.groups[i]].channels for i in active]
+    return active, Ladders(levels, lost, near_a, _latency_of(pipeline.cost_model, cmap, active, dense, levels))
+
+
+def _latency_of(cm, cmap: ChannelMap, active: list[int], dense: list[int],
+                levels: list[list[tuple[int, float]]]) -> Callable[[list[int]], float]:
+    """The cost model's predicted latency of a state (one level index per allocated group), memoised.
+
+    Args:
+        cm: The cost model.
+        cmap: The channel map.
+        active: The allocated groups' indices in ``cmap.groups``.
+        dense: Their dense channel counts.
+        levels: Their ``(kept, ratio)`` levels.
+    """
+    memo: dict[tuple[int, ...], float] = {}
+    removed = np.zeros(len(cmap.groups))
+
+    def latency(j: list[int]) -> float:
+        key = tuple(j)
+        if key not in memo:
+            for a, i in enumerate(active):
+                removed[i] = dense[a] - levels[a][j[a]][0]
+            memo[key] = cm.predict(cmap.shape(removed)).latency_ms
+        return memo[key]
+
+    return latency
+
+
+def _exact_plan(pipeline, chosen: dict[str, tuple[int, float]], criterion: str,
+                settings: Any) -> tuple[Any, dict[str, int]]:
+    """The snapped local plan of the chosen ``(kept, ratio)`` per group (others kept dense), checked to
+    rebuild exactly those counts.
+
+    Returns:
+        ``(plan, kept)``: the plan, and the kept channels of every channel-prunable group.
+
+    Raises:
+        PlanError: The snapped plan would keep other counts than chosen.
+    """
+    from autoprune.pruning import GroupPlan, PruningPlan, kept_count, snap_plan
+
+    entries, kept = [], {}
+    for g in pipeline.groups:
+        k, r = chosen.get(g.name, (g.channels, 0.0))
+        entries.append((g.name, GroupPlan("channel", r, criterion) if r > 0 else GroupPlan("keep", 0.0, criterion)))
+        if "channel" in g.allowed:
+            kept[g.name] = int(k)
+    plan = snap_plan(PruningPlan(tuple(entries), settings), pipeline.groups)
+    by_name = {g.name: g for g in pipeline.groups}
+    for name, gp in plan.groups:  # the stored plan must rebuild exactly these counts
+        g = by_name[name]
+        got = g.channels if gp.structure != "channel" else kept_count(g.channels, gp.ratio, settings.round_to,
+                                                                     settings.min_channels, g.channel_multiple)
+        if name in chosen and got != chosen[name][0]:
+            raise PlanError(f"knapsack: group {name!r} would keep {got} channels, not {chosen[name][0]}")
+    return plan, kept
 
 
 def knapsack_from_params(pipeline, space, params: dict[str, Any], seed: int = 0) -> tuple[Any, dict[str, Any]]:
