@@ -22,7 +22,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from autoprune.errors import MissingDependencyError, ProfilingError
@@ -71,9 +71,7 @@ class EnergyReading:
 
     def to_dict(self) -> dict[str, float | int | str]:
         """A JSON-serialisable dict (sent back by the device server, stored in calibrations)."""
-        return {"energy_mj": self.energy_mj, "method": self.method, "source": self.source,
-                "total_energy_mj": self.total_energy_mj, "duration_s": self.duration_s, "calls": self.calls,
-                "average_power_w": self.average_power_w, "window_latency_ms": self.window_latency_ms}
+        return {**asdict(self), "window_latency_ms": self.window_latency_ms}
 
 
 # -- sensors -----------------------------------------------------------------------------------------

@@ -9,11 +9,35 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 from autoprune.errors import ProfilingError
 from autoprune.profiling.protocol import DEFAULT_PROTOCOL, measure_callable
 
-__all__ = ["measure_interleaved"]
+__all__ = ["Interleaved", "measure_interleaved"]
+
+
+@dataclass(frozen=True)
+class Interleaved:
+    """One interleaved measurement of a candidate against a reference.
+
+    Attributes:
+        ratio: The median of the per-round ratios of batch medians (candidate / reference).
+        latency_ms: The median of the candidate's batch medians.
+        reference_ms: The median of the reference's batch medians.
+        rounds: Rounds run.
+        ratio_spread: The interquartile range of the ratios relative to the ratio (NaN under four rounds).
+    """
+
+    ratio: float
+    latency_ms: float
+    reference_ms: float
+    rounds: int
+    ratio_spread: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        """The JSON form (what a device server sends back)."""
+        return asdict(self)
 
 
 def measure_interleaved(
@@ -26,7 +50,7 @@ def measure_interleaved(
     min_repeats: int = 3,
     timeout_s: float = DEFAULT_PROTOCOL.timeout_s,
     clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, float | int]:
+) -> Interleaved:
     """Time ``run_a`` against ``run_b`` in ``rounds`` alternating batches (drift cancels in the ratio).
 
     Each round times one batch of each (``min_repeats`` calls and ``min_time_s`` seconds at least,
@@ -35,9 +59,7 @@ def measure_interleaved(
     (:mod:`autoprune.device.server`), so a remote ratio means what a local one means.
 
     Returns:
-        ``{"ratio", "latency_ms", "reference_ms", "rounds", "ratio_spread"}``: the median ratio, the
-        medians of the two batch medians, and the interquartile range of the ratios relative to the
-        ratio (NaN under four rounds).
+        An :class:`Interleaved` record.
 
     Raises:
         ProfilingError: On a bad timing, or when ``timeout_s`` passes (checked between calls).
@@ -61,5 +83,5 @@ def measure_interleaved(
     ratios = sorted(x / y for x, y in zip(a_ms, b_ms))
     ratio = statistics.median(ratios)
     q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
-    return {"ratio": ratio, "latency_ms": statistics.median(a_ms), "reference_ms": statistics.median(b_ms),
-            "rounds": rounds, "ratio_spread": (q3 - q1) / ratio if len(ratios) >= 4 else float("nan")}
+    return Interleaved(ratio=ratio, latency_ms=statistics.median(a_ms), reference_ms=statistics.median(b_ms),
+                       rounds=rounds, ratio_spread=(q3 - q1) / ratio if len(ratios) >= 4 else float("nan"))

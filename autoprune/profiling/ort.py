@@ -221,7 +221,7 @@ class OnnxRuntime(Runtime):
         run_a = self.runner(model)
         run_b = reference if callable(reference) else self.runner(reference)
         keys = ("rounds", "warmup", "min_time_s", "min_repeats", "timeout_s")
-        out: dict[str, Any] = dict(measure_interleaved(run_a, run_b, **{k: cfg[k] for k in keys if k in cfg}))
+        out: dict[str, Any] = measure_interleaved(run_a, run_b, **{k: cfg[k] for k in keys if k in cfg}).to_dict()
         out["energy"] = None
         if self.energy_sensor is not None:
             from autoprune.hardware.energy import measure_energy

@@ -73,7 +73,7 @@ def measure_vs_reference(runtime: Any, model: Any, reference: Any,
         return RelativeMeasurement(a / b, a, b, 1, float("nan"))
     run_a = runtime.runner(model)
     run_b = reference if callable(reference) else runtime.runner(reference)
-    return RelativeMeasurement(**measure_interleaved(run_a, run_b, **cfg))
+    return RelativeMeasurement(**measure_interleaved(run_a, run_b, **cfg).to_dict())
 
 
 def measure_relaxed(runtime: Any, model: Any, settings: dict[str, Any]) -> Any:
