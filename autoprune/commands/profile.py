@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from autoprune.commands.base import Command
-from autoprune.commands.common import add_model_data_args, load_data_for
+from autoprune.commands.common import add_model_data_args
 from autoprune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from autoprune.costmodel.builder import ProfileOutcome
 
 
 class ProfileCommand(Command):
@@ -52,18 +58,8 @@ class ProfileCommand(Command):
                                  "a noisier point is re-measured, then rejected and never stored")
 
     def run(self, args: argparse.Namespace) -> int:
-        from tqdm import tqdm
-
-        from autoprune.costmodel.builder import CalibrationOptions, calibrate
-        from autoprune.costmodel.calibration import (
-            calibration_name,
-            calibration_path,
-            load_calibration,
-            save_calibration,
-        )
+        from autoprune.costmodel.builder import ProfileJob, profile_target
         from autoprune.hardware import load_profile
-        from autoprune.models import build_model, load_checkpoint
-        from autoprune.train import check_model_fits
 
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
@@ -78,131 +74,65 @@ class ProfileCommand(Command):
                 from None
         if not grid or any(not 0 < g <= 1 for g in grid):
             raise ConfigError(f"--grid fractions must lie in (0, 1], got {args.grid!r}")
-        load_profile(args.target)  # an unknown target: one line listing the valid ones
-        runtime = _make_runtime(args)
-        # The model exactly as `search` builds it: its data's classes, channels and input size.
-        data = load_data_for(args)
-        size = int(data.input_shape[-1])
-        dense = build_model(args.model, num_classes=data.num_classes, in_channels=data.input_shape[0])
-        if args.checkpoint is not None:
-            load_checkpoint(dense, args.checkpoint)
-        check_model_fits(dense, data)
-        name = calibration_name(args.model)
-        bar = tqdm(total=1, desc=f"profile {name}@{size} on {args.target}", unit="meas")
-
-        def progress(done: int, total: int, what: str) -> None:
-            bar.total = total
-            bar.set_postfix_str(what[:28])
-            bar.update(done - bar.n)
-
-        try:
-            options = CalibrationOptions(plans=args.plans, grid=grid, seed=args.seed, round_to=args.round_to,
-                                         max_cv=args.max_cv, num_classes=data.num_classes, input_size_px=size,
-                                         in_channels=data.input_shape[0])
-            result = calibrate(name, options, target=args.target, runtime=runtime, model=dense, progress=progress)
-        finally:
-            bar.close()
-        path = calibration_path(args.target, name, size)
-        save_calibration(result.model, path, model_name=name, input_shape=tuple(data.input_shape),
-                         runtime=result.runtime, status="measured", error=result.error,
-                         extra={"grid": list(grid), "plans": args.plans, "seed": args.seed, "round_to": args.round_to,
-                                "kernel_points": result.kernel_points, "calibration_seconds": result.seconds,
-                                "model_ref": args.model, "data": args.data,
-                                "template": result.model.template.to_dict()})
-        model = load_calibration(path)  # round-trip check (checksum)
-        e = result.error
-
-        def fmt(v: float | None, spec: str) -> str:
-            return "n/a" if v is None else format(v, spec)
-
-        print(f"calibration written: {path}")
-        print(f"  target {args.target}, runtime {result.runtime}, status measured, cost model lut")
-        print(f"  {result.kernel_points} isolated kernel measurements over {len(model.tables)} layer configs, "
-              f"{args.plans} random plans + dense + uniform ladder, {result.seconds:.0f} s")
-        if e["rejected_points"]:
-            print(f"  {len(e['rejected_points'])} isolated measurement(s) rejected as too noisy and not stored "
-                  f"(first: {e['rejected_points'][0]})")
-        fit = e.get("whole_model_fit", {})
-        if "class_scales" in fit:
-            scales = ", ".join(f"{c} {v:.2f}" for c, v in fit["class_scales"].items())
-            print(f"  in-context kernel scales (per op class: {scales}; per kernel {fit['kernel_scale_range'][0]:.2f}"
-                  f"-{fit['kernel_scale_range'][1]:.2f}), overhead {model.overhead_ms:+.3f} ms")
-        else:
-            print(f"  whole-model correction: alpha {model.alpha:.3f}, power {model.power:.2f}, "
-                  f"overhead {model.overhead_ms:+.3f} ms")
-        energy = e.get("energy")
-        if energy:
-            held = energy.get("heldout_mape")
-            print(f"  energy MEASURED: {energy['power_w']:.3f} W from {energy['sensor']} rail {energy['rail']} "
-                  f"(energy_mj = power x latency fitted on {energy['n_fit']} models"
-                  + (f", held-out error {held:.1%})" if held is not None else ")"))
-        else:
-            print("  energy MODELLED: no sensor was read (the profile's active power x latency)")
-        lo, hi = e["dense_reference_range_ms"]
-        print(f"  dense model {e['dense_reference_ms']:.3f} ms (median; {lo:.3f}-{hi:.3f} ms over the calibration: "
-              "each model was timed against it in the same window)")
-        print(f"  held-out error on {e['n_heldout']} plans: MAPE {fmt(e['heldout_mape'], '.1%')}, "
-              f"within 10% {fmt(e.get('heldout_within_10pct'), '.0%')}, "
-              f"Spearman {fmt(e['heldout_spearman'], '.3f')}")
+        profile = load_profile(args.target)  # once; an unknown target: one line listing the valid ones
+        job = ProfileJob(model_ref=args.model, data_ref=args.data, input_size_px=args.input_size,
+                         checkpoint=args.checkpoint, seed=args.seed, runtime=args.runtime, rpc=args.rpc,
+                         rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, energy_sensor=args.energy_sensor,
+                         threads=args.threads, plans=args.plans, grid=grid, round_to=args.round_to,
+                         max_cv=args.max_cv)
+        _print_outcome(profile_target(profile, job, progress=_progress_bar))
         return 0
 
 
-#: Targets that are this machine (profiled without --rpc).
-LOCAL_TARGETS = ("local", "cuda")
-_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+@contextmanager
+def _progress_bar(name: str, size_px: int, target: str) -> Iterator[Callable[[int, int, str], None]]:
+    """A tqdm bar over the measurements of one calibration, closed when they end (or fail)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, desc=f"profile {name}@{size_px} on {target}", unit="meas")
+
+    def progress(done: int, total: int, what: str) -> None:
+        bar.total = total
+        bar.set_postfix_str(what[:28])
+        bar.update(done - bar.n)
+
+    try:
+        yield progress
+    finally:
+        bar.close()
 
 
-def _make_runtime(args: argparse.Namespace):
-    """The runtime ``profile`` measures with: ONNX Runtime or TVM, here or on a device over RPC."""
-    from autoprune.hardware import load_profile
-    from autoprune.profiling import get_runtime
-    from autoprune.profiling.base import runtime_for_profile
-    from autoprune.profiling.rpc import RPCConfig
+def _print_outcome(r: ProfileOutcome) -> None:
+    """The calibration's summary: the file, what was measured, the fit and its held-out error."""
 
-    remote = bool(args.rpc or args.rpc_tracker)
-    if args.target not in LOCAL_TARGETS and not remote:
-        raise ConfigError(f"{args.target} is not this machine: start `autoprune device serve` on it and give --rpc "
-                          "HOST:PORT (or --rpc-tracker HOST:PORT --rpc-key KEY), or profile --target local")
-    if args.runtime == "tvm":
-        if args.energy_sensor not in (None, "none"):
-            raise ConfigError("--energy-sensor goes with --runtime onnxruntime (TVM measurements read no sensor)")
-        rpc = RPCConfig.from_args(args.rpc, args.rpc_tracker, args.rpc_key) if remote else None
-        # The target's own TVM target (e.g. nvidia/jetson-nano + its aarch64 host), not this host's.
-        return runtime_for_profile(args.target, "tvm", threads=args.threads, rpc=rpc)
-    if remote:
-        from autoprune.device.client import device_runtime_for_profile
+    def fmt(v: float | None, spec: str) -> str:
+        return "n/a" if v is None else format(v, spec)
 
-        if args.energy_sensor not in (None, "none"):
-            raise ConfigError("--energy-sensor is for measuring here; on a device, give it to `autoprune device "
-                              "serve --energy-sensor ...`")
-        # One session serves many measurements; each step has its own bound (protocol timeout + margin).
-        rpc = RPCConfig.from_args(args.rpc, args.rpc_tracker, args.rpc_key, session_timeout_s=900.0)
-        runtime = device_runtime_for_profile(args.target, rpc, threads=args.threads)
-        runtime.info()  # unreachable, or not `autoprune device serve`: one line now, before any work
-        return runtime
-    from autoprune.hardware.sensor_spec import sensor_from_spec
-    from autoprune.registry import lazy_import
-
-    profile = load_profile(args.target)
-    options = profile.runtime_options("onnxruntime")
-    wanted_gpu = [p for p in options.get("providers", ()) if p in _GPU_PROVIDERS]
-    if wanted_gpu:
-        ort = lazy_import("onnxruntime")
-        if not set(wanted_gpu) & set(ort.get_available_providers()):
-            raise ConfigError(f"target {args.target} runs ONNX Runtime on {', '.join(wanted_gpu)}, which onnxruntime "
-                              f"{ort.__version__} here lacks (it has {', '.join(ort.get_available_providers())}); "
-                              "on a machine with an NVIDIA GPU: pip uninstall -y onnxruntime && pip install "
-                              "onnxruntime-gpu nvidia-ml-py (the two onnxruntime wheels cannot share an environment)")
-    if args.energy_sensor is None and args.target == "cuda":
-        from autoprune.errors import MissingDependencyError, ProfilingError
-
-        try:
-            sensor = sensor_from_spec("nvml")
-        except (MissingDependencyError, ProfilingError) as exc:
-            print(f"energy stays modelled: {str(exc).splitlines()[0]}")
-            sensor = None
+    print(f"calibration written: {r.path}")
+    print(f"  target {r.target}, runtime {r.runtime}, status measured, cost model lut")
+    print(f"  {r.kernel_points} isolated kernel measurements over {r.layer_configs} layer configs, "
+          f"{r.plans} random plans + dense + uniform ladder, {r.calibration_s:.0f} s")
+    if r.rejected_points:
+        print(f"  {len(r.rejected_points)} isolated measurement(s) rejected as too noisy and not stored "
+              f"(first: {r.rejected_points[0]})")
+    if r.class_scales is not None and r.kernel_scale_range is not None:
+        scales = ", ".join(f"{c} {v:.2f}" for c, v in r.class_scales.items())
+        print(f"  in-context kernel scales (per op class: {scales}; per kernel {r.kernel_scale_range[0]:.2f}"
+              f"-{r.kernel_scale_range[1]:.2f}), overhead {r.overhead_ms:+.3f} ms")
     else:
-        sensor = sensor_from_spec(args.energy_sensor or "none")
-    if args.target == "local":
-        return get_runtime("onnxruntime", threads=args.threads, energy_sensor=sensor)
-    return runtime_for_profile(args.target, "onnxruntime", threads=args.threads, energy_sensor=sensor)
+        print(f"  whole-model correction: alpha {r.alpha:.3f}, power {r.power:.2f}, "
+              f"overhead {r.overhead_ms:+.3f} ms")
+    energy = r.energy
+    if energy is not None:
+        held = energy.heldout_mape
+        print(f"  energy MEASURED: {energy.power_w:.3f} W from {energy.sensor} rail {energy.rail} "
+              f"(energy_mj = power x latency fitted on {energy.fit_models} models"
+              + (f", held-out error {held:.1%})" if held is not None else ")"))
+    else:
+        print("  energy MODELLED: no sensor was read (the profile's active power x latency)")
+    lo, hi = r.dense_reference_range_ms
+    print(f"  dense model {r.dense_reference_ms:.3f} ms (median; {lo:.3f}-{hi:.3f} ms over the calibration: "
+          "each model was timed against it in the same window)")
+    print(f"  held-out error on {r.heldout_plans} plans: MAPE {fmt(r.heldout_mape, '.1%')}, "
+          f"within 10% {fmt(r.heldout_within_10pct, '.0%')}, "
+          f"Spearman {fmt(r.heldout_spearman, '.3f')}")

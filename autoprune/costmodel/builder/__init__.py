@@ -3,7 +3,10 @@
 As nn-Meter keeps its builder apart from its predictor, this subpackage holds everything that
 *makes* a calibration file, and nothing the search needs at prediction time:
 
-* :mod:`.calibrate`: what ``autoprune profile`` does (:func:`calibrate` with a
+* :mod:`.job`: a whole ``autoprune profile`` run (:func:`profile_target` with the loaded target
+  profile and a :class:`ProfileJob` record, returning a :class:`ProfileOutcome`): the runtime and
+  its checks, the model as ``search`` builds it, the calibration, the file written and read back;
+* :mod:`.calibrate`: the measurement and fit (:func:`calibrate` with a
   :class:`CalibrationOptions` record): isolated kernels over a channel grid, whole pruned models
   against the dense one, the fit and its held-out error;
 * :mod:`.measure`: the protocols, and a candidate timed against a reference in one window;
@@ -17,16 +20,21 @@ imports numpy and scipy, not torch/onnx/onnxruntime.
 """
 
 from .calibrate import CalibrationOptions, CalibrationResult, calibrate, error_metrics, kernel_grid, prune_random
+from .job import MeasuredEnergy, ProfileJob, ProfileOutcome, profile_target
 from .measure import RelativeMeasurement, measure_relaxed, measure_vs_reference
 
 __all__ = [
     "CalibrationOptions",
     "CalibrationResult",
+    "MeasuredEnergy",
+    "ProfileJob",
+    "ProfileOutcome",
     "RelativeMeasurement",
     "calibrate",
     "error_metrics",
     "kernel_grid",
     "measure_relaxed",
     "measure_vs_reference",
+    "profile_target",
     "prune_random",
 ]

@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,11 +41,14 @@ from autoprune.errors import ConfigError, NoisyMeasurementError
 from ..base import CostModel, FitSample, Provenance
 from ..energy import apply_energy_fit
 from ..lut import LutCostModel, one_dimensional
-from ..targets import target_spec
+from ..targets import spec_from_profile, target_spec
 from ..template import CandidateShape, ModelTemplate, export_onnx_bytes
 from .energy_fit import fit_energy
 from .measure import KERNEL_PROTOCOL, RelativeMeasurement, measure_ms, measure_vs_reference
 from .microbench import kernel_graph, overhead_graph
+
+if TYPE_CHECKING:
+    from autoprune.hardware.records import HardwareProfile
 
 __all__ = [
     "DEFAULT_GRID", "CalibrationOptions", "CalibrationResult", "calibrate", "error_metrics", "kernel_grid",
@@ -203,15 +206,16 @@ def prune_random(model: Any, example: Any, groups: Sequence[Any], rng: np.random
     return prune_model(model, random_plan(groups, rng, **kw), example).make_permanent()
 
 
-def calibrate(model_name: str, options: CalibrationOptions = CalibrationOptions(), *, target: str = "local",
-              runtime: Any = None, model: Any = None,
+def calibrate(model_name: str, options: CalibrationOptions = CalibrationOptions(), *,
+              target: str | HardwareProfile = "local", runtime: Any = None, model: Any = None,
               progress: Callable[[int, int, str], None] | None = None) -> CalibrationResult:
     """Measure and fit a LUT cost model for ``model_name`` on this machine (or an RPC device).
 
     Args:
         model_name: Zoo model name (or a name for ``model``).
         options: What to measure (plans, grid, seed, alignment, noise bound...).
-        target: Target name whose facts (sparsity support, power) apply.
+        target: The target whose facts (sparsity support, power) apply: its loaded
+            :class:`~autoprune.hardware.records.HardwareProfile`, or its name.
         runtime: A :class:`~autoprune.profiling.Runtime`; default ONNX Runtime CPU with ``options.threads``.
         model: An ``nn.Module`` to use instead of building ``model_name`` from the zoo.
         progress: ``progress(done, total, what)`` callback (the CLI passes a tqdm bar).
@@ -271,7 +275,8 @@ def calibrate(model_name: str, options: CalibrationOptions = CalibrationOptions(
         raise NoisyMeasurementError(
             f"calibration of {model_name}: {len(rejected)} of {n_points + 1} isolated measurements were too noisy "
             f"to store (first: {rejected[0]}); quiet the machine (nothing else running) and profile again")
-    cost_model = LutCostModel(target_spec(target), template)
+    spec = target_spec(target) if isinstance(target, str) else spec_from_profile(target)
+    cost_model = LutCostModel(spec, template)
     cost_model.fit(samples)
 
     rng = np.random.default_rng(o.seed)
@@ -334,7 +339,8 @@ def calibrate(model_name: str, options: CalibrationOptions = CalibrationOptions(
     }
     desc = f"{runtime.describe()}, threads={getattr(runtime, 'threads', o.threads)}"
     cost_model.provenance = Provenance(
-        cost_model="lut", target=target, runtime=desc, status="measured", calibration_id="(unsaved)",
+        cost_model="lut", target=target if isinstance(target, str) else target.name, runtime=desc,
+        status="measured", calibration_id="(unsaved)",
         heldout_mape=error["heldout_mape"], heldout_spearman=error["heldout_spearman"],
         n_heldout=int(error["n_heldout"]), note=error["note"])
     # Energy: fitted to sensor readings where the runtime read one, else modelled (one place; see builder.energy_fit).
