@@ -22,7 +22,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from autoprune.errors import MissingDependencyError, ProfilingError
@@ -72,6 +72,11 @@ class EnergyReading:
     def to_dict(self) -> dict[str, float | int | str]:
         """A JSON-serialisable dict (sent back by the device server, stored in calibrations)."""
         return {**asdict(self), "window_latency_ms": self.window_latency_ms}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, float | int | str]) -> EnergyReading:
+        """Inverse of :meth:`to_dict` (``window_latency_ms`` is derived, so it is not read back)."""
+        return cls(**{f.name: raw[f.name] for f in fields(cls)})
 
 
 # -- sensors -----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ readings nothing changes: the energy stays the profile's model
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 __all__ = ["fit_energy", "sensor_and_rail"]
@@ -33,6 +34,16 @@ def sensor_and_rail(source: str) -> tuple[str, str]:
     return kind, rest or "?"
 
 
+@dataclass(frozen=True)
+class EnergyPoint:
+    """One whole model's sensor reading in an energy fit: its time per call and energy per call."""
+
+    latency_ms: float
+    energy_mj: float
+    average_power_w: float
+    heldout: bool
+
+
 def fit_energy(readings: Sequence[dict[str, Any] | None], n_fit: int) -> dict[str, Any] | None:
     """Fit ``energy_mj = power_w × latency_ms`` to sensor readings of whole models.
 
@@ -46,11 +57,14 @@ def fit_energy(readings: Sequence[dict[str, Any] | None], n_fit: int) -> dict[st
         (``measured``), ``power_w``, ``source``, ``sensor``, ``rail``, ``n_fit``, ``n_heldout``,
         ``fit_mape``, ``heldout_mape`` (``None`` without held-out readings), ``points`` and ``note``.
     """
-    points = [(i, r) for i, r in enumerate(readings) if r and r.get("energy_mj", 0) > 0]
+    from autoprune.hardware.energy import EnergyReading
+
+    read = [(i, EnergyReading.from_dict(r)) for i, r in enumerate(readings) if r]
+    points = [(i, r) for i, r in read if r.energy_mj > 0]
     if not points:
         return None
-    fit = [(float(r["window_latency_ms"]), float(r["energy_mj"])) for i, r in points if i < n_fit]
-    held = [(float(r["window_latency_ms"]), float(r["energy_mj"])) for i, r in points if i >= n_fit]
+    fit = [(float(r.window_latency_ms), float(r.energy_mj)) for i, r in points if i < n_fit]
+    held = [(float(r.window_latency_ms), float(r.energy_mj)) for i, r in points if i >= n_fit]
     if not fit:  # every reading is held out: fit on them all rather than not at all
         fit, held = held, []
     power_w = sum(lat * e for lat, e in fit) / sum(lat * lat for lat, _ in fit)
@@ -58,7 +72,7 @@ def fit_energy(readings: Sequence[dict[str, Any] | None], n_fit: int) -> dict[st
     def mape(pairs: list[tuple[float, float]]) -> float | None:
         return sum(abs(power_w * lat / e - 1.0) for lat, e in pairs) / len(pairs) if pairs else None
 
-    sources = sorted({str(r["source"]) for _, r in points})
+    sources = sorted({str(r.source) for _, r in points})
     sensor, rail = sensor_and_rail(sources[0])
     return {
         "method": "measured",
@@ -70,8 +84,8 @@ def fit_energy(readings: Sequence[dict[str, Any] | None], n_fit: int) -> dict[st
         "n_heldout": len(held),
         "fit_mape": mape(fit),
         "heldout_mape": mape(held),
-        "points": [{"latency_ms": float(r["window_latency_ms"]), "energy_mj": float(r["energy_mj"]),
-                    "average_power_w": float(r["average_power_w"]), "heldout": i >= n_fit} for i, r in points],
+        "points": [asdict(EnergyPoint(float(r.window_latency_ms), float(r.energy_mj), float(r.average_power_w),
+                                      i >= n_fit)) for i, r in points],
         "note": f"energy per inference read from {sensor} rail {rail} around each of {len(points)} whole models; "
                 "energy_mj = power_w x latency_ms fitted on the fit models (least squares), error on the held-out ones",
     }
