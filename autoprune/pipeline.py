@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -36,6 +36,10 @@ from autoprune.compute import Compute
 from autoprune.costmodel.base import CostEstimate
 from autoprune.data import DataSplits
 from autoprune.pruning.evaluate import Evaluation
+from autoprune.records import TrialRecord
+
+if TYPE_CHECKING:
+    from autoprune.hardware import HardwareProfile
 
 #: Where :meth:`Pipeline.run` checks a candidate's accuracy: after pruning (BatchNorm re-estimated, EagleEye),
 #: then half way through its fine-tuning. Four checkpoints (0, 25, 50, 75 %) took 41 % of a 6-step trial's
@@ -87,21 +91,24 @@ class CandidateResult:
         """``(module, predicted ms)`` per kernel, rounded to 10 ns."""
         return tuple((str(n), round(float(v), 5)) for n, v in self.cost.per_kernel_ms)
 
-    def record(self) -> dict[str, Any]:
-        """The flat, JSON-ready record stored on a trial (one user attribute per key)."""
+    def trial_record(self) -> TrialRecord:
+        """The :class:`~autoprune.records.TrialRecord` a trial stores (one user attribute per field)."""
         ev = self.evaluation
-        return {
-            "plan": self.plan, "accuracy": ev.accuracy, "precision_macro": ev.precision_macro,
-            "recall_macro": ev.recall_macro, "f1_macro": ev.f1_macro, "params": ev.params, "macs": ev.macs,
-            "size_bytes": ev.size_bytes, "sparse_size_bytes": ev.sparse_size_bytes,
-            "size_mb": ev.sparse_size_bytes / 1e6,
-            "latency_ms": self.cost.latency_ms, "energy_mj": self.cost.energy_mj,
-            "latency_provenance": asdict(self.cost.provenance), "energy_method": self.cost.provenance.energy,
-            "per_layer_ms": [list(p) for p in self.per_layer_ms],
-            "measured_latency_ms": self.measured_latency_ms, "measured_runtime": self.measured_runtime,
-            "onnx": self.onnx, "seconds": dict(self.seconds), "compute_device": self.compute_device,
-            "curve": [list(p) for p in self.curve],
-        }
+        return TrialRecord(
+            plan=self.plan, accuracy=ev.accuracy, precision_macro=ev.precision_macro,
+            recall_macro=ev.recall_macro, f1_macro=ev.f1_macro, params=ev.params, macs=ev.macs,
+            size_bytes=ev.size_bytes, sparse_size_bytes=ev.sparse_size_bytes, size_mb=ev.sparse_size_bytes / 1e6,
+            latency_ms=self.cost.latency_ms, energy_mj=self.cost.energy_mj,
+            latency_provenance=asdict(self.cost.provenance), energy_method=self.cost.provenance.energy,
+            per_layer_ms=[list(p) for p in self.per_layer_ms],
+            measured_latency_ms=self.measured_latency_ms, measured_runtime=self.measured_runtime,
+            onnx=self.onnx, seconds=dict(self.seconds), compute_device=self.compute_device,
+            curve=[list(p) for p in self.curve],
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The flat, JSON-ready form of :meth:`trial_record`."""
+        return self.trial_record().to_dict()
 
 
 class Pipeline:
@@ -110,7 +117,8 @@ class Pipeline:
     Args:
         dense: The trained dense model (never modified).
         data: Data splits; validation for search, test only at export.
-        target: Target name (a profile in ``hw_profiles/``).
+        target: The target's loaded hardware profile, or its name (a profile in ``hw_profiles/``,
+            loaded here: the pipeline's own entry point).
         model_ref: The model's reference (names the calibration).
         finetune_epochs: Fine-tuning budget per candidate.
         finetune_steps: Optional step budget (overrides epochs).
@@ -127,6 +135,7 @@ class Pipeline:
         compute: Where criteria, fine-tuning and evaluation run (default: the CPU).
         checkpoints: Fractions of the fine-tuning steps at which :meth:`run` checks the accuracy
             (0: right after pruning, with BatchNorm statistics re-estimated, as EagleEye does).
+        base_profile: The profile ``target``'s calibration is derived from, where the caller has it loaded.
 
     Attributes:
         groups: The prunable groups, as checked by :func:`~autoprune.pruning.check_groups`
@@ -134,21 +143,25 @@ class Pipeline:
         excluded_groups: Group name → one line: which structures it lost and why.
     """
 
-    def __init__(self, dense: nn.Module, data: DataSplits, target: str, model_ref: str, *,
+    def __init__(self, dense: nn.Module, data: DataSplits, target: str | HardwareProfile, model_ref: str, *,
                  finetune_epochs: int = 2, finetune_steps: int | None = None, lr: float = 0.02,
                  lr_schedule: str = "cosine", batch_size: int = 64, kd_temperature: float = 4.0,
                  kd_weight: float = 0.7, measure: bool | None = None, seed: int = 0,
                  space: Any = None, max_ratio: float | None = None, compute: Compute | None = None,
-                 checkpoints: tuple[float, ...] = CHECKPOINTS) -> None:
+                 checkpoints: tuple[float, ...] = CHECKPOINTS, base_profile: HardwareProfile | None = None) -> None:
         from autoprune.costmodel import calibration_name, load_cost_model, profile_command
         from autoprune.data import natural_input_size
+        from autoprune.hardware import load_profile
         from autoprune.pruning import check_groups, discover_groups
+
+        profile = load_profile(target) if isinstance(target, str) else target
 
         self.dense = dense.eval()
         self.compute = compute or Compute()
         self._teacher: nn.Module | None = None
         self.data = data
-        self.target = target
+        self.profile = profile
+        self.target = profile.name
         self.model_ref = model_ref
         self.example = data.example_input(1)
         # Discovered once, then test-pruned once: what cannot be pruned safely is kept whole.
@@ -165,12 +178,20 @@ class Pipeline:
         self.kd_weight = kd_weight
         self.seed = seed
         self.checkpoints = tuple(checkpoints)
-        self.measure = (target == "local") if measure is None else measure
+        self.measure = (profile.here == "cpu") if measure is None else measure
         size = int(data.input_shape[-1])
-        fix = profile_command(target, model_ref, data=data.name,
+        fix = profile_command(profile.name, model_ref, data=data.name,
                               input_size=None if size == natural_input_size(model_ref, data.name) else size)
-        self.cost_model = load_cost_model(target, self.dense, tuple(data.input_shape),
-                                          model_name=calibration_name(model_ref), fix=f"run `{fix}`")
+        self.cost_model = load_cost_model(profile, self.dense, tuple(data.input_shape),
+                                          model_name=calibration_name(model_ref), fix=f"run `{fix}`",
+                                          base_profile=base_profile)
+
+    def reseeded(self, seed: int) -> Pipeline:
+        """This pipeline with another fine-tuning seed: a shallow copy sharing the dense model, data,
+        groups and cost model (nothing is rebuilt; ``self`` is unchanged)."""
+        other = copy.copy(self)
+        other.seed = int(seed)
+        return other
 
     # -- stages ----------------------------------------------------------------------------------
     def prune(self, plan):
@@ -324,8 +345,8 @@ class Pipeline:
         from autoprune.pruning.evaluate import count_macs, size_report
 
         _, _, sparse_bytes = size_report(pruned.module, pruned.nm_members)
-        return {"latency_ms": cost.latency_ms, "energy_mj": cost.energy_mj, "size_mb": sparse_bytes / 1e6,
-                "macs": float(count_macs(pruned.module, self.example))}
+        return dict(latency_ms=cost.latency_ms, energy_mj=cost.energy_mj, size_mb=sparse_bytes / 1e6,
+                    macs=float(count_macs(pruned.module, self.example)))  # keyed by TrialRecord's field names
 
 
 @contextmanager

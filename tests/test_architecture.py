@@ -1,6 +1,7 @@
 """The package's shape, checked: no import cycles between autoprune's modules (lazy imports inside
 functions and imports only for type checkers included), every import goes down the package layers
-(:data:`LAYERS`), the library never imports the CLI, and no module past about 400 lines."""
+(:data:`LAYERS`), the library never imports the CLI, no module past about 400 lines, no objective key
+spelled as a string outside the table that defines them, and a study's target profile loaded once."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ MAX_LINES = 420  # "about 400"
 #: (without a cycle: ``test_no_import_cycles``). The root package (``autoprune``, for ``__version__``)
 #: may be imported by anyone, and itself imports nothing of autoprune.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("autoprune.errors", "autoprune.registry", "autoprune.io", "autoprune.structures", "autoprune.compute"),
+    ("autoprune.errors", "autoprune.registry", "autoprune.io", "autoprune.structures", "autoprune.compute",
+     "autoprune.records"),
     ("autoprune.hardware", "autoprune.models"),
     ("autoprune.data", "autoprune.profiling", "autoprune.pruning"),
     ("autoprune.costmodel", "autoprune.train", "autoprune.device"),
@@ -162,3 +164,78 @@ def test_the_library_never_imports_the_cli():
 def test_modules_stay_readable_in_one_sitting(path):
     n = len(path.read_text().splitlines())
     assert n <= MAX_LINES, f"{path.relative_to(PKG)} has {n} lines (> {MAX_LINES}); split it by concept"
+
+
+#: The objectives' record keys (``OBJECTIVES[name][1]``): written as strings only in their table.
+OBJECTIVE_KEYS_HOME = PKG / "search" / "config.py"
+
+
+def _objective_keys() -> set[str]:
+    from autoprune.search.config import OBJECTIVES
+
+    return {attr for _, attr, _ in OBJECTIVES.values()}
+
+
+def objective_key_literals(path: Path, keys: set[str]) -> list[int]:
+    """Lines of ``path`` with a string literal equal to an objective key (``__all__`` entries and docstrings
+    are names and prose, not keys, and are left out)."""
+    tree = ast.parse(path.read_text())
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            skip |= {id(n) for n in ast.walk(node.value)}
+        body = getattr(node, "body", None)
+        first = body[0] if isinstance(body, list) and body else None
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+            skip.add(id(first.value))
+    return sorted({n.lineno for n in ast.walk(tree)
+                   if isinstance(n, ast.Constant) and n.value in keys and id(n) not in skip})
+
+
+def test_objective_keys_are_not_spelled_outside_their_table():
+    """A record is read by attribute (``TrialRecord.latency_ms``) or through ``OBJECTIVES``, never by a key
+    written again as a string: the one exception is :class:`~autoprune.records.TrialRecord`'s defaulting of
+    ``size_mb`` for records from before the size objective."""
+    keys = _objective_keys()
+    found = {}
+    for path in sorted(PKG.rglob("*.py")):
+        if path == OBJECTIVE_KEYS_HOME:
+            continue
+        lines = objective_key_literals(path, keys)
+        if path.name == "records.py" and path.parent == PKG:  # the size_mb default, one line
+            lines = lines[1:] if len(lines) == 1 else lines
+        if lines:
+            found[str(path.relative_to(PKG))] = lines
+    assert found == {}, f"objective keys {sorted(keys)} written as strings (file: lines): {found}"
+
+
+def test_the_literal_check_finds_a_key(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text('"""doc latency_ms"""\n__all__ = ["latency_ms"]\nrow = {"latency_ms": 1.0}\n')
+    assert objective_key_literals(bad, _objective_keys()) == [3]
+
+
+@pytest.mark.slow
+def test_a_search_loads_its_target_profile_once(tiny_dense, results_root, monkeypatch):
+    """``autoprune search`` resolves its target once (StudyContext) and passes the loaded profile down: the
+    profile file is parsed once per search, a new study and a resume alike."""
+    import autoprune.hardware.profile as hp
+    from autoprune.cli import main
+    from tests.conftest import TINY_REF
+
+    loads: list[str] = []
+    real = hp.load_profile_file
+
+    def counting(path):
+        loads.append(Path(path).stem)
+        return real(path)
+
+    monkeypatch.setattr(hp, "load_profile_file", counting)
+    url = f"sqlite:///{results_root / 'profile-once.db'}"
+    args = ["--storage", url, "--no-progress", "--study", "once"]
+    assert main(["search", "--model", TINY_REF, "--target", "jetson-nano", "--finetune-epochs", "0",
+                 "--trials", "2", *args]) == 0
+    assert loads == ["jetson-nano"], f"profiles loaded by one search: {loads}"
+    loads.clear()
+    assert main(["search", "--trials", "1", *args]) == 0
+    assert loads == ["jetson-nano"], f"profiles loaded by one resume: {loads}"

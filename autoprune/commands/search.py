@@ -15,9 +15,6 @@ from autoprune.commands.common import (
     positive_int,
 )
 
-_DEFAULTS = {"model": "vgg11", "data": "digits", "seed": 0, "target": "jetson-nano", "space": "default",
-             "objectives": "accuracy,latency", "sampler": "tpe", "trials": 30}
-
 
 class SearchCommand(Command):
     """Search per-group pruning plans for the accuracy/latency(/energy/size) Pareto front."""
@@ -68,13 +65,11 @@ class SearchCommand(Command):
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def run(self, args: argparse.Namespace) -> int:
-        from autoprune.compute import resolve_device
         from autoprune.errors import ConfigError
         from autoprune.search.config import SearchConfig, default_study_name
         from autoprune.search.report import provenance_line, table
         from autoprune.search.storage import default_storage_url, redact_url
 
-        resolve_device(args.device)  # one line before anything is loaded or stored
         if args.finetune_epochs is not None and args.finetune_epochs < 0:
             raise ConfigError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
         given = {
@@ -85,13 +80,13 @@ class SearchCommand(Command):
             "max_size_mb": args.max_size_mb, "sampler": args.sampler, "finetune_epochs": args.finetune_epochs,
         }
         _validate_early(given)
-        filled = {k: (v if v is not None else _DEFAULTS.get(k)) for k, v in given.items()}
-        filled["objectives"] = filled["objectives"] if isinstance(filled["objectives"], tuple) else \
-            tuple(filled["objectives"].split(","))
-        config = SearchConfig(**filled, trials=args.trials or _DEFAULTS["trials"])
+        # What the user did not give takes SearchConfig's defaults: the one place they are written.
+        config = SearchConfig(**{k: v for k, v in given.items() if v is not None},
+                              **({"trials": args.trials} if args.trials else {}))
         resume_only = args.study is not None and all(v is None for v in given.values())
         study_name = args.study or default_study_name(config)
         storage = args.storage or default_storage_url()
+        from autoprune.dashboard.note import update_study_note
         from autoprune.search.runner import run_search
 
         t0 = time.perf_counter()
@@ -102,6 +97,7 @@ class SearchCommand(Command):
                          workers=args.workers, address=args.address, create_only=args.create_only,
                          device=args.device, amp=not args.no_amp, gpus_per_trial=args.gpus_per_trial,
                          cpus_per_trial=args.cpus_per_trial)
+        update_study_note(out.study, out.context.storage.url)  # the dashboard's view: config, front, commands
         if args.create_only:
             what = "created" if out.created else "already exists"
             print(f"study {study_name!r} {what} in {redact_url(storage)}: budget {out.config.trials} completed "
@@ -144,10 +140,6 @@ def _validate_early(given: dict) -> None:
 
     if given["model"] is not None and ":" not in given["model"]:
         ZOO.get(given["model"])
-    if given["target"] is not None:
-        from autoprune.hardware import load_profile
-
-        load_profile(given["target"])
     if given["space"] is not None:
         from autoprune.search.space import SearchSpace
 

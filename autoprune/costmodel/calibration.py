@@ -11,15 +11,19 @@ from __future__ import annotations
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoprune.errors import CalibrationError, ConfigError
+from autoprune.hardware.records import HERE_TARGETS
 from autoprune.io import read_json, results_dir, safe_name, write_json
 
 from .base import CostModel, Provenance, get_cost_model_class
 from .energy import apply_energy_fit
 from .regressor import Regressor
-from .targets import TargetSpec, target_spec
+from .targets import TargetSpec, spec_from_profile, target_spec
+
+if TYPE_CHECKING:
+    from autoprune.hardware import HardwareProfile
 from .template import ModelTemplate
 
 __all__ = [
@@ -97,7 +101,7 @@ def _fix(target: str, model: str) -> str:
     return f"run `{profile_command(target, model)}`"
 
 
-def require_calibration(target: str, model_ref: str, input_size: int, *, fix: str | None = None,
+def require_calibration(target: str | HardwareProfile, model_ref: str, input_size: int, *, fix: str | None = None,
                         root: str | Path | None = None) -> None:
     """Fail now, before any training, when :func:`load_cost_model` would find no calibration.
 
@@ -107,11 +111,16 @@ def require_calibration(target: str, model_ref: str, input_size: int, *, fix: st
     Raises:
         CalibrationError: Naming the file looked for and the command that writes it.
     """
-    path = calibration_path(target, model_ref, input_size, root)
-    if path.exists() or target != "local":
+    name = _target_name(target)
+    path = calibration_path(name, model_ref, input_size, root)
+    if path.exists() or HERE_TARGETS.get(name) != "cpu":
         return
-    raise CalibrationError(f"no calibration for {model_ref} at {int(input_size)}px on {target} ({path}); "
-                           f"{fix or _fix(target, model_ref)} first")
+    raise CalibrationError(f"no calibration for {model_ref} at {int(input_size)}px on {name} ({path}); "
+                           f"{fix or _fix(name, model_ref)} first")
+
+
+def _target_name(target: str | HardwareProfile) -> str:
+    return target if isinstance(target, str) else target.name
 
 
 def save_calibration(model: CostModel, path: str | Path, *, model_name: str, input_shape: tuple[int, ...],
@@ -140,8 +149,11 @@ def save_calibration(model: CostModel, path: str | Path, *, model_name: str, inp
 
 
 def load_calibration(path: str | Path, template: ModelTemplate | None = None, *,
-                     target: str | None = None, fix: str | None = None) -> CostModel:
+                     target: str | TargetSpec | None = None, fix: str | None = None) -> CostModel:
     """Load a calibration file into its cost model.
+
+    ``target`` is the target's :class:`TargetSpec` (or its name, resolved here; default: the target
+    the file names).
 
     Raises:
         CalibrationError: If the file is missing, corrupt, fails its checksum, or
@@ -160,7 +172,7 @@ def load_calibration(path: str | Path, template: ModelTemplate | None = None, *,
                                f"this autoprune reads {CALIBRATION_VERSION}; {fix}")
     try:
         cls = get_cost_model_class(data["cost_model"])
-        spec = target_spec(target or data["target"])
+        spec = target if isinstance(target, TargetSpec) else target_spec(target or data["target"])
         model = cls(spec, template)
         model.load_params(data["params"])
     except (KeyError, TypeError, ValueError, ConfigError) as exc:
@@ -199,53 +211,52 @@ def template_for(model: Any, input_shape: tuple[int, ...] | None = None, *, name
     return ModelTemplate.from_model(model, torch.zeros(1, *input_shape), name or type(model).__name__)
 
 
-def _derived_scales(target: str) -> tuple[str, float, float, str]:
-    """``(base target, compute-time scale, overhead scale, why)`` for a profile that says
-    ``calibration.derived_from``, from the two profiles' default power modes' clocks."""
-    from autoprune.hardware import load_profile
-
-    try:
-        profile = load_profile(target)
-    except ConfigError:
-        return target, 1.0, 1.0, ""
-    base = profile.calibration.derived_from
-    if not base:
-        return target, 1.0, 1.0, ""
-    mine, theirs = profile.power_mode(), load_profile(base).power_mode()
+def _derived_scales(profile: HardwareProfile, base: HardwareProfile | None) -> tuple[float, float, str]:
+    """``(compute-time scale, overhead scale, why)`` for a profile that says ``calibration.derived_from``
+    (``base`` is that profile), from the two profiles' default power modes' clocks."""
+    target = profile.name
+    mine, theirs = profile.power_mode(), base.power_mode()
     if not (mine.gpu_clock_mhz and theirs.gpu_clock_mhz and mine.cpu_clock_mhz and theirs.cpu_clock_mhz):
         raise ConfigError(f"hardware profile {profile.path}: calibration.derived_from needs gpu_clock_mhz and "
-                          f"cpu_clock_mhz in both its and {base}'s default power modes")
+                          f"cpu_clock_mhz in both its and {base.name}'s default power modes")
     c_scale = theirs.gpu_clock_mhz / mine.gpu_clock_mhz
     o_scale = theirs.cpu_clock_mhz / mine.cpu_clock_mhz
-    why = (f"{base} calibration clock-scaled to {target}'s {mine.name} mode: MAC- and bandwidth-bound terms "
+    why = (f"{base.name} calibration clock-scaled to {target}'s {mine.name} mode: MAC- and bandwidth-bound terms "
            f"x{theirs.gpu_clock_mhz:g}/{mine.gpu_clock_mhz:g} (GPU clock; assumes EMC scales alike), launch "
            f"overhead x{theirs.cpu_clock_mhz:g}/{mine.cpu_clock_mhz:g} (CPU clock); unverified on a device")
-    return base, c_scale, o_scale, why
+    return c_scale, o_scale, why
 
 
-def _published(target: str, template: ModelTemplate | None) -> CostModel | None:
-    base, c_scale, o_scale, why = _derived_scales(target)
-    path = published_path(base)
+def _published(profile: HardwareProfile, base: HardwareProfile | None, template: ModelTemplate | None
+               ) -> CostModel | None:
+    derived = profile.calibration.derived_from
+    if derived and base is None:
+        from autoprune.hardware import load_profile
+
+        base = load_profile(derived)
+    source = base if derived else profile
+    path = published_path(source.name)
     if not path.is_file():
         return None
-    model = load_calibration(path, template, target=base, fix="reinstall autoprune or run "
+    model = load_calibration(path, template, target=spec_from_profile(source), fix="reinstall autoprune or run "
                              f"`python -m autoprune.costmodel.builder.published` ({path})")
-    if base != target:
-        spec = target_spec(target)
-        derived = Regressor(spec, template)
-        derived.load_params(model.params())
-        derived.a *= c_scale
-        derived.b *= c_scale
-        derived.o *= o_scale
-        derived.provenance = Provenance(**{**model.provenance.__dict__, "target": target,
-                                           "note": f"{why}; base error: {model.provenance.note}"})
-        return derived
+    if derived:
+        c_scale, o_scale, why = _derived_scales(profile, base)
+        derived_model = Regressor(spec_from_profile(profile), template)
+        derived_model.load_params(model.params())
+        derived_model.a *= c_scale
+        derived_model.b *= c_scale
+        derived_model.o *= o_scale
+        derived_model.provenance = Provenance(**{**model.provenance.__dict__, "target": profile.name,
+                                                 "note": f"{why}; base error: {model.provenance.note}"})
+        return derived_model
     return model
 
 
-def load_cost_model(target: str, model: Any = "resnet20", input_shape: tuple[int, ...] | None = None, *,
-                    model_name: str | None = None, num_classes: int = 10, allow_prior: bool = True,
-                    root: str | Path | None = None, fix: str | None = None) -> CostModel:
+def load_cost_model(target: str | HardwareProfile, model: Any = "resnet20",
+                    input_shape: tuple[int, ...] | None = None, *, model_name: str | None = None,
+                    num_classes: int = 10, allow_prior: bool = True, root: str | Path | None = None,
+                    fix: str | None = None, base_profile: HardwareProfile | None = None) -> CostModel:
     """Return the best available cost model for ``model`` on ``target``.
 
     Order: the measured local calibration (``lut``) at :func:`calibration_path`;
@@ -254,7 +265,8 @@ def load_cost_model(target: str, model: Any = "resnet20", input_shape: tuple[int
     prior (``status="prior"``, error unknown). The choice is in ``.provenance``.
 
     Args:
-        target: Target name (``local``, ``jetson-nano``, ``jetson-nano-5w``, ``raspberry-pi-4``...).
+        target: The target's loaded hardware profile, or its name (``local``, ``jetson-nano``,
+            ``jetson-nano-5w``, ``raspberry-pi-4``...), loaded here.
         model: A zoo model name, an ``nn.Module`` (with ``input_shape``) or a template.
         input_shape: ``(C, H, W)``; defaults to the zoo model's natural size.
         model_name: Name used for the calibration file (defaults to the zoo name).
@@ -262,28 +274,35 @@ def load_cost_model(target: str, model: Any = "resnet20", input_shape: tuple[int
         allow_prior: Fall back to an unchecked roofline prior instead of failing.
         root: Results folder (defaults to :func:`autoprune.io.results_dir`).
         fix: What to tell the user to run (default: ``autoprune profile`` with the model's name).
+        base_profile: The profile ``target``'s calibration is derived from (``calibration.derived_from``),
+            if the caller has it loaded.
 
     Raises:
         CalibrationError: If a calibration exists but is corrupt, or none exists and
             ``allow_prior`` is false (or the target is ``local``); the message names
             the command that creates it.
     """
+    if isinstance(target, str):
+        from autoprune.hardware import load_profile
+
+        target = load_profile(target)
+    profile = target
     template = template_for(model, input_shape, name=model_name, num_classes=num_classes)
     name = model_name or template.name
-    path = calibration_path(target, name, template.input_size, root)
-    fix = fix or _fix(target, name)
+    path = calibration_path(profile.name, name, template.input_size, root)
+    fix = fix or _fix(profile.name, name)
     if path.exists():
-        return load_calibration(path, template, fix=fix)
-    published = _published(target, template)
+        return load_calibration(path, template, target=spec_from_profile(profile), fix=fix)
+    published = _published(profile, base_profile, template)
     if published is not None:
         return published
-    if target == "local" or not allow_prior:
-        raise CalibrationError(f"no calibration for {name} at {template.input_size}px on {target} ({path}); "
+    if profile.here == "cpu" or not allow_prior:
+        raise CalibrationError(f"no calibration for {name} at {template.input_size}px on {profile.name} ({path}); "
                                f"{fix}")
-    spec: TargetSpec = target_spec(target)
+    spec: TargetSpec = spec_from_profile(profile)
     prior = Regressor.from_roofline(spec, template=template)
-    prior.provenance = Provenance(cost_model="regressor", target=target, runtime="datasheet roofline",
-                                  status="prior", calibration_id=f"{target}/datasheet-prior",
+    prior.provenance = Provenance(cost_model="regressor", target=profile.name, runtime="datasheet roofline",
+                                  status="prior", calibration_id=f"{profile.name}/datasheet-prior",
                                   note="datasheet roofline with default efficiencies; never checked against a "
                                        f"measurement; {fix} on the device to calibrate")
     return prior

@@ -98,7 +98,7 @@ def build_study_note(study, storage_url: str, *, control_link: str | None = None
         if key != "version" and value is not None:
             shown = ", ".join(value) if isinstance(value, (list, tuple)) else value
             lines.append(f"| {key} | `{shown}` |")
-    base = dense["latency_ms"] if dense else None
+    base = dense.latency_ms if dense else None
     lines += ["", "### Pareto front", ""]
     if not front:
         lines.append("No feasible completed trial yet.")
@@ -106,15 +106,15 @@ def build_study_note(study, storage_url: str, *, control_link: str | None = None
         lines += ["| trial | accuracy | latency ms (predicted) | latency ms (measured) | speedup | size MB | plan |",
                   "|---:|---:|---:|---:|---:|---:|---|"]
         for r in front:
-            measured = r.get("measured_latency_ms")
-            rep = (exports.get(r["number"]) or {}).get("report") or {}
+            measured = r.measured_latency_ms
+            rep = (exports.get(r.number) or {}).get("report") or {}
             if measured is None and rep.get("measured"):
                 measured = rep["measured"].get("latency_ms")
-            speed = f"{base / r['latency_ms']:.2f}x" if base and r["latency_ms"] else "–"
-            mark = " (dense)" if r.get("anchor") == "dense" else ""
-            lines.append(f"| {r['number']}{mark} | {_fmt(r['accuracy'], '.4f')} | {_fmt(r['latency_ms'], '.4g')} | "
-                         f"{_fmt(measured, '.4g')} | {speed} | {_fmt(r.get('size_mb'), '.3f')} | "
-                         f"{plan_summary(r['plan'])} |")
+            speed = f"{base / r.latency_ms:.2f}x" if base and r.latency_ms else "–"
+            mark = " (dense)" if r.is_dense else ""
+            lines.append(f"| {r.number}{mark} | {_fmt(r.accuracy, '.4f')} | {_fmt(r.latency_ms, '.4g')} | "
+                         f"{_fmt(measured, '.4g')} | {speed} | {_fmt(r.size_mb, '.3f')} | "
+                         f"{plan_summary(r.plan)} |")
         lines += ["", "Predicted latency comes from the target's cost model; *measured* is filled in where "
                   "a trial or its export was measured."]
     if exports:

@@ -182,8 +182,8 @@ def front_figure(study):
         return None
 
     def trace(rs, name, **kw):
-        return go.Scatter(x=[r["latency_ms"] for r in rs], y=[r["accuracy"] * 100 for r in rs], name=name,
-                          text=[f"trial {r['number']}" for r in rs], hovertemplate="%{text}<br>%{x:.4g} ms, "
+        return go.Scatter(x=[r.latency_ms for r in rs], y=[r.accuracy * 100 for r in rs], name=name,
+                          text=[f"trial {r.number}" for r in rs], hovertemplate="%{text}<br>%{x:.4g} ms, "
                           "%{y:.2f} %<extra></extra>", **kw)
 
     fig = go.Figure([trace(rows, "all trials", mode="markers", marker={"color": "lightgray"}),

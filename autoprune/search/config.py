@@ -6,11 +6,12 @@ arguments, and a conflicting configuration is refused (see :mod:`autoprune.searc
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from autoprune.errors import ConfigError
+from autoprune.records import TrialRecord
 from autoprune.registry import Registry
 
 CONFIG_ATTR = "autoprune.config"
@@ -18,6 +19,8 @@ CONFIG_VERSION = 1
 #: Fields a resume may change without a conflict: the budget and where the work runs.
 RESUME_FREE = ("trials", "device", "amp")
 
+#: The objective every study has (the others are costs).
+ACCURACY = "accuracy"
 #: Objective name → (direction, trial user attribute, unit label).
 OBJECTIVES: dict[str, tuple[str, str, str]] = {
     "accuracy": ("maximize", "accuracy", "top-1"),
@@ -160,7 +163,12 @@ def make_sampler(config: SearchConfig, n_trials: int, salt: int = 0):
     return SAMPLERS.get(config.sampler)(config.seed + n_trials + salt)
 
 
-def set_constraints(trial, config: SearchConfig, result: dict[str, Any]) -> None:
+def _figure(result: TrialRecord | Mapping[str, Any], attribute: str) -> float:
+    """One figure of a record (a :class:`~autoprune.records.TrialRecord`, or its dict form)."""
+    return float(result[attribute] if isinstance(result, Mapping) else getattr(result, attribute))
+
+
+def set_constraints(trial, config: SearchConfig, result: TrialRecord | Mapping[str, Any]) -> None:
     """Record the constraint values on the trial (Optuna's samplers treat > 0 as infeasible)."""
     names = [n for n, v in (("max_latency_ms", config.max_latency_ms), ("min_accuracy", config.min_accuracy),
                             ("max_size_mb", config.max_size_mb)) if v is not None]
@@ -168,26 +176,26 @@ def set_constraints(trial, config: SearchConfig, result: dict[str, Any]) -> None
         trial.set_constraint(name, float(value))
 
 
-def constraint_values(config: SearchConfig, result: dict[str, Any]) -> list[float]:
+def constraint_values(config: SearchConfig, result: TrialRecord | Mapping[str, Any]) -> list[float]:
     """Constraint values of a result (each <= 0 when satisfied)."""
     out = [0.0]
     if config.max_latency_ms is not None:
-        out.append(result["latency_ms"] - config.max_latency_ms)
+        out.append(_figure(result, OBJECTIVES["latency"][1]) - config.max_latency_ms)
     if config.min_accuracy is not None:
-        out.append(config.min_accuracy - result["accuracy"])
+        out.append(config.min_accuracy - _figure(result, OBJECTIVES["accuracy"][1]))
     if config.max_size_mb is not None:
-        out.append(result["size_mb"] - config.max_size_mb)
+        out.append(_figure(result, OBJECTIVES["size"][1]) - config.max_size_mb)
     return out
 
 
-def objective_values(config: SearchConfig, result: dict[str, Any]) -> list[float]:
+def objective_values(config: SearchConfig, result: TrialRecord | Mapping[str, Any]) -> list[float]:
     """The objective vector of a result, in the study's order."""
-    return [float(result[OBJECTIVES[o][1]]) for o in config.objectives]
+    return [_figure(result, OBJECTIVES[o][1]) for o in config.objectives]
 
 
-def accuracy_floor(rows: list[dict[str, Any]], config: SearchConfig, drop: float = 0.01) -> float | None:
+def accuracy_floor(rows: list[TrialRecord], config: SearchConfig, drop: float = 0.01) -> float | None:
     """``--min-accuracy`` if given, else the dense anchor's accuracy minus ``drop``."""
     if config.min_accuracy is not None:
         return config.min_accuracy
-    dense = [r["accuracy"] for r in rows if r.get("anchor") == "dense"]
+    dense = [r.accuracy for r in rows if r.is_dense]
     return dense[0] - drop if dense else None

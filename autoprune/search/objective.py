@@ -11,49 +11,63 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from autoprune.errors import AutopruneError
+from autoprune.records import TrialRecord
 from autoprune.search.config import SearchConfig, constraint_values, objective_values, set_constraints
 from autoprune.search.space import SearchSpace, needs_pipeline, plan_from_params
 from autoprune.search.storage import StudyStorage
 from autoprune.search.study import attach_plan
 
+if TYPE_CHECKING:
+    from autoprune.search.context import StudyContext
 
-def build_pipeline(config: SearchConfig, space: SearchSpace, progress: bool = True):
+
+def build_pipeline(context: StudyContext | SearchConfig, space: SearchSpace, progress: bool = True, *,
+                   measure: bool | None = None):
     """``(pipeline, dense checkpoint record)``: the dense model (trained if missing), its data and the
-    per-candidate pipeline, on ``config.device`` (resolved on this machine). A missing calibration is
-    reported before anything is trained.
+    per-candidate pipeline, on the context's compute device. A missing calibration is reported before
+    anything is trained.
+
+    Args:
+        context: The study's resolved :class:`~autoprune.search.context.StudyContext` (a bare
+            :class:`SearchConfig` is resolved here, as a library entry point).
+        space: The study's search space.
+        progress: Progress bars while the dense model trains.
+        measure: Also time each candidate here (default: where the target is this machine's CPU).
 
     Raises:
         CalibrationError: No calibration for the model on the target (names the command that makes it).
         ConfigError: ``config.device`` is not a device this machine has.
     """
-    from autoprune.compute import Compute
     from autoprune.costmodel import profile_command, require_calibration
     from autoprune.data import load_data_for
     from autoprune.pipeline import Pipeline
+    from autoprune.search.context import StudyContext
     from autoprune.train import ensure_dense
 
-    compute = Compute.resolve(config.device, amp=config.amp)
+    ctx = context if isinstance(context, StudyContext) else StudyContext.resolve(context)
+    config, model = ctx.config, ctx.model
     data = load_data_for(config.model, config.data, input_size=config.input_size, seed=config.data_seed)
-    fix = profile_command(config.target, config.model, data=config.data, input_size=config.input_size)
-    require_calibration(config.target, config.model, data.input_shape[-1], fix=f"run `{fix}`")
+    fix = profile_command(ctx.profile.name, model.ref, data=config.data, input_size=config.input_size)
+    require_calibration(ctx.profile, model.ref, data.input_shape[-1], fix=f"run `{fix}`")
     dense, rec = ensure_dense(config.model, data, config.data_seed, checkpoint=config.checkpoint, progress=progress,
-                              compute=compute)
+                              compute=ctx.compute)
     ft = space.finetune
-    return Pipeline(dense, data, config.target, config.model,
+    return Pipeline(dense, data, ctx.profile, model.ref,
                     finetune_epochs=config.finetune_epochs if config.finetune_epochs is not None else ft.epochs,
                     finetune_steps=ft.steps, lr=ft.lr, lr_schedule=ft.lr_schedule, batch_size=ft.batch_size,
                     kd_temperature=space.kd_temperature, kd_weight=space.kd_weight, seed=config.seed,
-                    space=space, compute=compute), rec
+                    space=space, compute=ctx.compute, measure=measure, base_profile=ctx.base_profile), rec
 
 
 def evaluate_candidate(pipeline, space: SearchSpace, config: SearchConfig, params: dict[str, Any],
-                       stopper=None) -> dict[str, Any]:
-    """Run the candidate that ``params`` describe and return its record (see
-    :meth:`~autoprune.pipeline.CandidateResult.record`) with its constraint values.
+                       stopper=None) -> TrialRecord:
+    """Run the candidate that ``params`` describe and return its :class:`~autoprune.records.TrialRecord`
+    with its constraint values.
 
     Knapsack parameters are resolved against the pipeline first
     (:func:`~autoprune.search.knapsack.knapsack_from_params`); the record then also holds
@@ -72,27 +86,30 @@ def evaluate_candidate(pipeline, space: SearchSpace, config: SearchConfig, param
         plan, info = knapsack_from_params(pipeline, space, params, config.seed)
     else:
         plan = plan_from_params(space, pipeline.groups, params, config.seed)
-    record = pipeline.run(plan, kd=bool(params.get("kd", space.distillation[0])), stopper=stopper).record()
+    record = pipeline.run(plan, kd=bool(params.get("kd", space.distillation[0])), stopper=stopper).trial_record()
     if info is not None:
-        record["allocation"] = info
-    record["constraints"] = constraint_values(config, record)
-    return record
+        record = replace(record, allocation=info)
+    return record.with_constraints(constraint_values(config, record))
 
 
-def record_result(trial, config: SearchConfig, record: dict[str, Any], storage: StudyStorage | None) -> list[float]:
-    """Write a candidate's record onto its (still RUNNING) trial and return the values to tell.
+def record_result(trial, config: SearchConfig, record: TrialRecord | Mapping[str, Any],
+                  storage: StudyStorage | None) -> list[float]:
+    """Write a candidate's record (or its dict form, as a Ray worker sends it) onto its (still RUNNING)
+    trial and return the values to tell.
 
     Raises:
         AutopruneError: The objective values are not finite (the trial is then failed, not told).
     """
+    if not isinstance(record, TrialRecord):
+        record = TrialRecord.from_dict(record)
     values = objective_values(config, record)
     if not all(math.isfinite(v) for v in values):
         raise AutopruneError(f"non-finite objective values {values}")
     set_constraints(trial, config, record)
-    for key, value in record.items():
+    for key, value in record.to_dict().items():
         trial.set_user_attr(key, value)
     if storage is not None:
-        attach_plan(trial, storage, record["plan"])
+        attach_plan(trial, storage, dict(record.plan))
     return values
 
 

@@ -4,18 +4,47 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from autoprune.io import atomic_write_bytes, atomic_write_text, results_dir, write_json
+from autoprune.records import TrialRecord
 from autoprune.search.config import OBJECTIVES, SearchConfig, objective_values
 from autoprune.search.pareto import hypervolume, pareto_mask, reference_point
 from autoprune.search.study import completed_rows
 
-COLUMNS = ("trial", "accuracy", "latency_ms", "speedup", "energy_mj", "size_mb", "params", "macs",
-           "measured_latency_ms", "plan")
+
+@dataclass(frozen=True)
+class FrontPoint:
+    """One row of ``pareto.csv`` / ``pareto.json``'s front: a front trial's figures (latency and energy
+    PREDICTED, ``measured_latency_ms`` MEASURED where it was), ``speedup`` over the dense anchor's
+    predicted latency, and the plan in short."""
+
+    trial: int
+    accuracy: float
+    latency_ms: float
+    speedup: float | None
+    energy_mj: float
+    size_mb: float
+    params: int
+    macs: float
+    measured_latency_ms: float | None
+    plan: str
+
+    @classmethod
+    def of(cls, row: TrialRecord, dense_latency_ms: float | None) -> FrontPoint:
+        """The front point of ``row``."""
+        return cls(trial=row.number, accuracy=row.accuracy, latency_ms=row.latency_ms,
+                   speedup=(dense_latency_ms / row.latency_ms) if dense_latency_ms else None,
+                   energy_mj=row.energy_mj, size_mb=row.size_mb, params=row.params, macs=row.macs,
+                   measured_latency_ms=row.measured_latency_ms, plan=plan_summary(row.plan))
+
+
+#: The columns of ``pareto.csv``.
+COLUMNS = tuple(f.name for f in fields(FrontPoint))
 
 
 def plan_summary(plan: dict[str, Any]) -> str:
@@ -41,54 +70,52 @@ def plan_summary(plan: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def front_rows(study, config: SearchConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict | None]:
+def front_rows(study, config: SearchConfig) -> tuple[list[TrialRecord], list[TrialRecord], TrialRecord | None]:
     """Return ``(all rows, front rows sorted by latency, dense row)`` for a study.
 
     The front is the non-dominated set of COMPLETE, feasible trials (the same set as
     Optuna's ``study.best_trials``), computed by :func:`~autoprune.search.pareto.pareto_mask`.
     """
     rows = completed_rows(study)
-    for r in rows:
-        r.setdefault("size_mb", r.get("sparse_size_bytes", 0) / 1e6)
-    dense = next((r for r in rows if r.get("anchor") == "dense"), None)
-    feasible = [r for r in rows if all(c <= 0 for c in r.get("constraints", [0.0]))]
+    dense = next((r for r in rows if r.is_dense), None)
+    feasible = [r for r in rows if r.feasible]
     if not feasible:
         return rows, [], dense
     vals = np.array([objective_values(config, r) for r in feasible])
     mask = pareto_mask(vals, config.directions)
     front = [r for r, m in zip(feasible, mask) if m]
-    front.sort(key=lambda r: (r["latency_ms"], -r["accuracy"]))
+    front.sort(key=lambda r: (r.latency_ms, -r.accuracy))
     return rows, front, dense
 
 
-def table(front: list[dict[str, Any]], dense: dict | None) -> str:
+def table(front: list[TrialRecord], dense: TrialRecord | None) -> str:
     """A fixed-width terminal table of the front."""
-    base = dense["latency_ms"] if dense else None
+    base = dense.latency_ms if dense else None
     head = f"{'trial':>5}  {'acc':>6}  {'latency ms':>10}  {'speedup':>7}  {'energy mJ':>9}  {'size MB':>7}  " \
            f"{'MACs M':>7}  {'meas. ms':>8}  plan"
     lines = [head, "-" * len(head)]
     for r in front:
-        sp = f"{base / r['latency_ms']:.2f}x" if base else "-"
-        meas = f"{r['measured_latency_ms']:.3f}" if r.get("measured_latency_ms") else "-"
-        mark = " (dense)" if r.get("anchor") == "dense" else ""
-        lines.append(f"{r['number']:>5}  {r['accuracy']:>6.4f}  {r['latency_ms']:>10.3f}  {sp:>7}  "
-                     f"{r['energy_mj']:>9.3f}  {r['size_mb']:>7.3f}  {r['macs'] / 1e6:>7.2f}  {meas:>8}  "
-                     f"{plan_summary(r['plan'])}{mark}")
+        sp = f"{base / r.latency_ms:.2f}x" if base else "-"
+        meas = f"{r.measured_latency_ms:.3f}" if r.measured_latency_ms else "-"
+        mark = " (dense)" if r.is_dense else ""
+        lines.append(f"{r.number:>5}  {r.accuracy:>6.4f}  {r.latency_ms:>10.3f}  {sp:>7}  "
+                     f"{r.energy_mj:>9.3f}  {r.size_mb:>7.3f}  {r.macs / 1e6:>7.2f}  {meas:>8}  "
+                     f"{plan_summary(r.plan)}{mark}")
     return "\n".join(lines)
 
 
-def provenance_line(rows: list[dict[str, Any]]) -> str:
+def provenance_line(rows: list[TrialRecord]) -> str:
     """Say where the latency figures come from (predicted, from which calibration)."""
     if not rows:
         return ""
-    p = rows[0].get("latency_provenance", {})
+    p = rows[0].latency_provenance
     bits = [f"latency and energy are PREDICTED by the {p.get('model', 'cost')} model"]
     for key in ("calibration", "status", "runtime", "error"):
         if p.get(key) not in (None, ""):
             bits.append(f"{key}: {p[key]}")
-    if any(r.get("measured_latency_ms") for r in rows):
-        rt = next(r.get("measured_runtime") for r in rows if r.get("measured_latency_ms"))
-        bits.append(f"'meas. ms' is MEASURED with {rt}")
+    measured = [r for r in rows if r.measured_latency_ms]
+    if measured:
+        bits.append(f"'meas. ms' is MEASURED with {measured[0].measured_runtime}")
     return "; ".join(str(b) for b in bits)
 
 
@@ -96,15 +123,8 @@ def write_front(study, config: SearchConfig, out_dir: Path | None = None) -> dic
     """Write ``pareto.csv``, ``pareto.json``, ``pareto.png`` and ``pareto.html`` and return a summary."""
     out_dir = Path(out_dir or results_dir() / study.study_name)
     rows, front, dense = front_rows(study, config)
-    base = dense["latency_ms"] if dense else None
-    records = []
-    for r in front:
-        records.append({
-            "trial": r["number"], "accuracy": r["accuracy"], "latency_ms": r["latency_ms"],
-            "speedup": (base / r["latency_ms"]) if base else None, "energy_mj": r["energy_mj"],
-            "size_mb": r["size_mb"], "params": r["params"], "macs": r["macs"],
-            "measured_latency_ms": r.get("measured_latency_ms"), "plan": plan_summary(r["plan"]),
-        })
+    base = dense.latency_ms if dense else None
+    records = [asdict(FrontPoint.of(r, base)) for r in front]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS)
     w.writeheader()
@@ -118,9 +138,8 @@ def write_front(study, config: SearchConfig, out_dir: Path | None = None) -> dic
     summary = {
         "study": study.study_name, "config": config.to_dict(), "objectives": list(config.objectives),
         "directions": config.directions, "completed_trials": len(rows), "front": records,
-        "front_plans": {str(r["number"]): r["plan"] for r in front},
-        "dense": {"trial": dense["number"], "accuracy": dense["accuracy"], "latency_ms": dense["latency_ms"]}
-        if dense else None,
+        "front_plans": {str(r.number): r.plan for r in front},
+        "dense": dict(trial=dense.number, accuracy=dense.accuracy, latency_ms=dense.latency_ms) if dense else None,
         "hypervolume": hv, "provenance": provenance_line(rows),
     }
     write_json(out_dir / "pareto.json", summary)
@@ -137,12 +156,12 @@ def _plot_png(rows, front, dense, config, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ax.scatter([r["latency_ms"] for r in rows], [r["accuracy"] * 100 for r in rows], s=18, c="0.7",
+    ax.scatter([r.latency_ms for r in rows], [r.accuracy * 100 for r in rows], s=18, c="0.7",
                label="all trials")
-    ax.plot([r["latency_ms"] for r in front], [r["accuracy"] * 100 for r in front], "o-", c="C0",
+    ax.plot([r.latency_ms for r in front], [r.accuracy * 100 for r in front], "o-", c="C0",
             label="Pareto front")
     if dense:
-        ax.scatter([dense["latency_ms"]], [dense["accuracy"] * 100], marker="*", s=220, c="C3",
+        ax.scatter([dense.latency_ms], [dense.accuracy * 100], marker="*", s=220, c="C3",
                    label="dense", zorder=5)
     tgt = config.target
     ax.set_xlabel(f"predicted latency on {tgt} (ms)")
@@ -162,8 +181,8 @@ def _plot_html(rows, front, dense, path: Path) -> None:
 
     def trace(rs, name, **kw):
         return go.Scatter(
-            x=[r["latency_ms"] for r in rs], y=[r["accuracy"] * 100 for r in rs], name=name,
-            text=[f"trial {r['number']}: {plan_summary(r['plan'])}" for r in rs], **kw)
+            x=[r.latency_ms for r in rs], y=[r.accuracy * 100 for r in rs], name=name,
+            text=[f"trial {r.number}: {plan_summary(r.plan)}" for r in rs], **kw)
 
     fig = go.Figure([trace(rows, "all trials", mode="markers", marker={"color": "lightgray"}),
                      trace(front, "Pareto front", mode="lines+markers")])
@@ -173,4 +192,4 @@ def _plot_html(rows, front, dense, path: Path) -> None:
     atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
 
-__all__ = ["OBJECTIVES", "front_rows", "plan_summary", "table", "write_front"]
+__all__ = ["COLUMNS", "OBJECTIVES", "FrontPoint", "front_rows", "plan_summary", "table", "write_front"]

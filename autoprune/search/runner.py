@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.search.config import CONFIG_ATTR, SearchConfig
+from autoprune.search.context import StudyContext
 from autoprune.search.objective import build_pipeline
 from autoprune.search.space import SearchSpace
 from autoprune.search.storage import StudyStorage, get_storage
@@ -21,6 +22,7 @@ class SearchSummary:
     Attributes:
         study: The Optuna study.
         config: Its configuration (as stored in the study).
+        context: Its resolved facts (target profile, model, compute, storage), as the run used them.
         created: The study was created by this run.
         seeded: Anchor trials enqueued by this run.
         dense_checkpoint: The dense model's :class:`~autoprune.train.DenseCheckpoint`.
@@ -36,6 +38,7 @@ class SearchSummary:
 
     study: Any
     config: SearchConfig
+    context: StudyContext
     created: bool
     seeded: int
     dense_checkpoint: Any
@@ -75,16 +78,16 @@ def run_search(config: SearchConfig | None, *, study_name: str, storage: str | S
         gpus_per_trial, cpus_per_trial: Each Ray trial's resources (``ray`` backend only).
 
     Returns:
-        A :class:`SearchSummary`.
+        A :class:`SearchSummary`. The caller updates the study's dashboard note
+        (:func:`autoprune.dashboard.note.update_study_note`): the search sits below the dashboard.
     """
-    from autoprune.compute import resolve_device
-    from autoprune.dashboard.note import update_study_note
+    from autoprune.compute import Compute
     from autoprune.errors import ConfigError
     from autoprune.search.backends import get_backend
     from autoprune.search.report import write_front
 
     device = device or "auto"
-    resolve_device(device)  # a device this machine lacks is one line, before anything is stored
+    compute = Compute.resolve(device, amp=amp)  # a device this machine lacks is one line, before anything is stored
     if backend != "ray" and (gpus_per_trial is not None or cpus_per_trial is not None):
         raise ConfigError("--gpus-per-trial and --cpus-per-trial are Ray trial resources: add --backend ray")
     options: dict[str, Any] = {}
@@ -92,17 +95,22 @@ def run_search(config: SearchConfig | None, *, study_name: str, storage: str | S
         options = {"workers": workers, "address": address, "gpus_per_trial": gpus_per_trial,
                    "cpus_per_trial": 1.0 if cpus_per_trial is None else cpus_per_trial, "device": device}
     runner = get_backend(backend, **options)
-    storage = get_storage(storage)
     if config is not None:
         config = replace(config, device=device, amp=amp)
+    # The study's names resolved once (an unknown target is one line before the storage is touched).
+    context = StudyContext.resolve(config, compute=compute) if config is not None else None
+    storage = get_storage(storage)
     prepared: dict[str, Any] = {}
 
     def prepare(cfg: SearchConfig) -> None:  # validate everything before a new study is stored
-        prepared["pipeline"] = build_pipeline(cfg, SearchSpace.load(cfg.space), progress)
+        prepared["pipeline"] = build_pipeline(context.with_config(cfg), SearchSpace.load(cfg.space), progress)
 
     study, config, created = open_study(storage, study_name, config, given, more_trials, prepare=prepare)
     moved = (config.device, config.amp) != (device, amp)
     config = replace(config, device=device, amp=amp)  # where the work runs is chosen again on every run
+    if context is None or not context.resolves(config):  # a resume: the stored configuration names the target
+        context = StudyContext.resolve(config, compute=compute)
+    context = context.with_config(config, storage=storage)
     space = study_space(study, config)
     with storage.lock(study_name) as exclusive:
         if moved and exclusive:
@@ -111,19 +119,17 @@ def run_search(config: SearchConfig | None, *, study_name: str, storage: str | S
         if exclusive and not created:
             retried = fail_and_retry(study, study.get_trials(deepcopy=False),
                                      "stale: left RUNNING by a process that was killed; retried")
-        pipeline, dense_rec = prepared.get("pipeline") or build_pipeline(config, space, progress)
+        pipeline, dense_rec = prepared.get("pipeline") or build_pipeline(context, space, progress)
         seeded = seed_study(study, space, pipeline.groups) if created or exclusive else 0
         if created or exclusive:  # groups that failed their test prune at discovery are kept whole: say which
             study.set_user_attr(EXCLUDED_ATTR, pipeline.excluded_groups)
-        base = {"study": study, "config": config, "created": created, "seeded": seeded,
+        base = {"study": study, "config": config, "context": context, "created": created, "seeded": seeded,
                 "dense_checkpoint": dense_rec, "excluded_groups": dict(pipeline.excluded_groups)}
         if create_only:
-            update_study_note(study, storage.url)
             return SearchSummary(**base)
         t_trials = time.perf_counter()
         counts = runner.run(study, config, storage, pipeline, space, timeout_s=timeout_s, progress=progress,
                             exclusive=exclusive)
         trials_s = time.perf_counter() - t_trials
         front = write_front(study, config)
-        update_study_note(study, storage.url)  # the dashboard's view: config, front, equivalent commands
     return SearchSummary(**base, counts={**counts, "stale_retried": retried}, trials_s=trials_s, **front)

@@ -22,10 +22,10 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from autoprune.search.config import CONFIG_ATTR, OBJECTIVES, SearchConfig
+from autoprune.search.config import ACCURACY, CONFIG_ATTR, OBJECTIVES, SearchConfig
 
 #: User attribute of a stopped (PRUNED) trial: why it was stopped.
 STOPPED_REASON_ATTR = "stopped_reason"
@@ -81,7 +81,7 @@ class CompletedTrial:
     @classmethod
     def from_attrs(cls, number: int, attrs: Mapping[str, Any], cost_keys: Sequence[str]) -> CompletedTrial | None:
         """From a trial's user attributes; None when its accuracy is missing or not finite."""
-        acc = _finite(attrs.get("accuracy"))
+        acc = _finite(attrs.get(OBJECTIVES["accuracy"][1]))
         if acc is None:
             return None
         costs = {k: v for k in cost_keys if (v := _finite(attrs.get(k))) is not None}
@@ -90,14 +90,14 @@ class CompletedTrial:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (see :meth:`from_dict`)."""
-        return {"number": self.number, "accuracy": self.accuracy, "costs": dict(self.costs),
-                "curve": [list(p) for p in self.curve], "feasible": self.feasible}
+        return {**asdict(self), "costs": dict(self.costs), "curve": [list(p) for p in self.curve]}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> CompletedTrial:
         """Inverse of :meth:`to_dict`."""
-        return cls(int(raw["number"]), float(raw["accuracy"]), {k: float(v) for k, v in raw["costs"].items()},
-                   _clean_curve(raw.get("curve")), bool(raw.get("feasible", True)))
+        return cls(int(raw["number"]), float(raw[OBJECTIVES["accuracy"][1]]),
+                   {k: float(v) for k, v in raw["costs"].items()}, _clean_curve(raw.get("curve")),
+                   bool(raw.get("feasible", True)))
 
 
 def _finite(value: Any) -> float | None:
@@ -182,7 +182,7 @@ class Stopper:
     """
 
     trials: tuple[CompletedTrial, ...] = ()
-    cost_keys: tuple[str, ...] = ("latency_ms",)
+    cost_keys: tuple[str, ...] = (OBJECTIVES["latency"][1],)
     min_curves: int = MIN_CURVES
     slack: float = SLACK
 
@@ -200,7 +200,7 @@ class Stopper:
         if config is None:
             raw = study.user_attrs.get(CONFIG_ATTR)
             config = SearchConfig.from_dict(raw) if raw else SearchConfig()
-        keys = tuple(OBJECTIVES[o][1] for o in config.objectives if o != "accuracy")
+        keys = tuple(OBJECTIVES[o][1] for o in config.objectives if o != ACCURACY)
         trials = (CompletedTrial.from_attrs(t.number, t.user_attrs, keys)
                   for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         return cls(tuple(sorted((t for t in trials if t is not None), key=lambda t: t.number)), keys, **options)

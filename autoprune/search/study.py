@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.errors import ConfigError, StorageError
+from autoprune.records import TrialRecord
 from autoprune.search.config import CONFIG_ATTR, OBJECTIVES, SearchConfig
 from autoprune.search.space import SearchSpace
 from autoprune.search.storage import StudyStorage, get_storage, redact_text
@@ -153,12 +154,9 @@ def fail_and_retry(study, trials: Iterable[Any], reason: str) -> int:
     return n
 
 
-def completed_rows(study) -> list[dict[str, Any]]:
-    """One dict per COMPLETE trial: its number and every recorded user attribute."""
+def completed_rows(study) -> list[TrialRecord]:
+    """The :class:`~autoprune.records.TrialRecord` of every COMPLETE trial that recorded one."""
     from optuna.trial import TrialState
 
-    out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if "accuracy" in t.user_attrs:
-            out.append({"number": t.number, **t.user_attrs})
-    return out
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [TrialRecord.from_trial(t) for t in done if OBJECTIVES["accuracy"][1] in t.user_attrs]

@@ -305,9 +305,9 @@ def test_evaluate_candidate_records_the_allocation(pipe, space):
     params = {"budget": 0.7, "criterion": "l2", **{f"p:{g.name}": 1.0 for g in pipe.groups},
               **{f"s:{g.name}": "channel" for g in pipe.groups if "channel" in g.allowed}}
     record = evaluate_candidate(pipe, space, SearchConfig(), params)
-    alloc = record["allocation"]
+    alloc = record.allocation
     assert alloc["budget"] == 0.7 and alloc["criterion"] == "l2" and alloc["met"]
-    assert record["latency_ms"] <= 0.7 * alloc["dense_ms"] * (1 + 1e-9)
-    rebuilt = pipe.prune(PruningPlan.from_dict(record["plan"]))  # what export does with the stored plan
+    assert record.latency_ms <= 0.7 * alloc["dense_ms"] * (1 + 1e-9)
+    rebuilt = pipe.prune(PruningPlan.from_dict(record.plan))  # what export does with the stored plan
     assert {n: rebuilt.kept_channels[n] for n in alloc["kept"]} == alloc["kept"]
-    assert all(gp.criterion == "l2" for _, gp in PruningPlan.from_dict(record["plan"]).groups)
+    assert all(gp.criterion == "l2" for _, gp in PruningPlan.from_dict(record.plan).groups)
