@@ -5,6 +5,9 @@ each running trial alive for other workers, and SIGINT/SIGTERM become a clean st
 progress is failed with the reason and its parameters enqueued again, so no trial is left RUNNING.
 A candidate stopped early (:class:`~autoprune.search.stopping.TrialStopped`) is PRUNED with its reason: it
 is neither a failure nor a completed trial, so it leaves the budget to the next one.
+
+:class:`TrialBook` is that bookkeeping (tell COMPLETE, PRUNED or FAIL with the reason, enqueue a retry,
+count): this loop and the Ray backend's searcher both tell their trials through it.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from __future__ import annotations
 import signal
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoprune.errors import AutopruneError, StorageError
 from autoprune.search.config import SearchConfig, accuracy_floor, objective_values
@@ -22,6 +26,87 @@ from autoprune.search.objective import CANDIDATE_ERRORS, Heartbeat, failure_reas
 from autoprune.search.pareto import pareto_mask
 from autoprune.search.stopping import TrialStopped, mark_stopped
 from autoprune.search.study import completed_rows, retry_attrs
+
+if TYPE_CHECKING:
+    from optuna.study import Study
+    from optuna.trial import Trial, TrialState
+
+
+#: The outcomes a worker counts (a backend's :meth:`~autoprune.search.backends.Backend.run` returns them).
+COUNT_KEYS = ("completed", "failed", "surplus", "stopped")
+
+
+@contextmanager
+def quiet_heartbeat() -> Iterator[None]:
+    """Silence Optuna's warning for ask/tell outside ``Study.optimize``: :class:`~autoprune.search.objective.Heartbeat`
+    records the heartbeats instead."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
+        yield
+
+
+class TrialBook:
+    """Tells a study how its asked (RUNNING) trials ended, and counts the outcomes: written once, for every backend.
+
+    * :meth:`complete`: COMPLETE with the values (the record is on the trial already, see
+      :func:`~autoprune.search.objective.record_result`);
+    * :meth:`stopped`: a candidate stopped early, PRUNED with its reason and attributes
+      (:func:`~autoprune.search.stopping.mark_stopped`);
+    * :meth:`surplus`: a trial past the budget, PRUNED with a ``fail_reason``;
+    * :meth:`failed`: FAIL with a ``fail_reason``; with ``retry``, its parameters are enqueued again.
+
+    Args:
+        study: The Optuna study the trials were asked from.
+
+    Attributes:
+        counts: Trials told so far, by outcome (:data:`COUNT_KEYS`).
+    """
+
+    def __init__(self, study: Study) -> None:
+        self.study = study
+        self.counts: dict[str, int] = dict.fromkeys(COUNT_KEYS, 0)
+
+    def complete(self, trial: Trial, values: Sequence[float]) -> None:
+        """Tell ``trial`` COMPLETE with ``values``."""
+        self._tell(trial, values=values)
+        self.counts["completed"] += 1
+
+    def stopped(self, trial: Trial, reason: str, attrs: Mapping[str, Any]) -> None:
+        """Tell ``trial`` PRUNED: stopped early for ``reason``, with the stopper's ``attrs``."""
+        from optuna.trial import TrialState
+
+        mark_stopped(trial, reason, attrs)
+        self._tell(trial, state=TrialState.PRUNED)
+        self.counts["stopped"] += 1
+
+    def surplus(self, trial: Trial, reason: str) -> None:
+        """Tell ``trial`` PRUNED with ``reason``: it started past the budget and is not run."""
+        from optuna.trial import TrialState
+
+        trial.set_user_attr("fail_reason", reason)
+        self._tell(trial, state=TrialState.PRUNED)
+        self.counts["surplus"] += 1
+
+    def failed(self, trial: Trial, reason: str, *, retry: bool = False) -> None:
+        """Tell ``trial`` FAIL with ``reason`` (its first 500 characters).
+
+        Args:
+            trial: The RUNNING trial.
+            reason: Why it failed.
+            retry: It did not fail but was stopped (interrupt, time budget, lost worker): enqueue its
+                parameters again (:func:`~autoprune.search.study.retry_attrs`) and count it as surplus.
+        """
+        from optuna.trial import TrialState
+
+        trial.set_user_attr("fail_reason", str(reason)[:500])
+        self._tell(trial, state=TrialState.FAIL)
+        if retry:
+            self.study.enqueue_trial(trial.params, user_attrs=retry_attrs(trial))
+        self.counts["surplus" if retry else "failed"] += 1
+
+    def _tell(self, trial: Trial, values: Sequence[float] | None = None, state: TrialState | None = None) -> None:
+        with quiet_heartbeat():
+            self.study.tell(trial, values, state=state)
 
 
 class _InterruptedError(Exception):
@@ -59,7 +144,7 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[floa
     # The ask/tell loop records heartbeats itself (see Heartbeat); Optuna warns for any non-optimize use.
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    counts = {"completed": 0, "failed": 0, "surplus": 0, "stopped": 0}
+    book = TrialBook(study)
     t_start = time.monotonic()
     done0 = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     bar = tqdm(total=config.trials, initial=min(done0, config.trials), desc="search", unit="trial",
@@ -88,29 +173,21 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[floa
                 continue
             trial = study.ask()
             if _is_surplus(study, trial, config.trials):
-                trial.set_user_attr("fail_reason", "surplus: the budget was taken by other workers")
-                study.tell(trial, state=TrialState.PRUNED)
-                counts["surplus"] += 1
+                book.surplus(trial, "surplus: the budget was taken by other workers")
                 continue
             hb = Heartbeat(study._storage, lambda t=trial: [t._trial_id])
             try:
-                values = objective(trial)
-                study.tell(trial, values)
-                counts["completed"] += 1
+                book.complete(trial, objective(trial))
                 consecutive = 0
             except StorageError:
                 raise  # the database is gone (after retries): nothing can be recorded, stop
             except TrialStopped as exc:
-                mark_stopped(trial, exc.reason, exc.attrs)
-                study.tell(trial, state=TrialState.PRUNED)
-                counts["stopped"] += 1
+                book.stopped(trial, exc.reason, exc.attrs)
                 consecutive = 0
                 bar.write(f"trial {trial.number} stopped early: {exc.reason[:200]}")
             except CANDIDATE_ERRORS as exc:
                 reason = failure_reason(exc)
-                trial.set_user_attr("fail_reason", reason)
-                study.tell(trial, state=TrialState.FAIL)
-                counts["failed"] += 1
+                book.failed(trial, reason)
                 consecutive += 1
                 bar.write(f"trial {trial.number} failed: {reason[:200]}")
             finally:
@@ -123,15 +200,13 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[floa
         for s in old:
             signal.signal(s, signal.SIG_IGN)
         if trial is not None and study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-            trial.set_user_attr("fail_reason", f"interrupted ({exc or 'SIGINT'}); retried on resume")
-            study.tell(trial, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs=retry_attrs(study._storage.get_trial(trial._trial_id)))
+            book.failed(trial, f"interrupted ({exc or 'SIGINT'}); retried on resume", retry=True)
         raise KeyboardInterrupt from None
     finally:
         for s, h in old.items():
             signal.signal(s, h)
         bar.close()
-    return counts
+    return book.counts
 
 
 def _is_surplus(study, trial, target: int) -> bool:
@@ -163,6 +238,6 @@ def _progress_text(study, config: SearchConfig) -> str:
     vals = np.array([objective_values(config, r) for r in rows])
     front = int(pareto_mask(vals, config.directions).sum())
     floor = accuracy_floor(rows, config)
-    ok = [r["latency_ms"] for r in rows if floor is not None and r["accuracy"] >= floor]
+    ok = [r.latency_ms for r in rows if floor is not None and r.accuracy >= floor]
     best = f", best {min(ok):.3g} ms at acc>={floor:.3f}" if ok else ""
     return f"front {front}{best}"

@@ -153,7 +153,7 @@ def test_searcher_bookkeeping_without_a_cluster(tiny_dense, results_root):
     searcher.on_trial_complete("d", None)
 
     trials = {t.number: t for t in optuna.load_study(study_name="searcher", storage=url).get_trials()}
-    num = {tid: searcher._ot_trials[tid].number for tid in "abcd"}
+    num = {tid: searcher.trials[tid].number for tid in "abcd"}
     a = trials[num["a"]]
     assert a.state == TrialState.COMPLETE and a.values == [a.user_attrs["accuracy"], a.user_attrs["latency_ms"]]
     for key in ("plan", "latency_provenance", "plan_artifact_id", "constraints", "size_mb"):

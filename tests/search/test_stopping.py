@@ -302,7 +302,7 @@ def test_ray_searcher_hands_out_the_stopper_and_tells_a_stopped_trial_pruned(tin
     assert rb.STOPPED_KEY in result and rb.RECORD_KEY not in result and rb.ERROR_KEY not in result
     searcher.on_trial_complete("a", result)
 
-    trial = optuna.load_study(study_name="stopping-ray", storage=url).trials[searcher._ot_trials["a"].number]
+    trial = optuna.load_study(study_name="stopping-ray", storage=url).trials[searcher.trials["a"].number]
     assert trial.state == TrialState.PRUNED and "fail_reason" not in trial.user_attrs
     assert trial.user_attrs[STOPPED_REASON_ATTR].startswith("stopped after 0% of fine-tuning")
     assert trial.user_attrs["stopped_at"] == 0.0 and trial.user_attrs["costs"]["latency_ms"] > 1e-6

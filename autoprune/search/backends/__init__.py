@@ -4,8 +4,9 @@ One small base, :class:`Backend`, in the spirit of Ray Tune's ``Searcher``; a na
 error lists the valid names. ``optuna`` runs the trials in this process; ``ray`` runs them as Ray Tune
 trials on a cluster. Both evaluate a candidate with
 :func:`~autoprune.search.objective.evaluate_candidate`, record it with
-:func:`~autoprune.search.objective.record_result`, keep trials alive with
-:class:`~autoprune.search.objective.Heartbeat`, seed with :func:`~autoprune.search.config.make_sampler`
+:func:`~autoprune.search.objective.record_result`, tell its outcome (COMPLETE, PRUNED or FAIL with the
+reason, a retry enqueued) and count it with :class:`~autoprune.search.loop.TrialBook`, keep trials alive
+with :class:`~autoprune.search.objective.Heartbeat`, seed with :func:`~autoprune.search.config.make_sampler`
 and retry unfinished trials with :func:`~autoprune.search.study.fail_and_retry`: that bookkeeping
 is written once.
 """
@@ -33,7 +34,8 @@ class Backend(ABC):
       attribute, or FAIL and enqueued again when it was stopped (interrupt, time budget, lost worker);
       no trial is left RUNNING;
     * non-finite objective values are a failed trial, never a told value;
-    * the returned counts are ``completed``, ``failed`` and ``surplus`` (trials stopped or past the budget).
+    * the returned counts are ``completed``, ``failed``, ``surplus`` (trials stopped or past the budget) and
+      ``stopped`` (candidates stopped early), as :class:`~autoprune.search.loop.TrialBook` counts them.
     """
 
     name: str = ""

@@ -1,13 +1,15 @@
 """The Ray Tune backend of ``autoprune search``: trials on a Ray cluster, one Optuna study.
 
-The driver (this process) runs Ray Tune with an :class:`ray.tune.search.optuna.OptunaSearch`
-on the *same* Optuna storage and study as the plain backend, so a study can be started
-on Ray and resumed in-process (or the other way round), and ``autoprune pareto`` /
+The driver (this process) runs Ray Tune with a searcher
+(:class:`~autoprune.search.backends.ray_searcher.StudySearcher`, on Ray's public ``Searcher`` API)
+that drives the *same* Optuna storage and study as the plain backend with ask/tell, so a study can
+be started on Ray and resumed in-process (or the other way round), and ``autoprune pareto`` /
 ``autoprune dashboard`` see every trial alike.
 
 * **Driver**: the searcher asks the study for trials (the configured sampler, the study's
   enqueued anchors first), and on completion writes the candidate's record as trial user
-  attributes and its plan as an artifact, then tells the study. Only the driver touches
+  attributes and its plan as an artifact, then tells the study
+  (:class:`~autoprune.search.loop.TrialBook`, as in-process). Only the driver touches
   the storage, so SQLite works too.
 * **Workers**: a function trainable rebuilds the :class:`~autoprune.pipeline.Pipeline`
   once per worker process (actors are reused), turns the sampled parameters into a plan,
@@ -18,44 +20,56 @@ on Ray and resumed in-process (or the other way round), and ``autoprune pareto``
 A failed candidate (bad plan, diverging fine-tune, failed export) is reported as such
 and told FAIL with its reason; one stopped early (each trial gets the :class:`~autoprune.search.stopping.Stopper`
 of the trials completed when it was suggested) PRUNED with its reason; a crashed worker is retried by Ray
-(``FailureConfig(max_failures=2)``). No Optuna trial is left RUNNING: after the run,
+(``FailureConfig(max_failures=MAX_FAILURES)``). No Optuna trial is left RUNNING: after the run,
 any trial this driver asked for and did not finish is failed with a reason and its
 parameters are enqueued again.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import time
-import warnings
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoprune.errors import AutopruneError
 from autoprune.io import results_dir
 from autoprune.registry import lazy_import
 from autoprune.search.backends import Backend
-from autoprune.search.backends.resources import TrialResources, trial_resources, with_trial_resources
-from autoprune.search.config import SearchConfig, make_sampler, objective_values
-from autoprune.search.objective import CANDIDATE_ERRORS, Heartbeat, evaluate_candidate, failure_reason, record_result
-from autoprune.search.stopping import Stopper, TrialStopped, mark_stopped
+from autoprune.search.backends.resources import (
+    ERROR_KEY,
+    MAX_FAILURES,
+    RECORD_KEY,
+    STOPPED_KEY,
+    STOPPER_KEY,
+    TRIAL_KEY,
+    TrialResources,
+    trial_resources,
+    with_trial_resources,
+)
+from autoprune.search.config import SearchConfig, objective_values
+from autoprune.search.loop import COUNT_KEYS
+from autoprune.search.objective import CANDIDATE_ERRORS, Heartbeat, evaluate_candidate, failure_reason
+from autoprune.search.stopping import Stopper, TrialStopped
 from autoprune.search.storage import StudyStorage, get_storage
-from autoprune.search.study import SPACE_ATTR, fail_and_retry, retry_attrs, study_space
+from autoprune.search.study import SPACE_ATTR, fail_and_retry, study_space
 
-#: Result keys a worker reports: the candidate record (JSON), a failure reason, a stop (JSON: reason, attributes).
-RECORD_KEY, ERROR_KEY, STOPPED_KEY = "autoprune_record", "autoprune_error", "autoprune_stopped"
-#: Config keys carrying the Optuna trial number and the stopper (JSON) to the worker (not search parameters).
-TRIAL_KEY, STOPPER_KEY = "autoprune_trial", "autoprune_stopper"
-#: Ray retries of a trial whose worker crashed.
-MAX_FAILURES = 2
+if TYPE_CHECKING:
+    from optuna.study import Study
+
+    from autoprune.pipeline import Pipeline
+    from autoprune.search.backends.ray_searcher import StudySearcher
+    from autoprune.search.space import SearchSpace
+
+__all__ = ["ERROR_KEY", "MAX_FAILURES", "MAX_ROUNDS", "RECORD_KEY", "STOPPED_KEY", "STOPPER_KEY", "TRIAL_KEY",
+           "RayBackend", "evaluate_params", "make_searcher", "run_ray", "worker_spec"]
+
 #: Tuner rounds at most (a round ends when Ray runs out of samples; failed trials leave budget).
 MAX_ROUNDS = 5
-
-# Per worker process: the spec key and its (config, space, pipeline).
-_WORKER_CACHE: dict[str, tuple[Any, Any, Any]] = {}
 
 
 # -- driver --------------------------------------------------------------------------------------
@@ -83,12 +97,17 @@ class RayBackend(Backend):
         self.address = address
         self.resources = trial_resources(device, gpus_per_trial, cpus_per_trial, address)
 
-    def run(self, study, config, storage, pipeline, space, *, timeout_s=None, progress=True, exclusive=True):
+    def run(self, study: Study, config: SearchConfig, storage: StudyStorage, pipeline: Pipeline,
+            space: SearchSpace, *, timeout_s: float | None = None, progress: bool = True,
+            exclusive: bool = True) -> dict[str, int]:
+        """Run the remaining trials on Ray (see :meth:`Backend.run <autoprune.search.backends.Backend.run>`);
+        Ray Tune's progress table stays off."""
         return run_ray(study, config, storage, pipeline.groups, workers=self.workers, address=self.address,
                        timeout_s=timeout_s, progress=False, resources=self.resources)
 
 
-def run_ray(study, config: SearchConfig, storage: str | StudyStorage, groups, *, workers: int = 1,
+def run_ray(study: Study, config: SearchConfig, storage: str | StudyStorage, groups: Sequence[Any], *,
+            workers: int = 1,
             address: str | None = None, timeout_s: float | None = None, progress: bool = False,
             resources: TrialResources | None = None) -> dict[str, int]:
     """Run the study's remaining trials as Ray Tune trials and return trial counts.
@@ -97,7 +116,7 @@ def run_ray(study, config: SearchConfig, storage: str | StudyStorage, groups, *,
         study: The Optuna study (created or resumed by :func:`~autoprune.search.study.open_study`,
             anchors already enqueued).
         config: The study's configuration (budget, objectives, sampler, constraints).
-        storage: The study's storage (the searcher opens its own Optuna storage on its URL).
+        storage: The study's storage (the searcher loads its own Study object on its Optuna storage).
         groups: The model's checked prunable groups (the driver's pipeline's), which the searcher
             suggests over; the workers' pipelines find the same ones.
         workers: Trials run at once (``max_concurrent_trials``), each with ``resources``.
@@ -120,9 +139,9 @@ def run_ray(study, config: SearchConfig, storage: str | StudyStorage, groups, *,
     lazy_import("ray.tune", "ray[tune]")
 
     storage = get_storage(storage)
-    counts = {"completed": 0, "failed": 0, "surplus": 0, "stopped": 0}
+    counts = dict.fromkeys(COUNT_KEYS, 0)
     t_start = time.monotonic()
-    asked: dict[int, int] = {}  # Optuna trial number -> trial id, over all rounds
+    asked: set[int] = set()  # numbers of the Optuna trials asked for, over all rounds
     _shorten_trial_errors()
     started_here = _connect(ray, address)
     try:
@@ -168,7 +187,7 @@ def _shorten_trial_errors() -> None:
         logger.addFilter(_OneLineTrialErrors())
 
 
-def _connect(ray, address: str | None) -> bool:
+def _connect(ray: Any, address: str | None) -> bool:
     """Connect to ``address`` or start a local Ray on loopback; True if this call started it."""
     if ray.is_initialized():
         return False
@@ -193,43 +212,36 @@ def _connect(ray, address: str | None) -> bool:
     return True
 
 
-def _count(study, state) -> int:
+def _count(study: Study, state: Any) -> int:
+    """The number of ``study``'s trials in ``state``."""
     return len(study.get_trials(deepcopy=False, states=(state,)))
 
 
-def make_searcher(study, config: SearchConfig, storage: str | StudyStorage, groups):
-    """The driver's searcher: an ``OptunaSearch`` on ``study``'s storage with autoprune's bookkeeping.
+def make_searcher(study: Study, config: SearchConfig, storage: str | StudyStorage,
+                  groups: Sequence[Any]) -> StudySearcher:
+    """The driver's searcher: asks ``study`` for trials and tells it their outcomes, for Ray Tune.
 
     Args:
-        study: The Optuna study (its name is used; the searcher opens its own storage).
+        study: The Optuna study (its name is used; the searcher loads its own on the storage, with the
+            configured sampler seeded by the trial count, as in-process).
         config: The study's configuration.
         storage: The study's storage.
-        groups: The model's prunable groups (the define-by-run space suggests over them).
+        groups: The model's prunable groups (the study's space suggests over them).
+
+    Raises:
+        MissingDependencyError: Ray Tune is not installed.
     """
-    storage = get_storage(storage)
-    space = study_space(study, config)
+    lazy_import("ray.tune", "ray[tune]")
+    from autoprune.search.backends.ray_searcher import StudySearcher
 
-    def define(trial) -> dict[str, Any]:
-        space.suggest(trial, groups)
-        return {TRIAL_KEY: trial.number}
-
-    n = len(study.get_trials(deepcopy=False))
-    return _searcher_class()(
-        space=define,
-        metric=list(config.objectives),
-        mode=["max" if d == "maximize" else "min" for d in config.directions],
-        sampler=make_sampler(config, n),  # seeded by the trial count, as in-process
-        study_name=study.study_name,
-        storage=storage.optuna,
-        config=config,
-        study_storage=storage,
-    )
+    return StudySearcher.open(study, config, get_storage(storage), groups)
 
 
-def _run_round(study, config: SearchConfig, storage: StudyStorage, groups, remaining: int, workers: int,
-               timeout_s: float | None, progress: bool, asked: dict[int, int],
+def _run_round(study: Study, config: SearchConfig, storage: StudyStorage, groups: Sequence[Any], remaining: int,
+               workers: int, timeout_s: float | None, progress: bool, asked: set[int],
                resources: TrialResources) -> dict[str, int]:
-    """One ``Tuner.fit`` over ``remaining`` samples; returns this round's counts."""
+    """One ``Tuner.fit`` over ``remaining`` samples; adds the trials it asked for to ``asked`` and returns
+    this round's counts."""
     from ray import tune
 
     searcher = make_searcher(study, config, storage, groups)
@@ -247,113 +259,21 @@ def _run_round(study, config: SearchConfig, storage: StudyStorage, groups, remai
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES), verbose=1 if progress else 0,
         ),
     )
-    beats = Heartbeat(searcher._storage, lambda: [t._trial_id for tid, t in list(searcher._ot_trials.items())
-                                                   if tid not in searcher._completed_trials])
+    beats = Heartbeat(storage.optuna, searcher.running)
     try:
         tuner.fit()
     finally:
         beats.close()
-        for ot_trial in searcher._ot_trials.values():
-            asked[ot_trial.number] = ot_trial._trial_id
+        asked.update(searcher.asked)
     return dict(searcher.counts)
 
 
-def _trial_dirname(trial) -> str:
+def _trial_dirname(trial: Any) -> str:
     """Ray trial folders named by their Optuna trial number."""
     return f"trial-{trial.config.get(TRIAL_KEY, trial.trial_id)}"
 
 
-_SEARCHER_CLASS = None
-
-
-@contextmanager
-def _quiet_heartbeat():
-    """Silence Optuna's warning for ask/tell outside ``Study.optimize``: :class:`_Heartbeats` beats instead."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
-        yield
-
-
-def _searcher_class():
-    """``OptunaSearch`` that records autoprune's results on the Optuna trials (built lazily)."""
-    global _SEARCHER_CLASS
-    if _SEARCHER_CLASS is not None:
-        return _SEARCHER_CLASS
-    from optuna.trial import TrialState
-    from ray.tune.search import Searcher
-    from ray.tune.search.optuna import OptunaSearch
-
-    class AutopruneOptunaSearch(OptunaSearch):
-        """Stops at the study's budget, writes records and reasons, fails stopped trials."""
-
-        def __init__(self, *args, config: SearchConfig, study_storage: StudyStorage, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            self._config = config
-            self._study_storage = study_storage
-            self.counts = {"completed": 0, "failed": 0, "surplus": 0, "stopped": 0}
-
-        def suggest(self, trial_id: str):
-            if trial_id not in self._ot_trials:
-                trials = self._ot_study.get_trials(deepcopy=False,
-                                                   states=(TrialState.COMPLETE, TrialState.RUNNING))
-                if len(trials) >= self._config.trials:
-                    return Searcher.FINISHED  # the rest of the budget is held by running trials
-            with _quiet_heartbeat():
-                suggested = super().suggest(trial_id)
-            if isinstance(suggested, dict):  # the trials completed by now decide whether this one stops early
-                suggested[STOPPER_KEY] = json.dumps(Stopper.from_study(self._ot_study, self._config).to_dict())
-            return suggested
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            ot_trial = self._ot_trials.get(trial_id)
-            if ot_trial is None or trial_id in self._completed_trials:
-                return super().on_trial_complete(trial_id, result, error)
-            result = result or {}
-            if result.get(STOPPED_KEY):
-                stop = json.loads(result[STOPPED_KEY])
-                mark_stopped(ot_trial, stop["reason"], stop["attrs"])
-                self._tell(ot_trial, state=TrialState.PRUNED)
-                self.counts["stopped"] += 1
-                self._completed_trials.add(trial_id)
-                return None
-            reason = result.get(ERROR_KEY)
-            if not reason and RECORD_KEY in result:
-                try:
-                    values = record_result(ot_trial, self._config, json.loads(result[RECORD_KEY]),
-                                           self._study_storage)
-                    self._tell(ot_trial, values)
-                    self.counts["completed"] += 1
-                    self._completed_trials.add(trial_id)
-                    return None
-                except (AutopruneError, KeyError, ValueError) as exc:
-                    reason = f"{type(exc).__name__}: {exc}"
-            if reason:
-                self.counts["failed"] += 1  # the candidate failed (bad plan, divergence, export)
-            elif error:
-                reason = (f"ray: the trial's worker failed {MAX_FAILURES + 1} times; see the Ray logs "
-                          "(session_latest/logs) for the traceback")
-                self.counts["failed"] += 1
-            else:
-                reason = "stopped by Ray before it reported (time budget or interrupt); retried on resume"
-                self._ot_study.enqueue_trial(ot_trial.params, user_attrs=retry_attrs(ot_trial))
-                self.counts["surplus"] += 1
-            ot_trial.set_user_attr("fail_reason", str(reason)[:500])
-            self._tell(ot_trial, state=TrialState.FAIL)
-            self._completed_trials.add(trial_id)
-            return None
-
-        def _tell(self, ot_trial, values=None, state=None) -> None:
-            with _quiet_heartbeat():
-                self._ot_study.tell(ot_trial, values, state=state)
-
-        def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
-            """No Ray-side checkpoint: the Optuna study is the state, and resumes from storage."""
-
-    _SEARCHER_CLASS = AutopruneOptunaSearch
-    return _SEARCHER_CLASS
-
-
-def worker_spec(study, config: SearchConfig, resources: TrialResources | None = None) -> dict[str, Any]:
+def worker_spec(study: Study, config: SearchConfig, resources: TrialResources | None = None) -> dict[str, Any]:
     """What a worker needs to rebuild the pipeline: the config (with the worker's device), the study's
     stored search space, its torch threads, and the driver's folder and results folder."""
     resources = resources or TrialResources()
@@ -363,25 +283,27 @@ def worker_spec(study, config: SearchConfig, resources: TrialResources | None = 
 
 
 # -- worker --------------------------------------------------------------------------------------
-def _worker_setup(spec: dict[str, Any]):
-    """``(config, space, pipeline)`` for ``spec``, built once per worker process."""
-    key = json.dumps(spec, sort_keys=True)
-    if key not in _WORKER_CACHE:
-        import torch
+def _worker_setup(spec: dict[str, Any]) -> tuple[SearchConfig, SearchSpace, Pipeline]:
+    """``(config, space, pipeline)`` for ``spec``, built once per worker process (actors are reused)."""
+    return _build_worker(json.dumps(spec, sort_keys=True))
 
-        from autoprune.search.objective import build_pipeline
-        from autoprune.search.space import SearchSpace
 
-        torch.set_num_threads(int(spec["threads"]))
-        if spec.get("results"):
-            os.environ["AUTOPRUNE_RESULTS"] = spec["results"]
-        config = SearchConfig.from_dict(spec["config"])
-        space = SearchSpace.from_dict(spec["space"], name=Path(config.space).stem,
-                                      where=f"search space of study config {config.space!r}")
-        pipeline, _ = build_pipeline(config, space, progress=False)
-        _WORKER_CACHE.clear()
-        _WORKER_CACHE[key] = (config, space, pipeline)
-    return _WORKER_CACHE[key]
+@functools.lru_cache(maxsize=1)  # one study per worker process at a time
+def _build_worker(key: str) -> tuple[SearchConfig, SearchSpace, Pipeline]:
+    import torch
+
+    from autoprune.search.objective import build_pipeline
+    from autoprune.search.space import SearchSpace
+
+    spec = json.loads(key)
+    torch.set_num_threads(int(spec["threads"]))
+    if spec.get("results"):
+        os.environ["AUTOPRUNE_RESULTS"] = spec["results"]
+    config = SearchConfig.from_dict(spec["config"])
+    space = SearchSpace.from_dict(spec["space"], name=Path(config.space).stem,
+                                  where=f"search space of study config {config.space!r}")
+    pipeline, _ = build_pipeline(config, space, progress=False)
+    return config, space, pipeline
 
 
 def evaluate_params(params: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
@@ -393,7 +315,7 @@ def evaluate_params(params: dict[str, Any], spec: dict[str, Any]) -> dict[str, A
             ``results`` of the driver.
 
     Returns:
-        The objective values by name and the record as JSON (``RECORD_KEY``), or NaN objectives
+        The objective values by name and the record (its dict form) as JSON (``RECORD_KEY``), or NaN objectives
         and the failure reason (``ERROR_KEY``) for a candidate that cannot be built or evaluated,
         or NaN objectives and the stop (``STOPPED_KEY``) for a candidate stopped early.
     """
@@ -410,7 +332,7 @@ def evaluate_params(params: dict[str, Any], spec: dict[str, Any]) -> dict[str, A
         return {**nan, STOPPED_KEY: json.dumps({"reason": exc.reason, "attrs": exc.attrs})}
     except CANDIDATE_ERRORS as exc:
         return {**nan, ERROR_KEY: failure_reason(exc)}
-    return {**values, RECORD_KEY: json.dumps(record)}
+    return {**values, RECORD_KEY: json.dumps(record.to_dict())}
 
 
 def _trainable(params: dict[str, Any], spec: dict[str, Any]) -> None:

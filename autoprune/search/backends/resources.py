@@ -1,9 +1,15 @@
-"""What each Ray Tune trial asks for (``--cpus-per-trial``, ``--gpus-per-trial``) and the device its worker uses.
+"""What each Ray Tune trial asks for (``--cpus-per-trial``, ``--gpus-per-trial``), the device its worker uses,
+and the keys under which the driver and the worker exchange a trial.
 
 Ray places the trials; a trial given GPUs sees only the ones Ray assigned it (Ray sets
 ``CUDA_VISIBLE_DEVICES`` in the worker), so its worker resolves ``cuda`` to that GPU. A trial
 given no GPU runs on its CPUs (or on Apple's MPS where the driver uses it, on the same Mac).
 Everything here is checked before a study is created, so bad input stores nothing.
+
+The driver's searcher (:mod:`autoprune.search.backends.ray_searcher`) hands a worker its trial number
+and stopper under :data:`TRIAL_KEY` and :data:`STOPPER_KEY`; the worker
+(:func:`autoprune.search.backends.ray.evaluate_params`) reports its record, failure or stop under
+:data:`RECORD_KEY`, :data:`ERROR_KEY` or :data:`STOPPED_KEY`.
 """
 
 from __future__ import annotations
@@ -14,6 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from autoprune.errors import ConfigError
+
+#: Result keys a worker reports: the candidate record (JSON), a failure reason, a stop (JSON: reason, attributes).
+RECORD_KEY, ERROR_KEY, STOPPED_KEY = "autoprune_record", "autoprune_error", "autoprune_stopped"
+#: Config keys carrying the Optuna trial number and the stopper (JSON) to the worker (not search parameters).
+TRIAL_KEY, STOPPER_KEY = "autoprune_trial", "autoprune_stopper"
+#: Ray retries of a trial whose worker crashed (``FailureConfig(max_failures=...)``).
+MAX_FAILURES = 2
 
 
 @dataclass(frozen=True)
@@ -96,4 +109,5 @@ def with_trial_resources(trainable: Any, resources: TrialResources) -> Any:
     return tune.with_resources(trainable, resources.ray())
 
 
-__all__ = ["TrialResources", "trial_resources", "with_trial_resources"]
+__all__ = ["ERROR_KEY", "MAX_FAILURES", "RECORD_KEY", "STOPPED_KEY", "STOPPER_KEY", "TRIAL_KEY", "TrialResources",
+           "trial_resources", "with_trial_resources"]
