@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoprune.commands.base import Command
 from autoprune.commands.common import add_compute_args, compute_of, fraction, positive_float, positive_int
 from autoprune.commands.pareto import add_study_args, load_existing
+from autoprune.deploy import plain as _plain
+
+if TYPE_CHECKING:
+    from autoprune.deploy.report import ExportReport, Predicted
+    from autoprune.deploy.speed import Measured
 
 
 class ExportCommand(Command):
@@ -39,8 +45,10 @@ class ExportCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from dataclasses import replace
 
+        from autoprune.dashboard.note import update_study_note
         from autoprune.deploy.export import export_point, pick_trial
         from autoprune.errors import ConfigError
+        from autoprune.search.context import StudyContext
         from autoprune.search.storage import default_storage_url
 
         compute = compute_of(args)  # fine-tuning and evaluation; the ONNX export stays on the CPU
@@ -48,6 +56,7 @@ class ExportCommand(Command):
             raise ConfigError(f"--epochs must be >= 0, got {args.epochs}")
         study, config, _storage = load_existing(args)
         config = replace(config, device=args.device, amp=not args.no_amp)  # chosen here, not where it searched
+        context = StudyContext.resolve(config, compute=compute)
         row = pick_trial(study, config, trial=args.trial, max_latency_ms=args.max_latency_ms,
                          min_accuracy=args.min_accuracy)
 
@@ -56,10 +65,11 @@ class ExportCommand(Command):
                 print(f"  ... {msg}", flush=True)
 
         say(f"fine-tuning and evaluating on {compute.describe()}")
-        out = export_point(study, config, row, epochs=args.epochs, out_dir=args.out,
-                           storage_url=args.storage or default_storage_url(), progress=not args.no_progress,
-                           tvm=not args.no_tvm, repeats=args.repeats, say=say)
-        for line in summary_lines(out["report"], out["dir"]):
+        url = args.storage or default_storage_url()
+        out = export_point(study, context, row, epochs=args.epochs, out_dir=args.out, storage_url=url,
+                           progress=not args.no_progress, tvm=not args.no_tvm, repeats=args.repeats, say=say)
+        update_study_note(study, url)  # the dashboard's view now lists the export
+        for line in summary_lines(out.report, out.folder):
             print(line)
         return 0
 
@@ -68,58 +78,69 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.0%}"
 
 
-def summary_lines(r: dict[str, Any], folder: Any) -> list[str]:
+def summary_lines(r: ExportReport, folder: Path | str) -> list[str]:
     """What ``export`` prints: one line per figure, one line per part that could not be done here."""
-    lines = [f"exported trial {r['trial']} ({r['plan_summary']}) to {folder}"]
-    t, rep = r["test"], r["repeats"]
-    if rep["k"] > 1:
-        lines.append(f"  test accuracy {rep['mean']:.4f} ± {rep['sd']:.4f} over {rep['k']} seeds {rep['seeds']} "
-                     f"(exported model: seed {rep['exported_seed']}, {t['accuracy']:.4f}; dense "
-                     f"{r['dense_test_accuracy']:.4f}), macro F1 {t['f1_macro']:.4f}")
+    lines = [f"exported trial {r.trial} ({r.plan_summary}) to {folder}"]
+    t, rep = r.test, r.repeats
+    if rep.k > 1:
+        lines.append(f"  test accuracy {rep.mean:.4f} ± {rep.sd:.4f} over {rep.k} seeds {list(rep.seeds)} "
+                     f"(exported model: seed {rep.exported_seed}, {t.accuracy:.4f}; dense "
+                     f"{r.dense_test_accuracy:.4f}), macro F1 {t.f1_macro:.4f}")
     else:
-        lines.append(f"  test accuracy {t['accuracy']:.4f} (dense {r['dense_test_accuracy']:.4f}), "
-                     f"macro F1 {t['f1_macro']:.4f}; the ONNX file itself: {t['onnx_accuracy']:.4f} "
-                     f"on {t['samples']} samples")
-    p, c = r["predicted"], r["predicted"]["calibration"]
-    err = "error never measured against a device"
-    if c.get("heldout_mape") is not None:
-        rho = f", Spearman {c['heldout_spearman']:.2f}" if c.get("heldout_spearman") is not None else ""
-        err = f"held-out MAPE {_pct(c['heldout_mape'])}{rho} (n={c.get('n_heldout', 0)})"
-    lines.append(f"  PREDICTED on {r['target']}: {p['latency_ms']:.4g} ms ({p['speedup']:.2f}x vs dense "
-                 f"{p['dense_latency_ms']:.4g} ms), {p['energy_mj']:.4g} mJ [{c.get('status')} calibration "
-                 f"{c.get('calibration_id')}, {err}]")
-    m = r.get("measured")
-    if m:
-        lines.append(f"  MEASURED here on {m.get('host', 'this machine')}, pruned vs dense in one interleaved run:")
-        for name, rec in m["runtimes"].items():
-            if "speedup" in rec:
-                flag = "" if rec.get("ok") else "  (too noisy to trust)"
-                lines.append(f"    {rec['runtime']}, {rec['threads']} thread(s): {rec['pruned_ms']:.4g} ms vs dense "
-                             f"{rec['dense_ms']:.4g} ms, speedup {rec['speedup']:.2f}x{flag}")
-            else:
-                lines.append(f"    {name}: {rec['reason']}")
-        if m.get("prediction_error_pct") is not None:
-            lines.append(f"    prediction error: {m['prediction_error_pct']:+.1f} % on latency "
-                         f"({p['latency_ms']:.4g} ms predicted), {m['speedup_prediction_error_pct']:+.1f} % on "
-                         f"speedup, against {m['compared_runtime']}")
-        elif m.get("reason"):
-            lines.append(f"    {m['reason']}")
-    o = r["onnx"]
-    lines.append(f"  ONNX: model.onnx {o['file_bytes']} bytes, parity max |diff| {o['max_abs_diff']:.2e} <= atol "
-                 f"{o['atol']:g}, sha256 {o['sha256'][:16]}…; reference outputs of {r['reference']['samples']} "
+        lines.append(f"  test accuracy {t.accuracy:.4f} (dense {r.dense_test_accuracy:.4f}), "
+                     f"macro F1 {t.f1_macro:.4f}; the ONNX file itself: {t.onnx_accuracy:.4f} "
+                     f"on {t.samples} samples")
+    lines.append(_predicted_line(r))
+    if r.measured is not None:
+        lines += _measured_lines(r.measured, r.predicted)
+    o = r.onnx
+    lines.append(f"  ONNX: model.onnx {o.file_bytes} bytes, parity max |diff| {o.max_abs_diff:.2e} <= atol "
+                 f"{o.atol:g}, sha256 {o.sha256[:16]}…; reference outputs of {r.reference.samples} "
                  "test inputs in reference.npz")
-    tv = r["tvm"]
-    if tv.get("checked"):
-        lines.append(f"  TVM module: model_tvm.so for {json.dumps(tv['target'])}, loaded back and run: "
-                     f"max |diff| vs ONNX Runtime {tv['max_abs_diff']:.2e} <= {tv['tolerance']:.1e}")
-    elif tv.get("built"):
-        lines.append(f"  TVM module: {tv['path']} ({tv['reason']})")
+    tv = r.tvm
+    if tv.checked:
+        lines.append(f"  TVM module: model_tvm.so for {json.dumps(_plain(tv.target))}, loaded back and run: "
+                     f"max |diff| vs ONNX Runtime {tv.max_abs_diff:.2e} <= {tv.tolerance:.1e}")
+    elif tv.built:
+        lines.append(f"  TVM module: {tv.path} ({tv.reason})")
     else:
-        lines.append(f"  TVM module not built here: {tv['reason']}")
-    d = r.get("device")
+        lines.append(f"  TVM module not built here: {tv.reason}")
+    d = r.device
     if d:
-        lines.append(f"  on the device ({d['runtime']}, as calibrated): {d['commands'][0]}")
-    for note in r.get("notes", []):
+        lines.append(f"  on the device ({d.runtime}, as calibrated): {d.commands[0]}")
+    for note in r.notes:
         if not note.startswith(("TVM:", "onnxruntime measurement", "tvm measurement")):
             lines.append(f"  not done: {note}")
+    return lines
+
+
+def _predicted_line(r: ExportReport) -> str:
+    """The prediction on the target, with what its calibration is worth."""
+    p, c = r.predicted, r.predicted.calibration
+    err = "error never measured against a device"
+    if c.heldout_mape is not None:
+        rho = f", Spearman {c.heldout_spearman:.2f}" if c.heldout_spearman is not None else ""
+        err = f"held-out MAPE {_pct(c.heldout_mape)}{rho} (n={c.n_heldout})"
+    return (f"  PREDICTED on {r.target}: {p.latency_ms:.4g} ms ({p.speedup:.2f}x vs dense "
+            f"{p.dense_latency_ms:.4g} ms), {p.energy_mj:.4g} mJ [{c.status} calibration "
+            f"{c.calibration_id}, {err}]")
+
+
+def _measured_lines(m: Measured, p: Predicted) -> list[str]:
+    """The speedups measured here, per runtime, and the prediction's error against them."""
+    host = m.host if m.host is not None else "this machine"
+    lines = [f"  MEASURED here on {host}, pruned vs dense in one interleaved run:"]
+    for name, rec in m.runtimes.items():
+        if rec.speedup is not None:
+            flag = "" if rec.ok else "  (too noisy to trust)"
+            lines.append(f"    {rec.runtime}, {rec.threads} thread(s): {rec.pruned_ms:.4g} ms vs dense "
+                         f"{rec.dense_ms:.4g} ms, speedup {rec.speedup:.2f}x{flag}")
+        else:
+            lines.append(f"    {name}: {rec.reason}")
+    if m.prediction_error_pct is not None:
+        lines.append(f"    prediction error: {m.prediction_error_pct:+.1f} % on latency "
+                     f"({p.latency_ms:.4g} ms predicted), {m.speedup_prediction_error_pct:+.1f} % on "
+                     f"speedup, against {m.compared_runtime}")
+    elif m.reason:
+        lines.append(f"    {m.reason}")
     return lines

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autoprune.deploy.report import ExportReport
 
 #: Everything from this line down is rewritten; it renders as nothing in Markdown.
 MARKER = "[//]: # (autoprune: the note below this line is rewritten by search, export and the dashboard)"
@@ -24,9 +28,34 @@ def split_user_text(body: str) -> str:
     return body.split(MARKER, 1)[0].rstrip() if body else ""
 
 
-def exports_of(study) -> dict[int, dict[str, Any]]:
-    """``{trial number: record}`` of a study's exports, each with its ``report`` (or ``None``) read from disk."""
-    out: dict[int, dict[str, Any]] = {}
+@dataclass(frozen=True)
+class StudyExport:
+    """One export recorded on a study (``autoprune.export.<trial>``) and its report.
+
+    Attributes:
+        dir: The export folder, as recorded (``''`` if none was).
+        report: Its ``report.json``, or ``None`` where it cannot be read (gone, not JSON, empty or corrupt).
+    """
+
+    dir: str
+    report: ExportReport | None
+
+
+def _read_report(folder: Path) -> ExportReport | None:
+    """The report of the export in ``folder``, or ``None`` where it cannot be read."""
+    from autoprune.deploy.report import ExportReport
+    from autoprune.errors import ConfigError
+
+    try:
+        raw = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+        return ExportReport.from_dict(raw) if raw else None
+    except (OSError, ValueError, ConfigError):
+        return None
+
+
+def exports_of(study) -> dict[int, StudyExport]:
+    """``{trial number: export}`` of a study's exports, each with its report read from disk."""
+    out: dict[int, StudyExport] = {}
     for key, value in study.user_attrs.items():
         if not key.startswith(EXPORT_ATTR_PREFIX) or not isinstance(value, dict):
             continue
@@ -34,13 +63,8 @@ def exports_of(study) -> dict[int, dict[str, Any]]:
             number = int(key[len(EXPORT_ATTR_PREFIX):])
         except ValueError:
             continue
-        report = None
-        path = Path(str(value.get("dir", ""))) / "report.json"
-        try:
-            report = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            pass
-        out[number] = {**value, "report": report}
+        folder = str(value.get("dir", ""))
+        out[number] = StudyExport(folder, _read_report(Path(folder)))
     return dict(sorted(out.items()))
 
 
@@ -107,9 +131,9 @@ def build_study_note(study, storage_url: str, *, control_link: str | None = None
                   "|---:|---:|---:|---:|---:|---:|---|"]
         for r in front:
             measured = r.measured_latency_ms
-            rep = (exports.get(r.number) or {}).get("report") or {}
-            if measured is None and rep.get("measured"):
-                measured = rep["measured"].get("latency_ms")
+            rep = exports[r.number].report if r.number in exports else None
+            if measured is None and rep is not None and rep.measured is not None:
+                measured = rep.measured.latency_ms
             speed = f"{base / r.latency_ms:.2f}x" if base and r.latency_ms else "–"
             mark = " (dense)" if r.is_dense else ""
             lines.append(f"| {r.number}{mark} | {_fmt(r.accuracy, '.4f')} | {_fmt(r.latency_ms, '.4g')} | "
@@ -121,18 +145,22 @@ def build_study_note(study, storage_url: str, *, control_link: str | None = None
         lines += ["", "### Exports", "", "| trial | test accuracy | latency ms (predicted) | latency ms (measured) | "
                   "TVM module | folder |", "|---:|---:|---:|---:|---|---|"]
         for number, rec in exports.items():
-            rep = rec.get("report") or {}
-            test = (rep.get("test") or {}).get("accuracy")
-            pred = (rep.get("predicted") or {}).get("latency_ms")
-            meas = (rep.get("measured") or {}).get("latency_ms") if rep.get("measured") else None
-            tvm = rep.get("tvm") or {}
-            tvm_s = "built" if tvm.get("built") else ("not built" if rep else "–")
-            lines.append(f"| {number} | {_fmt(test, '.4f')} | {_fmt(pred, '.4g')} | {_fmt(meas, '.4g')} | {tvm_s} | "
-                         f"`{rec.get('dir', '')}` |")
+            lines.append(_export_row(number, rec))
     lines += ["", "### The same from a terminal", "", "| action | command |", "|---|---|"]
     for what, cmd in cli_commands(study.study_name, storage_url).items():
         lines.append(f"| {what} | {cmd if cmd.startswith('Ctrl') else f'`{cmd}`'} |")
     return "\n".join(lines) + "\n"
+
+
+def _export_row(number: int, export: StudyExport) -> str:
+    """The export's line of the "Exports" table (``–`` for what its report lacks)."""
+    rep = export.report
+    test = rep.test.accuracy if rep is not None and rep.test is not None else None
+    pred = rep.predicted.latency_ms if rep is not None and rep.predicted is not None else None
+    meas = rep.measured.latency_ms if rep is not None and rep.measured is not None else None
+    tvm_s = "–" if rep is None else ("built" if rep.tvm is not None and rep.tvm.built else "not built")
+    return (f"| {number} | {_fmt(test, '.4f')} | {_fmt(pred, '.4g')} | {_fmt(meas, '.4g')} | {tvm_s} | "
+            f"`{export.dir}` |")
 
 
 def update_study_note(study, storage_url: str, *, control_link: str | None = None) -> str:

@@ -7,10 +7,13 @@ import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoprune.dashboard.jobs import LOG_TAIL_CHARS, Job
 from autoprune.dashboard.request import CONTROL_LINK_ATTR, MAX_TRIALS, STATUS, study_link
+
+if TYPE_CHECKING:
+    from autoprune.deploy.report import ExportReport
 
 
 def set_trial_note(storage, cid: int, trial_id: int, body: str) -> None:
@@ -135,6 +138,9 @@ def attach_export(storage, store, job: Job, out: Path) -> tuple[list[str], list[
     """Upload an export's files from ``out`` to the request's trial; Markdown lines of its report."""
     from optuna.artifacts import upload_artifact
 
+    from autoprune.deploy.report import ExportReport
+    from autoprune.errors import ConfigError
+
     report_path = out / "report.json"
     if not report_path.is_file() or report_path.stat().st_mtime < job.started - 1:
         return [], ["- no new export report was written"]
@@ -149,24 +155,34 @@ def attach_export(storage, store, job: Job, out: Path) -> tuple[list[str], list[
             storage.set_trial_user_attr(job.trial_id, f"artifact:{fname}", art)
             names.append(fname)
     try:
-        rep = json.loads(report_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        rep = ExportReport.from_dict(json.loads(report_path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, ConfigError):
         return names, ["- report.json could not be read"]
-    p, test, tvm = rep.get("predicted") or {}, rep.get("test") or {}, rep.get("tvm") or {}
-    lines = ["", f"### Export of trial {rep.get('trial')} ({rep.get('plan_summary', '')})", "",
+    return names, _report_lines(rep, out, names)
+
+
+def _nan(value: float | None) -> float:
+    """``value``, or NaN where the report lacks it (printed as ``nan``)."""
+    return float("nan") if value is None else value
+
+
+def _report_lines(rep: ExportReport, out: Path, names: list[str]) -> list[str]:
+    """Markdown lines of an export's report, for the request's note."""
+    p, test, tvm = rep.predicted, rep.test, rep.tvm
+    lines = ["", f"### Export of trial {rep.trial} ({rep.plan_summary or ''})", "",
              "| | value |", "|---|---|",
-             f"| test accuracy | {test.get('accuracy', float('nan')):.4f} (dense "
-             f"{rep.get('dense_test_accuracy', float('nan')):.4f}) |",
-             f"| latency on {rep.get('target')} (predicted) | {p.get('latency_ms', float('nan')):.4g} ms, "
-             f"{p.get('speedup', float('nan')):.2f}x vs dense |"]
-    if rep.get("measured"):
-        lines.append(f"| latency (measured, {rep['measured'].get('runtime')}) | "
-                     f"{rep['measured'].get('latency_ms', float('nan')):.4g} ms |")
-    tvm_text = "built" if tvm.get("built") else f"not built: {str(tvm.get('reason', ''))[:120]}"
-    lines += [f"| size | {rep.get('size_bytes', 0) / 1e6:.3f} MB |",
+             f"| test accuracy | {_nan(test.accuracy if test else None):.4f} (dense "
+             f"{_nan(rep.dense_test_accuracy):.4f}) |",
+             f"| latency on {rep.target} (predicted) | {_nan(p.latency_ms if p else None):.4g} ms, "
+             f"{_nan(p.speedup if p else None):.2f}x vs dense |"]
+    if rep.measured is not None:
+        lines.append(f"| latency (measured, {rep.measured.runtime}) | {_nan(rep.measured.latency_ms):.4g} ms |")
+    reason = tvm.reason if tvm is not None else None
+    tvm_text = "built" if tvm is not None and tvm.built else f"not built: {(reason or '')[:120]}"
+    lines += [f"| size | {(rep.size_bytes or 0) / 1e6:.3f} MB |",
               f"| TVM module | {tvm_text} |",
               f"| folder | `{out}` |", "", f"Artifacts on this trial: {', '.join(names)}."]
-    return names, lines
+    return lines
 
 
 def front_figure(study):

@@ -27,28 +27,70 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from autoprune.deploy import optional_step
-from autoprune.deploy.speed import measure_local
-from autoprune.deploy.tvm import build_tvm_module, device_commands
+from autoprune.deploy.reference import (
+    REFERENCE_SAMPLES,
+    REPORT_FORMAT,
+    REPORT_VERSION,
+    mean_sd,
+    onnx_accuracy,
+    onnx_outputs,
+    reference_batch,
+    save_reference,
+)
+from autoprune.deploy.report import (
+    CalibrationSummary,
+    DataRef,
+    DenseOnnx,
+    ExportReport,
+    OnnxFile,
+    Predicted,
+    ReferenceBatch,
+    Repeats,
+    TestFigures,
+)
+from autoprune.deploy.speed import Measured, measure_local
+from autoprune.deploy.tvm import TVM_SKIPPED, TvmModule, build_tvm_module, device_commands
 from autoprune.errors import ConfigError
 from autoprune.io import atomic_write_bytes, file_sha256, results_dir, write_json
+from autoprune.records import TrialRecord
 from autoprune.search.config import SearchConfig
+from autoprune.search.context import StudyContext
 from autoprune.search.report import front_rows, plan_summary
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autoprune.pipeline import CandidateResult, Pipeline
+    from autoprune.pruning import PruningPlan
 
 #: Files an export writes that a re-export to the same folder must not leave stale.
 _ARTIFACTS = ("model_tvm.so", "model_tvm.tar", "dense.onnx", "reference.npz", "latency_per_layer.png",
               "report.json")
 
 
-def pick_trial(study, config: SearchConfig, *, trial: int | None = None, max_latency_ms: float | None = None,
-               min_accuracy: float | None = None) -> dict[str, Any]:
-    """Choose the trial to export.
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_point` made.
+
+    Attributes:
+        folder: The export folder.
+        report: Its report (also written there as ``report.json``).
+    """
+
+    folder: Path
+    report: ExportReport
+
+
+def pick_trial(study: optuna.Study, config: SearchConfig, *, trial: int | None = None,
+               max_latency_ms: float | None = None, min_accuracy: float | None = None) -> TrialRecord:
+    """Choose the trial to export (its :class:`~autoprune.records.TrialRecord`).
 
     With ``trial`` that trial (it must be COMPLETE); with ``max_latency_ms`` the most
     accurate front point under it; with ``min_accuracy`` the fastest front point
@@ -59,46 +101,39 @@ def pick_trial(study, config: SearchConfig, *, trial: int | None = None, max_lat
     """
     rows, front, _ = front_rows(study, config)
     if trial is not None:
-        match = [r for r in rows if r["number"] == trial]
+        match = [r for r in rows if r.number == trial]
         if not match:
-            done = ", ".join(str(r["number"]) for r in rows[:20])
+            done = ", ".join(str(r.number) for r in rows[:20])
             raise ConfigError(f"trial {trial} is not a completed trial of {study.study_name!r} (completed: {done})")
         return match[0]
     if max_latency_ms is None and min_accuracy is None:
         raise ConfigError("say which point to export: --trial N, --max-latency-ms X or --min-accuracy A")
-    ok = [r for r in front if (max_latency_ms is None or r["latency_ms"] <= max_latency_ms)
-          and (min_accuracy is None or r["accuracy"] >= min_accuracy)]
+    ok = [r for r in front if (max_latency_ms is None or r.latency_ms <= max_latency_ms)
+          and (min_accuracy is None or r.accuracy >= min_accuracy)]
     if not ok:
         raise ConfigError(
             f"no Pareto point of {study.study_name!r} has latency <= {max_latency_ms} ms and accuracy >= "
             f"{min_accuracy}; see `autoprune pareto --study {study.study_name}` for what is reachable")
     if min_accuracy is not None or max_latency_ms is None:
-        return min(ok, key=lambda r: (r["latency_ms"], -r["accuracy"]))
-    return max(ok, key=lambda r: (r["accuracy"], -r["latency_ms"]))
+        return min(ok, key=lambda r: (r.latency_ms, -r.accuracy))
+    return max(ok, key=lambda r: (r.accuracy, -r.latency_ms))
 
 
-def _data_record(config: SearchConfig, data: Any) -> dict[str, Any]:
-    ref = str(config.data)
-    path = Path(ref)
-    if ref != "digits" and path.exists():
-        ref = str(path.resolve())
-    return {"ref": ref, "input_size": int(data.input_shape[-1]), "input_shape": list(data.input_shape),
-            "seed": int(config.data_seed), "key": data.key, "num_classes": int(data.num_classes)}
-
-
-def export_point(study, config: SearchConfig, row: dict[str, Any], *, epochs: int | None = None,
-                 out_dir: Path | None = None, storage_url: str | None = None, progress: bool = True,
-                 tvm: bool = True, repeats: int = 1,
-                 say: Callable[[str], None] | None = None) -> dict[str, Any]:
+def export_point(study: optuna.Study, config: SearchConfig | StudyContext, row: TrialRecord, *,
+                 epochs: int | None = None, out_dir: Path | None = None, storage_url: str | None = None,
+                 progress: bool = True, tvm: bool = True, repeats: int = 1,
+                 say: Callable[[str], None] | None = None) -> ExportResult:
     """Rebuild, fine-tune longer, evaluate on the test split and export one trial's plan.
 
     Args:
         study: The Optuna study.
-        config: Its search configuration.
+        config: Its resolved :class:`~autoprune.search.context.StudyContext` (or its search configuration,
+            resolved here).
         row: The picked trial (from :func:`pick_trial`).
         epochs: Fine-tuning epochs (default: three times the search's).
         out_dir: Export folder (default ``results/<study>/export-<trial>``).
-        storage_url: Attach ``model.onnx`` to the study as an Optuna artifact when given.
+        storage_url: Attach ``model.onnx`` to the study as an Optuna artifact when given (the caller then
+            updates the study's dashboard note: the deployment sits below the dashboard).
         progress: Progress bars while the dense model is loaded.
         tvm: Build the TVM module.
         repeats: Fine-tune the plan with this many seeds (``seed``, ``seed + 1``, ...) and report the
@@ -106,134 +141,195 @@ def export_point(study, config: SearchConfig, row: dict[str, Any], *, epochs: in
         say: Progress messages (one line each).
 
     Returns:
-        ``{"dir": folder, "report": the report dict}`` (also written as ``report.json``).
+        The folder and its report (also written as ``report.json``).
 
     Raises:
         AutopruneError: The plan cannot be rebuilt, fine-tuned, evaluated or exported to ONNX.
     """
-    from autoprune.deploy.reference import (
-        REFERENCE_SAMPLES,
-        REPORT_FORMAT,
-        REPORT_VERSION,
-        mean_sd,
-        onnx_accuracy,
-        onnx_outputs,
-        reference_batch,
-        save_reference,
-    )
-    from autoprune.hardware import load_profile
-    from autoprune.pruning import PruningPlan, export_onnx
-    from autoprune.search.objective import build_pipeline
-    from autoprune.search.storage import get_storage
-    from autoprune.search.study import study_space
-
     if repeats < 1:
         raise ConfigError(f"--repeats must be at least 1, got {repeats}")
-    say = say or (lambda _msg: None)
     t0 = time.perf_counter()
-    profile = load_profile(config.target)
-    space = study_space(study, config)
-    pipeline, dense_rec = build_pipeline(config, space, progress)
-    pipeline.measure = False  # timed below, against the dense model in one interleaved run
-    plan = PruningPlan.from_dict(row["plan"])
-    epochs = epochs if epochs is not None else 3 * pipeline.finetune_epochs
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == row["number"])
-    kd = bool(trial.params.get("kd", space.distillation[0]))
-    out_dir = Path(out_dir or results_dir() / study.study_name / f"export-{row['number']}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in _ARTIFACTS:
-        (out_dir / name).unlink(missing_ok=True)
-    onnx_path = out_dir / "model.onnx"
-    notes: list[str] = []
+    context = config if isinstance(config, StudyContext) else StudyContext.resolve(config)
+    run = _prepare(study, context, row, epochs, out_dir, progress, say or (lambda _msg: None))
+    result, repeated = _fine_tune(run, repeats)
+    files = _onnx_files(run)
+    tvm_rec = _tvm_module(run, files) if tvm else TvmModule(built=False, reason=TVM_SKIPPED)
+    predicted = _predicted(run, result)
+    measured = _measure(run, predicted, files.dense, tvm_rec)
+    optional_step(run.notes, "per-layer chart", lambda: _layer_chart(
+        run.pipeline.cost_model.predict(run.pipeline.dense).per_kernel_ms, result.per_layer_ms,
+        run.folder / "latency_per_layer.png", context.config.target))
+    report = _report(run, result, repeated, files, predicted, measured, tvm_rec, round(time.perf_counter() - t0, 1))
+    write_json(run.folder / "report.json", report.to_dict())
+    if storage_url is not None:
+        _attach_onnx(run, storage_url)
+    return ExportResult(run.folder, report)
 
-    say(f"fine-tuning trial {row['number']} for {epochs} epoch(s), seed {pipeline.seed}, and exporting model.onnx")
-    base_seed = pipeline.seed
-    result = pipeline.run(plan, kd=kd, split="test", epochs=epochs, onnx_path=onnx_path)
+
+@dataclass(frozen=True)
+class _ExportRun:
+    """What every step of one export shares: the trial, its rebuilt pipeline and the folder."""
+
+    study: optuna.Study
+    context: StudyContext
+    row: TrialRecord
+    pipeline: Pipeline
+    dense_test_accuracy: float
+    plan: PruningPlan
+    kd: bool
+    epochs: int
+    folder: Path
+    say: Callable[[str], None]
+    notes: list[str] = field(default_factory=list)  # one line per optional step that failed
+
+    @property
+    def onnx_path(self) -> Path:
+        """The exported model, ``model.onnx``."""
+        return self.folder / "model.onnx"
+
+
+@dataclass(frozen=True)
+class _OnnxFiles:
+    """The ONNX side of an export: ``dense.onnx`` and the reference batch with ``model.onnx``'s outputs."""
+
+    dense: DenseOnnx
+    x: np.ndarray
+    outputs: np.ndarray
+    onnx_accuracy: float
+    test_samples: int
+
+
+def _prepare(study: optuna.Study, context: StudyContext, row: TrialRecord, epochs: int | None,
+             out_dir: Path | None, progress: bool, say: Callable[[str], None]) -> _ExportRun:
+    """Rebuild the study's pipeline for the trial and empty its export folder of an earlier export's files."""
+    from autoprune.pruning import PruningPlan
+    from autoprune.search.objective import build_pipeline
+    from autoprune.search.study import study_space
+
+    space = study_space(study, context.config)
+    # measure=False: the candidate is timed later, against the dense model in one interleaved run
+    pipeline, dense_rec = build_pipeline(context, space, progress, measure=False)
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == row.number)
+    folder = Path(out_dir or results_dir() / study.study_name / f"export-{row.number}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in _ARTIFACTS:
+        (folder / name).unlink(missing_ok=True)
+    return _ExportRun(study=study, context=context, row=row, pipeline=pipeline,
+                      dense_test_accuracy=dense_rec.test_accuracy, plan=PruningPlan.from_dict(dict(row.plan)),
+                      kd=bool(trial.params.get("kd", space.distillation[0])),
+                      epochs=epochs if epochs is not None else 3 * pipeline.finetune_epochs, folder=folder, say=say)
+
+
+def _fine_tune(run: _ExportRun, repeats: int) -> tuple[CandidateResult, Repeats]:
+    """Fine-tune the plan, evaluate it on the test split and export ``model.onnx``; then ``repeats - 1``
+    more fine-tunings with the next seeds, for the accuracy's spread."""
+    pipeline, base_seed = run.pipeline, run.pipeline.seed
+    run.say(f"fine-tuning trial {run.row.number} for {run.epochs} epoch(s), seed {base_seed}, "
+            "and exporting model.onnx")
+    result = pipeline.run(run.plan, kd=run.kd, split="test", epochs=run.epochs, onnx_path=run.onnx_path)
     seeds, accs = [base_seed], [result.accuracy]
     for i in range(1, repeats):
-        pipeline.seed = base_seed + i
-        say(f"repeat {i + 1}/{repeats}: fine-tuning with seed {pipeline.seed}")
-        accs.append(pipeline.run(plan, kd=kd, split="test", epochs=epochs).accuracy)
-        seeds.append(pipeline.seed)
-    pipeline.seed = base_seed
+        seeds.append(base_seed + i)
+        run.say(f"repeat {i + 1}/{repeats}: fine-tuning with seed {seeds[-1]}")
+        accs.append(pipeline.reseeded(seeds[-1]).run(run.plan, kd=run.kd, split="test", epochs=run.epochs).accuracy)
     mean, sd = mean_sd(accs)
+    return result, Repeats(k=repeats, seeds=tuple(seeds), accuracies=tuple(accs), mean=mean, sd=sd,
+                           exported_seed=base_seed)
 
-    dense_onnx, dense_reason = optional_step(notes, "dense.onnx", lambda: export_onnx(
-        pipeline.dense, out_dir / "dense.onnx", pipeline.example))
+
+def _onnx_files(run: _ExportRun) -> _OnnxFiles:
+    """Export ``dense.onnx`` (optional), save ``reference.npz`` and evaluate ``model.onnx`` itself."""
+    from autoprune.pruning import export_onnx
+
+    pipeline, path = run.pipeline, run.folder / "dense.onnx"
+    exp, reason = optional_step(run.notes, "dense.onnx", lambda: export_onnx(pipeline.dense, path, pipeline.example))
+    dense = DenseOnnx(path=None, reason=reason) if exp is None else DenseOnnx(
+        path=str(path), file_bytes=exp.file_bytes, max_abs_diff=exp.max_abs_diff, atol=exp.atol)
     x, y = reference_batch(pipeline.data, REFERENCE_SAMPLES)
-    ref_out = onnx_outputs(onnx_path, x)
-    save_reference(out_dir / "reference.npz", x, y, ref_out)
-    onnx_acc, n_test = onnx_accuracy(onnx_path, pipeline.data)
+    outputs = onnx_outputs(run.onnx_path, x)
+    save_reference(run.folder / "reference.npz", x, y, outputs)
+    acc, n_test = onnx_accuracy(run.onnx_path, pipeline.data)
+    return _OnnxFiles(dense=dense, x=x, outputs=outputs, onnx_accuracy=acc, test_samples=n_test)
 
-    if tvm:
-        say(f"building the TVM module for {config.target}")
-        tvm_rec = build_tvm_module(onnx_path, profile, out_dir, reference=(x, ref_out))
-        if tvm_rec.get("reason"):
-            notes.append(f"TVM: {tvm_rec['reason']}")
-    else:
-        tvm_rec = {"built": False, "reason": "skipped (--no-tvm)"}
 
-    dense_cost = pipeline.cost_model.predict(pipeline.dense)
+def _tvm_module(run: _ExportRun, files: _OnnxFiles) -> TvmModule:
+    """Build the TVM module for the target (checked against the reference outputs where it runs here)."""
+    run.say(f"building the TVM module for {run.context.config.target}")
+    rec = build_tvm_module(run.onnx_path, run.context.profile, run.folder, reference=(files.x, files.outputs))
+    if rec.reason:
+        run.notes.append(f"TVM: {rec.reason}")
+    return rec
+
+
+def _predicted(run: _ExportRun, result: CandidateResult) -> Predicted:
+    """The cost model's prediction of the pruned model on the target, against the dense model's."""
+    dense_ms = run.pipeline.cost_model.predict(run.pipeline.dense).latency_ms
     provenance = asdict(result.cost.provenance)
-    ev = result.evaluation
-    predicted_speedup = dense_cost.latency_ms / result.latency_ms
-    measured = None
-    if config.target == "local" and dense_onnx is None:
-        measured = {"where": "measured here", "runtimes": {}, "reason": f"not measured: dense.onnx: {dense_reason}"}
-    elif config.target == "local":
-        say("timing pruned vs dense here (interleaved)")
-        measured = measure_local(out_dir, profile, provenance, result.latency_ms, predicted_speedup,
-                                  tuple(pipeline.example.shape), tvm_rec, notes)
-    device = device_commands(profile, provenance)
+    return Predicted(latency_ms=result.latency_ms, energy_mj=result.energy_mj, dense_latency_ms=dense_ms,
+                     speedup=dense_ms / result.latency_ms, provenance=provenance,
+                     energy=result.cost.provenance.energy, calibration=CalibrationSummary.of(provenance))
 
-    optional_step(notes, "per-layer chart", lambda: _layer_chart(dense_cost.per_kernel_ms, result.per_layer_ms,
-                                                             out_dir / "latency_per_layer.png", config.target))
-    checksums = {p.name: file_sha256(p) for p in sorted(out_dir.iterdir())
-                 if p.is_file() and not p.name.startswith(".") and p.name != "report.json"}
-    report = {
-        "format": REPORT_FORMAT, "version": REPORT_VERSION,
-        "study": study.study_name, "trial": row["number"], "target": config.target, "model": config.model,
-        "seed": base_seed, "data": {**_data_record(config, pipeline.data), "test_samples": n_test},
-        "plan_summary": plan_summary(row["plan"]), "plan": row["plan"], "finetune_epochs": epochs,
-        "test": {"accuracy": ev.accuracy, "precision_macro": ev.precision_macro,
-                 "recall_macro": ev.recall_macro, "f1_macro": ev.f1_macro, "onnx_accuracy": onnx_acc,
-                 "samples": n_test},
-        "repeats": {"k": repeats, "seeds": seeds, "accuracies": accs, "mean": mean, "sd": sd,
-                    "exported_seed": base_seed},
-        "dense_test_accuracy": dense_rec.test_accuracy,
-        "predicted": {"latency_ms": result.latency_ms, "energy_mj": result.energy_mj,
-                      "dense_latency_ms": dense_cost.latency_ms, "speedup": predicted_speedup,
-                      "provenance": provenance, "energy": result.cost.provenance.energy,
-                      "calibration": {k: provenance.get(k) for k in
-                                      ("status", "calibration_id", "runtime", "heldout_mape", "heldout_spearman",
-                                       "n_heldout", "note")}},
-        "measured": measured,
-        "params": ev.params, "macs": ev.macs, "size_bytes": ev.size_bytes,
-        "sparse_size_bytes": ev.sparse_size_bytes,
-        "onnx": {**(result.onnx or {}), "path": str(onnx_path), "sha256": checksums["model.onnx"]},
-        "dense_onnx": {"path": str(out_dir / "dense.onnx"), "file_bytes": dense_onnx.file_bytes,
-                       "max_abs_diff": dense_onnx.max_abs_diff, "atol": dense_onnx.atol}
-        if dense_onnx is not None else {"path": None, "reason": dense_reason},
-        "reference": {"file": "reference.npz", "samples": len(x), "split": "test",
-                      "runtime": "onnxruntime CPUExecutionProvider, 1 thread"},
-        "tvm": tvm_rec, "device": device, "notes": notes, "checksums": checksums,
-        "files": [*sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(".")), "report.json"],
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    write_json(out_dir / "report.json", report)
-    if storage_url is not None:
-        from optuna.artifacts import upload_artifact
 
-        art = upload_artifact(artifact_store=get_storage(storage_url).artifacts, file_path=str(onnx_path),
-                              study_or_trial=study, mimetype="application/octet-stream")
-        study.set_user_attr(f"autoprune.export.{row['number']}", {"onnx_artifact_id": art, "dir": str(out_dir)})
-        from autoprune.dashboard.note import update_study_note
+def _measure(run: _ExportRun, predicted: Predicted, dense: DenseOnnx, tvm: TvmModule) -> Measured | None:
+    """Pruned against dense, timed here where the target is this machine's CPU (else ``None``)."""
+    profile = run.context.profile
+    if profile.here != "cpu":
+        return None
+    if dense.path is None:
+        return Measured(runtimes={}, reason=f"not measured: dense.onnx: {dense.reason}")
+    run.say("timing pruned vs dense here (interleaved)")
+    return measure_local(run.folder, profile, predicted.provenance, predicted.latency_ms, predicted.speedup,
+                         tuple(run.pipeline.example.shape), tvm, run.notes)
 
-        update_study_note(study, storage_url)
-    return {"dir": out_dir, "report": report}
+
+def _data_ref(config: SearchConfig, data: Any, test_samples: int) -> DataRef:
+    """The data reference ``verify`` reloads the test split from (a folder by its absolute path)."""
+    ref = str(config.data)
+    path = Path(ref)
+    if ref != "digits" and path.exists():
+        ref = str(path.resolve())
+    return DataRef(ref=ref, input_size=int(data.input_shape[-1]), input_shape=tuple(data.input_shape),
+                   seed=int(config.data_seed), key=data.key, num_classes=int(data.num_classes),
+                   test_samples=test_samples)
+
+
+def _report(run: _ExportRun, result: CandidateResult, repeated: Repeats, files: _OnnxFiles, predicted: Predicted,
+            measured: Measured | None, tvm: TvmModule, seconds: float) -> ExportReport:
+    """The report of the export, with the checksums of the files written so far."""
+    config, ev, folder = run.context.config, result.evaluation, run.folder
+    written = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    checksums = {p.name: file_sha256(p) for p in written if p.is_file() and p.name != "report.json"}
+    return ExportReport(
+        format=REPORT_FORMAT, version=REPORT_VERSION, study=run.study.study_name, trial=run.row.number,
+        target=config.target, model=config.model, seed=repeated.exported_seed,
+        data=_data_ref(config, run.pipeline.data, files.test_samples), plan_summary=plan_summary(run.row.plan),
+        plan=run.row.plan, finetune_epochs=run.epochs,
+        test=TestFigures(accuracy=ev.accuracy, precision_macro=ev.precision_macro, recall_macro=ev.recall_macro,
+                         f1_macro=ev.f1_macro, onnx_accuracy=files.onnx_accuracy, samples=files.test_samples),
+        repeats=repeated, dense_test_accuracy=run.dense_test_accuracy, predicted=predicted, measured=measured,
+        params=ev.params, macs=ev.macs, size_bytes=ev.size_bytes, sparse_size_bytes=ev.sparse_size_bytes,
+        onnx=replace(OnnxFile.from_dict(result.onnx or {}), path=str(run.onnx_path), sha256=checksums["model.onnx"]),
+        dense_onnx=files.dense,
+        reference=ReferenceBatch(file="reference.npz", samples=len(files.x), split="test",
+                                 runtime="onnxruntime CPUExecutionProvider, 1 thread"),
+        tvm=tvm, device=device_commands(run.context.profile, predicted.provenance), notes=tuple(run.notes),
+        checksums=checksums, files=(*(p.name for p in written), "report.json"), seconds=seconds,
+    )
+
+
+def _attach_onnx(run: _ExportRun, storage_url: str) -> None:
+    """Attach ``model.onnx`` to the study as an Optuna artifact and record the export on the study."""
+    from optuna.artifacts import upload_artifact
+
+    from autoprune.search.storage import get_storage
+
+    art = upload_artifact(artifact_store=get_storage(storage_url).artifacts, file_path=str(run.onnx_path),
+                          study_or_trial=run.study, mimetype="application/octet-stream")
+    run.study.set_user_attr(f"autoprune.export.{run.row.number}", {"onnx_artifact_id": art, "dir": str(run.folder)})
 
 
 def _layer_chart(dense: tuple, pruned: tuple, path: Path, target: str) -> None:
+    """Bar chart of the predicted per-kernel latency, dense against pruned, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")

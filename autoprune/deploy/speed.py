@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from autoprune.deploy import optional_step
+from autoprune.deploy import ReportPart, optional_step, report_object
+from autoprune.deploy.tvm import TvmModule
 
 #: An interleaved run whose per-round ratios spread more than this (IQR / median) is re-measured.
 MAX_RATIO_SPREAD = 0.25
@@ -18,6 +19,8 @@ MAX_RATIO_SPREAD = 0.25
 
 #: Interleaved runs tried before a measurement is reported as too noisy.
 SPEED_ATTEMPTS = 3
+#: ``measured.where`` of an export timed here.
+MEASURED_HERE = "measured here"
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,89 @@ class SpeedMeasurement:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class RuntimeSpeed(ReportPart):
+    """The pruned model timed against the dense one with one runtime here (an export to ``local``).
+
+    Where it was measured, the fields of :class:`~autoprune.deploy.speed.SpeedMeasurement` are set
+    (``ok``: not too noisy to compare against); where not, only ``ok`` (false) and ``reason``.
+
+    Attributes:
+        ok: The figures can be compared against (``verify`` re-measures only these).
+        runtime, threads, pruned_ms, dense_ms, speedup, ratio_spread, rounds, attempts, noisy, host: The
+            measurement (:class:`~autoprune.deploy.speed.SpeedMeasurement`).
+        reason: Why it was not measured, or why it is not trusted.
+    """
+
+    ok: bool
+    runtime: str | None = None
+    threads: int | None = None
+    pruned_ms: float | None = None
+    dense_ms: float | None = None
+    speedup: float | None = None
+    ratio_spread: float | None = None
+    rounds: int | None = None
+    attempts: int | None = None
+    noisy: bool | None = None
+    host: str | None = None
+    reason: str | None = None
+
+    def _written(self) -> Iterator[str]:
+        ok, *measurement, reason = (f.name for f in fields(self))
+        yield ok
+        if self.runtime is not None:  # measured: every field of the measurement, None or not
+            yield from measurement
+        if self.reason is not None:
+            yield reason
+
+
+@dataclass(frozen=True)
+class Measured(ReportPart):
+    """The export timed here, pruned against dense in one interleaved run per runtime (``local`` targets).
+
+    Attributes:
+        where: ``measured here``.
+        host: The machine (``hostname/CPU``).
+        input_shape: ``(1, C, H, W)`` it was timed at.
+        runtimes: Runtime name (``onnxruntime``, ``tvm``) → its measurement.
+        latency_ms: The pruned model's time with the calibration's runtime (what the prediction describes).
+        runtime: That runtime, on that host.
+        compared_runtime: Its name in ``runtimes``.
+        prediction_error_pct: The predicted latency's error against ``latency_ms``, in %.
+        speedup_prediction_error_pct: The predicted speedup's error against the measured one, in %.
+        reason: Why nothing was measured.
+        malformed: ``runtimes`` in the file was not an object of objects (read as empty): ``verify`` says
+            the report is corrupt when it needs them. Not written.
+    """
+
+    where: str = MEASURED_HERE
+    host: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    runtimes: Mapping[str, RuntimeSpeed] = field(default_factory=dict)
+    latency_ms: float | None = None
+    runtime: str | None = None
+    compared_runtime: str | None = None
+    prediction_error_pct: float | None = None
+    speedup_prediction_error_pct: float | None = None
+    reason: str | None = None
+    malformed: bool = field(default=False, compare=False)
+
+    def _written(self) -> Iterator[str]:
+        return (name for name in self._present("where", "runtimes") if name != "malformed")
+
+    @classmethod
+    def from_dict(cls, raw: Any, what: str = "measured") -> Measured:
+        """Inverse of :meth:`to_dict` (malformed runtimes are flagged, not raised: see :attr:`malformed`)."""
+        raw = report_object(raw, what)
+        runs = raw.get("runtimes") or {}
+        ok = isinstance(runs, Mapping) and all(isinstance(v, Mapping) for v in runs.values())
+        kwargs = {f.name: raw.get(f.name) for f in fields(cls) if f.name not in ("runtimes", "malformed")}
+        if isinstance(kwargs["input_shape"], list):
+            kwargs["input_shape"] = tuple(kwargs["input_shape"])
+        runtimes = {k: RuntimeSpeed.from_dict(v, f"measured.runtimes.{k}") for k, v in runs.items()} if ok else {}
+        return cls(runtimes=runtimes, malformed=not ok, **kwargs)
 
 
 class _Prepared:
@@ -133,40 +219,53 @@ def local_runtimes(profile: Any, calibration_runtime: str = "", tvm_library: Pat
     return out
 
 
-def measure_local(out_dir: Path, profile: Any, provenance: dict[str, Any], predicted_ms: float,
-                   predicted_speedup: float, input_shape: tuple[int, ...], tvm_rec: dict[str, Any],
-                   notes: list[str]) -> dict[str, Any]:
-    """Time model.onnx (and model_tvm.so) against dense.onnx here, one interleaved run per runtime."""
+def measure_local(out_dir: Path, profile: Any, provenance: Mapping[str, Any], predicted_ms: float,
+                  predicted_speedup: float, input_shape: tuple[int, ...], tvm: TvmModule,
+                  notes: list[str]) -> Measured:
+    """Time model.onnx (and model_tvm.so) against dense.onnx here, one interleaved run per runtime.
+
+    Args:
+        out_dir: The export folder.
+        profile: The target's (this machine's) profile.
+        provenance: The prediction's provenance (its ``runtime`` is the calibration's).
+        predicted_ms: The predicted latency of the pruned model.
+        predicted_speedup: The predicted speedup over the dense model.
+        input_shape: ``(1, C, H, W)``.
+        tvm: The export's TVM module (timed where it was linked and checked here).
+        notes: One line is added per runtime that could not be measured, or measured too noisily.
+    """
     from autoprune.profiling.protocol import host_description
 
-    lib = Path(tvm_rec["path"]) if tvm_rec.get("checked") and tvm_rec.get("format") == "so" else None
-    runtimes = local_runtimes(profile, provenance.get("runtime", ""), lib)
-    out: dict[str, Any] = {"where": "measured here", "host": host_description(), "input_shape": list(input_shape),
-                           "runtimes": {}}
-    if "tvm" not in runtimes:
-        why = "--no-tvm" if tvm_rec.get("reason") == "skipped (--no-tvm)" else (
-            tvm_rec.get("reason") or "no TVM module linked for this machine")
-        out["runtimes"]["tvm"] = {"ok": False, "reason": f"not measured: {why}"}
-    for name, (rt, pruned) in runtimes.items():
-        m, reason = optional_step(notes, f"{name} measurement",
-                              lambda rt=rt, pruned=pruned: measure_speedup(rt, str(out_dir / pruned),
-                                                                           str(out_dir / "dense.onnx"), input_shape))
-        if m is None:
-            out["runtimes"][name] = {"ok": False, "reason": reason}
-            continue
-        rec = {"ok": not m.noisy, **m.to_dict()}
-        if m.noisy:
-            rec["reason"] = (f"too noisy: per-round ratios spread {m.ratio_spread:.0%} (> 25 %) over {m.attempts} "
-                             "interleaved runs; the figures are kept but verify will not compare against them")
-            notes.append(f"{name} measurement: {rec['reason']}")
-        out["runtimes"][name] = rec
-    # the prediction describes the calibration's runtime: compare with that one
+    lib = Path(tvm.path) if tvm.checked and tvm.format == "so" and tvm.path else None
     cal_runtime = str(provenance.get("runtime", ""))
+    runtimes = local_runtimes(profile, cal_runtime, lib)
+    runs: dict[str, RuntimeSpeed] = {}
+    if "tvm" not in runtimes:
+        why = "--no-tvm" if tvm.skipped else (tvm.reason or "no TVM module linked for this machine")
+        runs["tvm"] = RuntimeSpeed(ok=False, reason=f"not measured: {why}")
+    for name, (rt, pruned) in runtimes.items():
+        runs[name] = _timed(name, rt, out_dir / pruned, out_dir / "dense.onnx", input_shape, notes)
+    measured = Measured(host=host_description(), input_shape=tuple(input_shape), runtimes=runs)
+    # the prediction describes the calibration's runtime: compare with that one
     name = "tvm" if cal_runtime.startswith("tvm") else "onnxruntime"
-    rec = out["runtimes"].get(name, {})
-    if "pruned_ms" in rec:
-        out.update(latency_ms=rec["pruned_ms"], runtime=f"{rec['runtime']} on {rec['host']}",
-                   compared_runtime=name,
-                   prediction_error_pct=100.0 * (predicted_ms / rec["pruned_ms"] - 1.0),
-                   speedup_prediction_error_pct=100.0 * (predicted_speedup / rec["speedup"] - 1.0))
-    return out
+    rec = runs.get(name)
+    if rec is None or rec.pruned_ms is None or rec.speedup is None:
+        return measured
+    return replace(measured, latency_ms=rec.pruned_ms, runtime=f"{rec.runtime} on {rec.host}",
+                   compared_runtime=name, prediction_error_pct=100.0 * (predicted_ms / rec.pruned_ms - 1.0),
+                   speedup_prediction_error_pct=100.0 * (predicted_speedup / rec.speedup - 1.0))
+
+
+def _timed(name: str, runtime: Any, model: Path, dense: Path, input_shape: tuple[int, ...],
+           notes: list[str]) -> RuntimeSpeed:
+    """One runtime's measurement of ``model`` against ``dense`` (a failed or noisy one noted in ``notes``)."""
+    m, reason = optional_step(notes, f"{name} measurement",
+                              lambda: measure_speedup(runtime, str(model), str(dense), input_shape))
+    if m is None:
+        return RuntimeSpeed(ok=False, reason=reason)
+    if not m.noisy:
+        return RuntimeSpeed(ok=True, **m.to_dict())
+    why = (f"too noisy: per-round ratios spread {m.ratio_spread:.0%} (> 25 %) over {m.attempts} "
+           "interleaved runs; the figures are kept but verify will not compare against them")
+    notes.append(f"{name} measurement: {why}")
+    return RuntimeSpeed(ok=False, **m.to_dict(), reason=why)

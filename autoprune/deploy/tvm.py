@@ -5,11 +5,76 @@ from __future__ import annotations
 
 import platform
 import shutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from autoprune.deploy import reason_line
+from autoprune.deploy import ReportPart, reason_line
 from autoprune.errors import AutopruneError
+
+#: ``tvm.reason`` of an export made with ``--no-tvm``.
+TVM_SKIPPED = "skipped (--no-tvm)"
+
+
+@dataclass(frozen=True)
+class TvmModule(ReportPart):
+    """The TVM module built for the target's own TVM target (:func:`~autoprune.deploy.tvm.build_tvm_module`).
+
+    Attributes:
+        built: A module file was written.
+        target: The TVM target (its JSON dict; ``None`` when the profile has no TVM runtime).
+        native: It is linked for this machine (so it can run here).
+        checked: It was loaded back here and its outputs matched ONNX Runtime's.
+        kind: The target's kind (``llvm``, ``cuda``).
+        host_arch: This machine's architecture, for a native module.
+        format: ``so`` (a linked library) or ``tar`` (object files, linked on the board).
+        path: The file written.
+        bytes: Its size.
+        max_abs_diff: Its outputs' largest difference from ONNX Runtime's (``None``: not finite).
+        tolerance: The tolerance they were checked against.
+        samples: Reference inputs it ran on.
+        reason: What could not be done here (and why).
+    """
+
+    built: bool
+    target: Mapping[str, Any] | None = None
+    native: bool | None = None
+    checked: bool | None = None
+    kind: str | None = None
+    host_arch: str | None = None
+    format: str | None = None
+    path: str | None = None
+    bytes: int | None = None
+    max_abs_diff: float | None = None
+    tolerance: float | None = None
+    samples: int | None = None
+    reason: str | None = None
+
+    @property
+    def skipped(self) -> bool:
+        """Not attempted (``--no-tvm``)."""
+        return self.reason == TVM_SKIPPED
+
+    def _written(self) -> Iterator[str]:
+        compared = self.tolerance is not None  # its difference is written with the tolerance, even if None
+        return (name for name in self._present("built", "target", *(["max_abs_diff"] if compared else []))
+                if name != "target" or not self.skipped)
+
+
+@dataclass(frozen=True)
+class DeviceCommands(ReportPart):
+    """How to time the export on a device it cannot be timed from here (a Jetson: ``trtexec``).
+
+    Attributes:
+        runtime: The runtime the commands use (as the target's calibration describes).
+        commands: The command lines for ``model.onnx`` and ``dense.onnx``.
+        note: Where and how to run them.
+    """
+
+    runtime: str
+    commands: tuple[str, ...]
+    note: str
 
 
 def _cuda_blocker(profile_name: str, arch: str) -> str | None:
@@ -49,7 +114,7 @@ def _cuda_blocker(profile_name: str, arch: str) -> str | None:
 
 
 def build_tvm_module(onnx_path: Path, profile: Any, out_dir: Path,
-                     reference: tuple[Any, Any] | None = None) -> dict[str, Any]:
+                     reference: tuple[Any, Any] | None = None) -> TvmModule:
     """Compile the ONNX model with TVM Relax for the target's own TVM target and export it.
 
     Args:
@@ -60,28 +125,24 @@ def build_tvm_module(onnx_path: Path, profile: Any, out_dir: Path,
             loaded back, run on the inputs and compared with the outputs.
 
     Returns:
-        A record: ``built``, ``target`` (the JSON dict), ``kind`` (``cuda``, ``llvm``), ``native``,
-        ``path``/``bytes``/``format`` when a file was written, ``checked`` with ``max_abs_diff`` and
-        ``tolerance`` when it was run here, and ``reason`` whenever something could not be done here.
-        It never raises.
+        The record: ``built``, ``target``, ``kind``, ``native``, ``path``/``bytes``/``format`` when a file was
+        written, ``checked`` with ``max_abs_diff`` and ``tolerance`` when it was run here, and ``reason``
+        whenever something could not be done here. It never raises.
     """
-    from autoprune.deploy.reference import max_abs_diff, output_tolerance, tvm_outputs
-
     try:
         spec = profile.runtime_options("tvm")["target"]
     except AutopruneError as exc:
-        return {"built": False, "target": None, "reason": reason_line(exc)}
-    rec: dict[str, Any] = {"built": False, "target": spec, "native": False, "checked": False}
+        return TvmModule(built=False, target=None, reason=reason_line(exc))
+    rec = TvmModule(built=False, target=spec, native=False, checked=False)
     try:
         from autoprune.profiling.tvm_runtime import TvmRuntime, _cross_compiler, _target_triple
 
         rt = TvmRuntime(target=spec, threads=profile.runtime_options("tvm").get("threads"))
-        kind = rec["kind"] = rt.target.kind.name
-        if kind == "cuda":
+        rec = replace(rec, kind=rt.target.kind.name)
+        if rec.kind == "cuda":
             blocker = _cuda_blocker(profile.name, str(rt.target.attrs.get("arch", "")) or "cuda")
             if blocker is not None:
-                rec["reason"] = blocker
-                return rec
+                return replace(rec, reason=blocker)
             import tvm.support.nvcc  # noqa: F401 - registers the CUDA compile callback
 
         ex, _, _ = rt.compile(str(onnx_path))
@@ -89,42 +150,50 @@ def build_tvm_module(onnx_path: Path, profile: Any, out_dir: Path,
         try:
             fcompile = _cross_compiler(rt.target)
         except AutopruneError:  # no cross linker: the objects still build, as a .tar
-            lib = out_dir / "model_tvm.tar"
-            ex.export_library(str(lib))
-            rec.update(built=True, format="tar", path=str(lib), bytes=lib.stat().st_size,
-                       reason=f"no {triple} cross compiler here (apt-get install g++-{triple}), so not linked: "
-                              f"wrote {lib.name}, the {triple} object files; "
-                              f"`tvm.runtime.load_module('{lib.name}')` links them on the board")
-            return rec
-        rec["native"] = native = fcompile is None and kind == "llvm"
-        if native:
-            rec["host_arch"] = platform.machine()
+            return _export_objects(ex, out_dir, triple, rec)
+        native = fcompile is None and rec.kind == "llvm"
+        rec = replace(rec, native=native, host_arch=platform.machine() if native else None)
         lib = out_dir / "model_tvm.so"
         if fcompile is not None:
             ex.export_library(str(lib), fcompile=fcompile)
         else:
             ex.export_library(str(lib))
-        rec.update(built=True, format="so", path=str(lib), bytes=lib.stat().st_size)
+        rec = replace(rec, built=True, format="so", path=str(lib), bytes=lib.stat().st_size)
         if not native:
-            what = f"cross-built for {triple}" if triple else f"built for {kind}"
-            rec["reason"] = f"{what} ({profile.name}), so not run here; `tvm.runtime.load_module` loads it on the board"
-            return rec
-        if reference is not None:
-            x, want = reference
-            got = tvm_outputs(rt, lib, x)
-            diff, tol = max_abs_diff(got, want), output_tolerance(want)
-            rec.update(max_abs_diff=diff if diff != float("inf") else None, tolerance=tol, samples=len(x))
-            rec["checked"] = diff <= tol
-            if not rec["checked"]:
-                rec["reason"] = (f"loaded back, but its outputs differ from ONNX Runtime's by {diff:.3g} > {tol:.1e} "
-                                 f"on {len(x)} test inputs: do not deploy {lib.name}")
-        return rec
+            what = f"cross-built for {triple}" if triple else f"built for {rec.kind}"
+            return replace(rec, reason=f"{what} ({profile.name}), so not run here; "
+                                       "`tvm.runtime.load_module` loads it on the board")
+        return _check_native(rt, lib, reference, rec) if reference is not None else rec
     except Exception as exc:  # noqa: BLE001 - an optional step: TVM raises its own error types
-        rec["reason"] = reason_line(exc)
+        return replace(rec, reason=reason_line(exc))
+
+
+def _export_objects(ex: Any, out_dir: Path, triple: str, rec: TvmModule) -> TvmModule:
+    """Write the target's object files as ``model_tvm.tar`` (no cross linker here to link them)."""
+    lib = out_dir / "model_tvm.tar"
+    ex.export_library(str(lib))
+    return replace(rec, built=True, format="tar", path=str(lib), bytes=lib.stat().st_size,
+                   reason=f"no {triple} cross compiler here (apt-get install g++-{triple}), so not linked: "
+                          f"wrote {lib.name}, the {triple} object files; "
+                          f"`tvm.runtime.load_module('{lib.name}')` links them on the board")
+
+
+def _check_native(rt: Any, lib: Path, reference: tuple[Any, Any], rec: TvmModule) -> TvmModule:
+    """Load the library linked for this machine back, run it on the reference inputs and compare."""
+    from autoprune.deploy.reference import max_abs_diff, output_tolerance, tvm_outputs
+
+    x, want = reference
+    got = tvm_outputs(rt, lib, x)
+    diff, tol = max_abs_diff(got, want), output_tolerance(want)
+    rec = replace(rec, max_abs_diff=diff if diff != float("inf") else None, tolerance=tol, samples=len(x),
+                  checked=diff <= tol)
+    if rec.checked:
         return rec
+    return replace(rec, reason=f"loaded back, but its outputs differ from ONNX Runtime's by {diff:.3g} > {tol:.1e} "
+                               f"on {len(x)} test inputs: do not deploy {lib.name}")
 
 
-def device_commands(profile: Any, provenance: dict[str, Any]) -> dict[str, Any] | None:
+def device_commands(profile: Any, provenance: Mapping[str, Any]) -> DeviceCommands | None:
     """What to run on a Jetson target to time the export there, or ``None`` for other targets.
 
     A Jetson is a target whose TVM target is an ``nvidia/jetson*`` tag. The command lines time
@@ -146,10 +215,10 @@ def device_commands(profile: Any, provenance: dict[str, Any]) -> dict[str, Any] 
                 "--warmUp=500 --iterations=200 --avgRuns=100")
 
     mode = profile.default_power_mode
-    return {
-        "runtime": "TensorRT" + (" FP16" if fp16 else ""),
-        "commands": [cmd("model.onnx"), cmd("dense.onnx")],
-        "note": (f"run on the {profile.name} in power mode {mode!r} (nvpmodel), as its calibration assumes "
-                 "(JetPack puts trtexec in /usr/src/tensorrt/bin); the speedup on the device is dense.onnx's "
-                 "mean GPU time over model.onnx's"),
-    }
+    return DeviceCommands(
+        runtime="TensorRT" + (" FP16" if fp16 else ""),
+        commands=(cmd("model.onnx"), cmd("dense.onnx")),
+        note=(f"run on the {profile.name} in power mode {mode!r} (nvpmodel), as its calibration assumes "
+              "(JetPack puts trtexec in /usr/src/tensorrt/bin); the speedup on the device is dense.onnx's "
+              "mean GPU time over model.onnx's"),
+    )

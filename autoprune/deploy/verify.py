@@ -22,7 +22,7 @@ import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,9 +36,13 @@ from autoprune.deploy.reference import (
     output_tolerance,
     tvm_outputs,
 )
-from autoprune.deploy.speed import local_runtimes, measure_speedup
+from autoprune.deploy.report import ExportReport
+from autoprune.deploy.speed import Measured, local_runtimes, measure_speedup
 from autoprune.errors import AutopruneError, CalibrationError, ConfigError
 from autoprune.io import file_sha256
+
+if TYPE_CHECKING:
+    from autoprune.hardware import HardwareProfile
 
 
 @dataclass(frozen=True)
@@ -81,8 +85,11 @@ class VerifyResult:
                          for r in rows)
 
 
-def read_report(folder: Path) -> dict[str, Any]:
+def read_report(folder: Path) -> ExportReport:
     """Read and validate an export folder's ``report.json``.
+
+    Returns:
+        Its record (keys it lacks read as ``None``: see :mod:`autoprune.deploy.report`).
 
     Raises:
         ConfigError: Missing folder, not an export, or a corrupt/incomplete report (one line).
@@ -111,13 +118,14 @@ def read_report(folder: Path) -> dict[str, Any]:
         if not isinstance(report.get(key), kind):
             raise ConfigError(f"{path} is corrupt: key {key!r} is missing or not a {kind.__name__}; "
                               "re-run `autoprune export`")
+    rec = ExportReport.from_dict(report)
     for name in ("model.onnx", "reference.npz"):
-        if not isinstance(report["checksums"].get(name), str):
+        if not isinstance(rec.checksums.get(name), str):
             raise ConfigError(f"{path} is corrupt: no sha256 of {name} under 'checksums'; re-run `autoprune export`")
-    acc = report["test"].get("accuracy")
+    acc = rec.test.accuracy
     if not isinstance(acc, (int, float)) or not 0 <= acc <= 1:
         raise ConfigError(f"{path} is corrupt: test.accuracy is {acc!r}; re-run `autoprune export`")
-    return report
+    return rec
 
 
 def _fmt_speed(x: float) -> str:
@@ -148,13 +156,13 @@ def verify_export(folder: str | Path, *, max_accuracy_drop: float = 0.01, min_sp
     if not model.is_file():
         raise ConfigError(f"{model} is missing; this is not a complete autoprune export")
     ref_path = folder / "reference.npz"
-    if not ref_path.is_file() or file_sha256(ref_path) != report["checksums"]["reference.npz"]:
+    if not ref_path.is_file() or file_sha256(ref_path) != report.checksums["reference.npz"]:
         raise ConfigError(f"{ref_path} is missing or does not match its checksum in report.json; "
                           "re-run `autoprune export`")
     ref = load_reference(ref_path)
 
     # 1. the file is the one exported
-    want = report["checksums"]["model.onnx"]
+    want = report.checksums["model.onnx"]
     got = file_sha256(model)
     checks.append(Check("model.onnx sha256", "pass" if got == want else "FAIL", want[:16], got[:16]))
 
@@ -172,28 +180,52 @@ def verify_export(folder: str | Path, *, max_accuracy_drop: float = 0.01, min_sp
     checks.append(_accuracy_check(report, model, max_accuracy_drop, say))
 
     # 4. the TVM library, where it was linked for this machine
-    checks.append(_tvm_check(report, folder, ref, tol))
+    profile = _TargetProfile(report.target)
+    checks.append(_tvm_check(report, folder, ref, tol, profile))
 
     # 5. speed against the dense model
-    checks.extend(_speed_checks(report, folder, min_speedup_fraction, speed, say))
+    checks.extend(_speed_checks(report, folder, min_speedup_fraction, speed, say, profile))
     return VerifyResult(str(folder), tuple(checks))
 
 
-def _accuracy_check(report: dict[str, Any], model: Path, max_drop: float, say: Callable[[str], None]) -> Check:
+class _TargetProfile:
+    """The report's target profile, loaded the first time a check needs it (once per verify)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._profile: HardwareProfile | None = None
+
+    def get(self) -> HardwareProfile:
+        """The loaded profile.
+
+        Raises:
+            AutopruneError: The target is unknown here or its profile is invalid.
+        """
+        if self._profile is None:
+            from autoprune.hardware import load_profile
+
+            self._profile = load_profile(self.target)
+        return self._profile
+
+
+def _accuracy_check(report: ExportReport, model: Path, max_drop: float, say: Callable[[str], None]) -> Check:
     from autoprune.data import load_data
 
-    d = report["data"]
+    d = report.data
     try:
-        ref, size, seed, key = d["ref"], int(d["input_size"]), int(d["seed"]), d["key"]
-    except (KeyError, TypeError, ValueError):
+        size, seed = int(d.input_size), int(d.seed)
+    except (TypeError, ValueError):
+        size = seed = None
+    if d.ref is None or d.key is None or size is None or seed is None:
         raise ConfigError("report.json is corrupt: data needs ref, input_size, seed and key; "
-                          "re-run `autoprune export`") from None
+                          "re-run `autoprune export`")
+    ref, key = d.ref, d.key
     say(f"re-evaluating test accuracy on {ref} ({size}px, split seed {seed})")
     data = load_data(ref, size=size, seed=seed)
     if data.key != key:
         raise ConfigError(f"the data {ref!r} is not the data of the export (key {data.key!r}, report has {key!r}); "
                           "the test split would differ")
-    expected = float(report["test"]["accuracy"])
+    expected = float(report.test.accuracy)
     bound = expected - max_drop
     name = "test accuracy (ONNX)"
     try:
@@ -204,26 +236,26 @@ def _accuracy_check(report: dict[str, Any], model: Path, max_drop: float, say: C
                  f">= {bound:.4f} ({expected:.4f} - {max_drop:g})", f"{acc:.4f}")
 
 
-def _native_library(report: dict[str, Any], folder: Path) -> Path | None:
-    t = report.get("tvm") or {}
+def _native_library(report: ExportReport, folder: Path) -> Path | None:
+    t = report.tvm
     lib = folder / "model_tvm.so"
-    here = t.get("host_arch") in (None, platform.machine())
-    return lib if t.get("built") and t.get("native") and here and lib.is_file() else None
+    here = t is not None and t.host_arch in (None, platform.machine())
+    return lib if t is not None and t.built and t.native and here and lib.is_file() else None
 
 
-def _tvm_check(report: dict[str, Any], folder: Path, ref: dict[str, np.ndarray], tol: float) -> Check:
+def _tvm_check(report: ExportReport, folder: Path, ref: dict[str, np.ndarray], tol: float,
+               profile: _TargetProfile) -> Check:
     name = "TVM module outputs"
     lib = _native_library(report, folder)
     if lib is None:
-        built_on = (report.get("tvm") or {}).get("host_arch")
+        built_on = report.tvm.host_arch if report.tvm is not None else None
         if built_on and built_on != platform.machine():
             return Check(name, "skip", note=f"model_tvm.so is {built_on} code; this machine is {platform.machine()}")
         return Check(name, "skip", note="no TVM module linked for this machine (report.json: tvm.reason)")
     try:
-        from autoprune.hardware import load_profile
         from autoprune.profiling import get_runtime
 
-        opts = load_profile(report["target"]).runtime_options("tvm")
+        opts = profile.get().runtime_options("tvm")
         rt = get_runtime("tvm", target=opts["target"], threads=opts.get("threads"))
         diff = max_abs_diff(tvm_outputs(rt, lib, ref["x"]), ref["outputs"])
     except ImportError:
@@ -233,39 +265,36 @@ def _tvm_check(report: dict[str, Any], folder: Path, ref: dict[str, np.ndarray],
     return Check(name, "pass" if diff <= tol else "FAIL", f"max |diff| <= {tol:.1e}", f"{diff:.2e}")
 
 
-def _speed_checks(report: dict[str, Any], folder: Path, fraction: float, speed: bool,
-                  say: Callable[[str], None]) -> list[Check]:
-    from autoprune.hardware import load_profile
-
+def _speed_checks(report: ExportReport, folder: Path, fraction: float, speed: bool,
+                  say: Callable[[str], None], profile: _TargetProfile) -> list[Check]:
     if not speed:
         return [Check("speedup vs dense", "skip", note="--no-speed")]
-    if report["target"] != "local":
-        return [Check("speedup vs dense", "skip", note=f"target {report['target']} is not this machine")]
-    measured = report.get("measured") or {}
-    runs = measured.get("runtimes") or {}
+    if report.target != "local":
+        return [Check("speedup vs dense", "skip", note=f"target {report.target} is not this machine")]
+    measured = report.measured or Measured()
+    runs = measured.runtimes
     dense = folder / "dense.onnx"
-    if not runs or not dense.is_file():
+    if not (runs or measured.malformed) or not dense.is_file():
         return [Check("speedup vs dense", "skip", note="the report has no measured speedup (or dense.onnx is gone)")]
-    shape = tuple(measured.get("input_shape") or ())
-    if not isinstance(runs, dict) or not all(isinstance(v, dict) for v in runs.values()) or len(shape) != 4 \
-            or any(v.get("ok") and not isinstance(v.get("speedup"), (int, float)) for v in runs.values()):
+    shape = tuple(measured.input_shape or ())
+    if measured.malformed or len(shape) != 4 \
+            or any(r.ok and not isinstance(r.speedup, (int, float)) for r in runs.values()):
         raise ConfigError("report.json is corrupt: measured.runtimes/input_shape are malformed; "
                           "re-run `autoprune export`")
-    profile = load_profile("local")
-    cal = (report.get("predicted") or {}).get("provenance", {}).get("runtime", "")
-    threads = {k: int(v["threads"]) for k, v in runs.items() if isinstance(v, dict) and v.get("threads")}
-    available = local_runtimes(profile, cal, _native_library(report, folder), threads)
+    cal = report.predicted.provenance.get("runtime", "") if report.predicted is not None else ""
+    threads = {k: int(r.threads) for k, r in runs.items() if r.threads}
+    available = local_runtimes(profile.get(), cal, _native_library(report, folder), threads)
     checks = []
     for name, rec in runs.items():
         label = f"speedup vs dense, {name}"
-        if not rec.get("ok"):
-            checks.append(Check(label, "skip", note=f"not measured at export: {_short(rec.get('reason', ''))}"))
+        if not rec.ok:
+            checks.append(Check(label, "skip", note=f"not measured at export: {_short(rec.reason or '')}"))
             continue
         if name not in available:
             checks.append(Check(label, "skip", note=f"{name} cannot run this export here"))
             continue
         runtime, pruned = available[name]
-        expected = float(rec["speedup"])
+        expected = float(rec.speedup)
         bound = fraction * expected
         say(f"timing {name}: pruned vs dense, interleaved")
         try:

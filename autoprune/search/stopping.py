@@ -81,7 +81,7 @@ class CompletedTrial:
     @classmethod
     def from_attrs(cls, number: int, attrs: Mapping[str, Any], cost_keys: Sequence[str]) -> CompletedTrial | None:
         """From a trial's user attributes; None when its accuracy is missing or not finite."""
-        acc = _finite(attrs.get(OBJECTIVES["accuracy"][1]))
+        acc = _finite(attrs.get(OBJECTIVES[ACCURACY][1]))
         if acc is None:
             return None
         costs = {k: v for k in cost_keys if (v := _finite(attrs.get(k))) is not None}
@@ -95,7 +95,7 @@ class CompletedTrial:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> CompletedTrial:
         """Inverse of :meth:`to_dict`."""
-        return cls(int(raw["number"]), float(raw[OBJECTIVES["accuracy"][1]]),
+        return cls(int(raw["number"]), float(raw[OBJECTIVES[ACCURACY][1]]),
                    {k: float(v) for k, v in raw["costs"].items()}, _clean_curve(raw.get("curve")),
                    bool(raw.get("feasible", True)))
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from autoprune.errors import ConfigError, StorageError
 from autoprune.records import TrialRecord
-from autoprune.search.config import CONFIG_ATTR, OBJECTIVES, SearchConfig
+from autoprune.search.config import ACCURACY, CONFIG_ATTR, OBJECTIVES, SearchConfig
 from autoprune.search.space import SearchSpace
 from autoprune.search.storage import StudyStorage, get_storage, redact_text
 
@@ -159,4 +159,4 @@ def completed_rows(study) -> list[TrialRecord]:
     from optuna.trial import TrialState
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return [TrialRecord.from_trial(t) for t in done if OBJECTIVES["accuracy"][1] in t.user_attrs]
+    return [TrialRecord.from_trial(t) for t in done if OBJECTIVES[ACCURACY][1] in t.user_attrs]
