@@ -86,27 +86,46 @@ def _dense(name: str):
 
 
 class LiveRapl(RaplSensor):
-    """A fake RAPL package counter at ``power_w`` in real time, brought up to date on every read (so a
-    busy machine cannot leave it stale, as a writer thread starved of CPU did), then read through
-    :class:`RaplSensor`'s own file parsing."""
+    """A fake RAPL package counter at exactly ``power_w``: a pure function of ``time.monotonic()``, read at
+    each access and written to its ``energy_uj`` file, then parsed by :class:`RaplSensor`'s own reader.
+
+    The counter is sampled at one instant inside each read, and :func:`measure_energy` times its window
+    from the middle of a clock bracket around the whole read: a pause inside the read (this fake's file
+    writes, a garbage collection, a busy machine) moved those apart, and a 0.11 s pause in one read once
+    made a 1 s window 5 % long (11.06 W, 12.945 W for 12.5 W). The fake knows the instants it sampled,
+    so it reports them as the reading's window (:attr:`EnergySensor.window_s`, which ``measure_energy``
+    divides by): energy = power x window, exactly, however the reads are delayed.
+    """
 
     def __init__(self, root: Path, power_w: float) -> None:
         self.counter = root / "class" / "powercap" / "intel-rapl:0"
         self.counter.mkdir(parents=True)
         (self.counter / "max_energy_range_uj").write_text("262143328850\n")
         self.power_w, self.t0 = power_w, time.monotonic()
-        self._write()
+        self.sampled: list[float] = []
+        self._write(self.t0)
         super().__init__(root)
 
-    def _write(self) -> None:
-        uj = int(self.power_w * 1e6 * (time.monotonic() - self.t0)) + 1_000
+    def _write(self, t: float) -> None:
+        uj = round(self.power_w * 1e6 * (t - self.t0)) + 1_000
         tmp = self.counter / ".energy_uj.tmp"
         tmp.write_text(f"{uj}\n")
         os.replace(tmp, self.counter / "energy_uj")
 
     def _read(self) -> list[float]:
-        self._write()
+        t = time.monotonic()
+        self.sampled.append(t)
+        self._write(t)
         return super()._read()
+
+    def start(self) -> None:
+        self.window_s = None
+        super().start()
+
+    def stop(self) -> float:
+        mj = super().stop()
+        self.window_s = self.sampled[-1] - self.sampled[-2]
+        return mj
 
 
 def test_local_calibration_with_a_rapl_counter_recovers_its_power(tmp_path):
@@ -120,7 +139,11 @@ def test_local_calibration_with_a_rapl_counter_recovers_its_power(tmp_path):
                        runtime=runtime, model=tiny_cnn())
     fit = result.error["energy"]
     assert fit["sensor"] == "rapl" and fit["rail"] == "intel-rapl:0" and fit["n_fit"] == 7
+    print(f"fitted {fit['power_w']:.6f} W for 12.5 W; points: "
+          f"{[round(p['average_power_w'], 6) for p in fit['points']]}")
     assert fit["power_w"] == pytest.approx(12.5, rel=0.03)
+    # every reading is exact (1 uJ rounding over >= 1 s at 12.5 W): nothing the machine's load can move
+    assert all(p["average_power_w"] == pytest.approx(12.5, rel=1e-5) for p in fit["points"])
     assert result.model.provenance.energy.startswith("measured:")
     est = result.model.predict(result.model.template.describe(tiny_cnn()))
     assert est.energy_mj == pytest.approx(fit["power_w"] * est.latency_ms, rel=1e-6)
