@@ -23,7 +23,9 @@ sessions and the sensor are created in that child, never in the listening proces
 
 Security: a TVM RPC server runs whatever a client sends it (it writes uploaded files and loads
 uploaded libraries). ``serve`` binds 127.0.0.1 unless told otherwise and prints a warning when it
-binds anything else.
+binds anything else. Its file functions (``upload``, ``download``, ``remove``, ``load_module``,
+``download_linked_module``) stay inside each session's work folder (:func:`confine_session_files`):
+TVM's own join ``../x`` or ``/etc/x`` onto it and so read and write anywhere.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ from autoprune.errors import AutopruneError, ConfigError, ProfilingError
 from autoprune.hardware.records import GPU_PROVIDERS
 from autoprune.registry import lazy_import
 
-__all__ = ["FUNCTIONS", "ServerConfig", "handle_info", "handle_measure", "handle_relative", "is_loopback",
-           "register_functions", "serve"]
+__all__ = ["FUNCTIONS", "ServerConfig", "confine_session_files", "handle_info", "handle_measure", "handle_relative",
+           "in_work_folder", "is_loopback", "register_functions", "serve"]
 
 #: Global function names registered on the server (the client calls them by these names).
 FUNCTIONS = {"info": "autoprune.device.info", "measure": "autoprune.device.measure",
@@ -209,6 +211,51 @@ def register_functions(config: ServerConfig | None = None) -> None:
     tvm_ffi.register_global_func(FUNCTIONS["relative"], handle_relative, override=True)
 
 
+#: TVM's session functions that take a file name and resolve it with their own join (the C++ upload,
+#: download and remove resolve theirs through ``tvm.rpc.server.workpath``, replaced as a whole).
+_FILE_FUNCTIONS = ("tvm.rpc.server.load_module", "tvm.rpc.server.download_linked_module")
+
+
+def in_work_folder(folder: str, name: str) -> str:
+    """The path of ``name`` in ``folder``, refused when it leads out of it (``..``, an absolute path, a link).
+
+    Raises:
+        ConfigError: Naming the file and the rule.
+    """
+    base = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(base, os.fspath(name)))
+    if os.path.commonpath([base, path]) != base or path == base:
+        raise ConfigError(f"the device server reads and writes files only inside its session folder; {name!r} is "
+                          "not a file name in it (no '..', no absolute path)")
+    return path
+
+
+def confine_session_files(server_mod: Any) -> None:
+    """Make every RPC session of ``tvm.rpc.server`` (this process's, and those forked from it) keep its
+    file functions inside its work folder: ``tvm.rpc.server.workpath`` (which the C++ ``upload``,
+    ``download`` and ``remove`` call for every path) and the Python ``load_module`` and
+    ``download_linked_module`` are registered again, after TVM's, refusing any other path."""
+    original = server_mod._server_env
+    if getattr(original, "confined", False):
+        return
+    tvm_ffi = lazy_import("tvm_ffi", "apache-tvm")
+
+    def server_env(load_library: Any, work_path: Any = None) -> Any:
+        temp = original(load_library, work_path)
+        folder = temp.temp_dir
+        tvm_ffi.register_global_func("tvm.rpc.server.workpath", lambda name: in_work_folder(folder, name),
+                                     override=True)
+        for fname in _FILE_FUNCTIONS:
+            inner = tvm_ffi.get_global_func(fname)
+            tvm_ffi.register_global_func(
+                fname, lambda name, inner=inner: inner(os.path.relpath(in_work_folder(folder, name), folder)),
+                override=True)
+        return temp
+
+    server_env.confined = True  # type: ignore[attr-defined]
+    server_mod._server_env = server_env
+
+
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses."""
     if host == "localhost":
@@ -262,6 +309,7 @@ def serve(host: str = "127.0.0.1", port: int = 9090, port_end: int = 9199, *, tr
     ort = lazy_import("onnxruntime")
     server_mod = lazy_import("tvm.rpc.server", "apache-tvm[rpc]")
     register_functions(config)
+    confine_session_files(server_mod)
     if not is_loopback(host):
         import getpass
 
