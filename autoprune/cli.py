@@ -1,7 +1,11 @@
 """The ``autoprune`` command line: a name → command-class table (see :mod:`autoprune.commands`).
 
-Every :class:`~autoprune.errors.AutopruneError` and every bad argument becomes
-one line on stderr and exit code 2; no traceback.
+Every :class:`~autoprune.errors.AutopruneError`, every bad argument, and every path that cannot be
+written (permissions, a read-only file system or database, a full disk) becomes one line on stderr
+and exit code 2; no traceback. SIGTERM stops a command as Ctrl-C (SIGINT) does: the command's own
+clean-up runs (a search records its running trial for a retry, nothing half-written is left) and
+one line says so, with exit code 130 for either signal (the clean stop's code, which the
+dashboard reads).
 """
 
 from __future__ import annotations
@@ -9,7 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from autoprune import __version__
 from autoprune.errors import AutopruneError
@@ -76,17 +82,74 @@ def main(argv: list[str] | None = None) -> int:
         # An environment variable, so child processes (Ray workers, dashboard requests) see the same targets.
         os.environ["AUTOPRUNE_HW_PROFILES"] = os.pathsep.join(
             [folder, *filter(None, os.environ.get("AUTOPRUNE_HW_PROFILES", "").split(os.pathsep))])
+    previous = _stop_on_sigterm()
     try:
         return int(args._command.run(args) or 0)
     except AutopruneError as exc:
         print(f"autoprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"autoprune {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        name = _signal_of(exc)
+        print(f"autoprune {args.command}: interrupted ({name}), stopped cleanly", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `autoprune targets | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:
+        line = _write_failure(exc, args)
+        if line is None:
+            raise
+        print(f"autoprune {args.command}: error: {line}", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so that it unwinds as Ctrl-C does."""
+
+
+def _raise_terminated(signum: int, _frame) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM raise :class:`Terminated` in the main thread; return the handler it replaces
+    (``None`` off the main thread, where no handler can be set). A command that handles SIGTERM
+    itself (the search loop, the device server) sets its own while it runs."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _signal_of(exc: BaseException) -> str:
+    """``SIGTERM`` or ``SIGINT``: which signal ``exc`` (a ``KeyboardInterrupt``) comes from. The search
+    loop turns its own signal into a plain ``KeyboardInterrupt`` raised while handling one named by it."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        name = str(seen.args[0]) if seen.args else ""
+        if name in ("SIGTERM", "SIGINT"):
+            return name
+        seen = seen.__context__
+    return "SIGINT"
+
+
+#: How each command can write somewhere else, for the one line of a path it cannot write.
+_ELSEWHERE = {"export": "pass --out DIR", "search": "set AUTOPRUNE_RESULTS=DIR", "pareto": "set AUTOPRUNE_RESULTS=DIR",
+              "train": "set AUTOPRUNE_RESULTS=DIR", "profile": "set AUTOPRUNE_RESULTS=DIR"}
+
+
+def _write_failure(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """The one line of a permission, read-only or disk-full error (see :func:`autoprune.io.write_failure`)."""
+    from autoprune.io import write_failure
+    from autoprune.search.storage import default_storage_url, sqlite_path
+
+    database = sqlite_path(getattr(args, "storage", None) or default_storage_url())
+    return write_failure(exc, database=database, elsewhere=_ELSEWHERE.get(args.command, ""),
+                         database_elsewhere="pass --storage URL" if hasattr(args, "storage") else "")
 
 
 if __name__ == "__main__":  # pragma: no cover

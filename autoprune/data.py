@@ -1,7 +1,8 @@
 """Data sets: built-in ``digits``, a user's ``.npz``, an image folder, or ``module:function``.
 
 Every source becomes a :class:`DataSplits` of train / validation / test tensors,
-split with a fixed seed and no overlap. Nothing is downloaded.
+split with a fixed seed and no overlap. Nothing is downloaded. Inputs must be finite and labels
+integer class indices (:func:`check_values`), checked as the data is loaded.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from autoprune.errors import ConfigError
+from autoprune.io import content_digest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train, validation, test
@@ -26,7 +28,10 @@ class DataSplits:
 
     Attributes:
         name: The data set's reference, as given by the user.
-        key: A short, stable identifier used to key cached checkpoints.
+        key: A short identifier of the data's *contents*, which keys cached checkpoints: ``digits<size>-s<seed>``
+            for the built-in digits; for a ``.npz`` or an image folder a digest of its files' bytes
+            (:func:`autoprune.io.content_digest`), so a file replaced at the same path is new data and
+            the same file moved is not; for ``module:function`` the reference and its source file.
         train, val, test: ``TensorDataset``s of ``(x, y)``, or user ``DataLoader``s.
         num_classes: Number of classes.
         input_shape: ``(C, H, W)`` of one sample.
@@ -93,9 +98,46 @@ def split_indices(labels: np.ndarray, seed: int = 0, fractions=SPLIT_FRACTIONS) 
     return tuple(np.sort(np.asarray(p, dtype=np.int64)) for p in parts)
 
 
+def check_values(name: str, x, y, offset: int = 0) -> None:
+    """Refuse non-finite inputs and labels that are not class indices, naming how many and the first.
+
+    Args:
+        name: What the data is called in the message (a file, a loader).
+        x: Inputs, ``(N, ...)`` (a NumPy array or a tensor).
+        y: Labels, ``(N,)``.
+        offset: Index of ``x[0]`` in the whole data set (for a batch of a loader).
+
+    Raises:
+        ConfigError: A NaN or infinite input (training would diverge, and the blame would fall on
+            ``--lr``), or a label that is not an integer >= 0 (a float label would be truncated).
+    """
+    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if y.ndim != 1:
+        raise ConfigError(f"data {name}: labels must be one class index per sample, shape (N,), got shape "
+                          f"{tuple(y.shape)} (one-hot labels: take y.argmax(1))")
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == bool):
+        raise ConfigError(f"data {name}: labels must be integer class indices, got dtype {y.dtype}")
+    if (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.complexfloating)) and x.size:
+        finite = np.isfinite(x)
+        bad = ~finite.reshape(len(x), -1).all(axis=1)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            count = int(x.size - finite.sum())
+            raise ConfigError(f"data {name}: {count} NaN or infinite input value(s) in {int(bad.sum())} sample(s), "
+                              f"the first in sample {offset + first}; remove those samples or replace the values")
+    labels = y.astype(np.float64, copy=False)
+    bad = ~np.isfinite(labels) | (labels < 0) | (np.floor(labels) != labels) if labels.size else np.zeros(0, bool)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ConfigError(f"data {name}: {int(bad.sum())} label(s) are not class indices (integers >= 0), the first "
+                          f"y[{offset + first}] = {y[first].item()!r}; give integer labels 0..K-1")
+
+
 def _to_splits(name: str, key: str, x: np.ndarray, y: np.ndarray, seed: int) -> DataSplits:
+    check_values(repr(name), x, y)
     x_t = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
-    y_t = torch.as_tensor(y, dtype=torch.long)
+    y_t = torch.as_tensor(np.asarray(y).astype(np.int64), dtype=torch.long)
     labels = y_t.numpy()
     classes = np.unique(labels)
     if classes.min() < 0 or len(classes) < 2:
@@ -150,10 +192,13 @@ def load_npz(path: Path, seed: int = 0) -> DataSplits:
         raise ConfigError(f"data file {path} cannot be read as .npz: {exc}") from None
     if len(x) != len(y):
         raise ConfigError(f"data file {path}: x has {len(x)} samples but y has {len(y)}")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise ConfigError(f"data file {path}: x must hold real numbers, got dtype {x.dtype}")
     x = _as_nchw(np.asarray(x, dtype=np.float32), str(path))
+    check_values(f"file {path}", x, y)  # before scaling (an infinity would spread); sample order is the file's
     if x.max() > 1.5:
         x = x / 255.0
-    return _to_splits(str(path), f"npz-{_digest(path)}-s{seed}", _standardise(x), np.asarray(y), seed)
+    return _to_splits(str(path), f"npz-{content_digest(path)[:10]}-s{seed}", _standardise(x), np.asarray(y), seed)
 
 
 def load_image_folder(root: Path, size: int = 32, seed: int = 0) -> DataSplits:
@@ -164,10 +209,12 @@ def load_image_folder(root: Path, size: int = 32, seed: int = 0) -> DataSplits:
     if len(classes) < 2:
         raise ConfigError(f"image folder {root} needs one sub-folder per class (found {len(classes)})")
     xs, ys = [], []
+    contents = hashlib.sha256()  # the key: what each class folder holds, not where the folder is
     for label, cls in enumerate(classes):
         for f in sorted((root / cls).iterdir()):
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
+            contents.update(f"{label}/{f.name}:{content_digest(f)}\n".encode())
             try:
                 with Image.open(f) as im:
                     arr = np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32) / 255.0
@@ -178,11 +225,8 @@ def load_image_folder(root: Path, size: int = 32, seed: int = 0) -> DataSplits:
     if not xs:
         raise ConfigError(f"image folder {root} has no images ({', '.join(IMAGE_SUFFIXES)})")
     x = _standardise(np.stack(xs))
-    return _to_splits(str(root), f"folder-{_digest(root)}-{size}-s{seed}", x, np.asarray(ys), seed)
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:10]
+    contents.update(f"classes:{classes}".encode())
+    return _to_splits(str(root), f"folder-{contents.hexdigest()[:10]}-{size}-s{seed}", x, np.asarray(ys), seed)
 
 
 def _from_function(spec: str, seed: int) -> DataSplits:
@@ -199,10 +243,45 @@ def _from_function(spec: str, seed: int) -> DataSplits:
         out = (out.get("train"), out.get("val"), out.get("test"))
     if not (isinstance(out, (tuple, list)) and len(out) == 3 and all(isinstance(d, DataLoader) for d in out)):
         raise ConfigError(f"data function {spec!r} must return (train, val, test) DataLoaders or a DataSplits")
-    x, _ = next(iter(out[0]))
-    ys = torch.cat([b[1] for b in out[0]])
-    return DataSplits(spec, f"fn-{hashlib.sha256(spec.encode()).hexdigest()[:10]}-s{seed}", *out,
+    x, ys = _scan_loaders(spec, out)
+    return DataSplits(spec, f"fn-{_function_digest(spec, func)}-s{seed}", *out,
                       num_classes=int(ys.max()) + 1, input_shape=tuple(x.shape[1:]))
+
+
+def _scan_loaders(spec: str, loaders) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check every batch of the three loaders (:func:`check_values`); return the first inputs and the train labels."""
+    first, train_labels = None, []
+    for split, loader in zip(("train", "val", "test"), loaders):
+        seen = 0
+        for batch in loader:
+            if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+                raise ConfigError(f"data function {spec!r}: each {split} batch must be (inputs, labels)")
+            x, y = batch[0], batch[1]
+            if isinstance(y, torch.Tensor) and (y.is_floating_point() or y.is_complex()):
+                raise ConfigError(f"data function {spec!r}: {split} labels are {y.dtype}; give integer class "
+                                  "indices (e.g. y.long())")
+            check_values(f"function {spec!r} ({split} split, in the order it yields)", x, y, offset=seen)
+            seen += len(y)
+            first = x if first is None else first
+            if split == "train":
+                train_labels.append(torch.as_tensor(y))
+    if first is None or not train_labels:
+        raise ConfigError(f"data function {spec!r}: the train loader is empty")
+    return first, torch.cat(train_labels)
+
+
+def _function_digest(spec: str, func) -> str:
+    """``spec`` and its source file's contents: editing the data function retrains its checkpoints."""
+    import inspect
+
+    h = hashlib.sha256(spec.encode())
+    try:
+        source = inspect.getsourcefile(func)
+    except TypeError:
+        source = None
+    if source and Path(source).is_file():
+        h.update(content_digest(source).encode())
+    return h.hexdigest()[:10]
 
 
 BUILTIN_DATA = ("digits",)

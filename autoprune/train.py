@@ -1,7 +1,8 @@
 """Dense baseline training, cached under ``results/checkpoints/``.
 
 A checkpoint is keyed by model, data set and seed, so ``search`` reuses the one
-``train`` made (or trains it first when it is missing). Training runs on the
+``train`` made (or trains it first when it is missing); the data set by its contents
+(:attr:`~autoprune.data.DataSplits.key`), so data replaced at the same path is trained on anew. Training runs on the
 :class:`~autoprune.compute.Compute` it is given; the checkpoint holds CPU tensors and
 loads anywhere.
 """
@@ -20,7 +21,7 @@ from torch import nn
 from autoprune.compute import Compute
 from autoprune.data import DataSplits
 from autoprune.errors import AutopruneError
-from autoprune.io import atomic_write_bytes, results_dir, safe_name, write_json
+from autoprune.io import atomic_write_bytes, ensure_writable, results_dir, safe_name, write_json
 from autoprune.models import build_model, load_checkpoint
 
 
@@ -177,6 +178,7 @@ def ensure_dense(model_ref: str, data: DataSplits, seed: int = 0, *, checkpoint:
         known = {k: meta[k] for k in DenseCheckpoint.__dataclass_fields__ if k in meta}
         return model.eval(), DenseCheckpoint(**{**known, "train_seconds": 0.0})
     config = config or TrainConfig(seed=seed)
+    ensure_writable(path.parent)  # a folder the checkpoint cannot go to is refused now, not after training
     t0 = time.perf_counter()
     compute.place(model)
     try:
@@ -229,4 +231,56 @@ def check_model_fits(model: nn.Module, data: DataSplits) -> None:
         raise ConfigError(
             f"model outputs shape {tuple(out.shape)} but the data has {data.num_classes} classes; "
             "build the model with num_classes"
+        )
+    check_input_size(model, data.input_shape)
+
+
+#: The input side at which :func:`check_input_size` measures a model's downsampling.
+PROBE_SIZE_PX = 128
+
+
+def check_input_size(model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    """Refuse an input smaller than the model's downsampling, which would train at chance.
+
+    A convolution padded on every side runs on any input, down to 1x1 px; below its downsampling
+    factor ``D`` (the product of its strides), the last layers see less than one pixel of the
+    input, so training "works" and reaches chance accuracy. ``D`` is measured, not read from the
+    layers: the model runs once on a :data:`PROBE_SIZE_PX` input, and ``D`` is that side over the
+    smallest feature map any layer outputs (adaptive pools left out: they make a fixed size of any
+    input). A model that runs at no other size than its own, or has no 4-D feature map, is not checked.
+
+    Raises:
+        ConfigError: Naming the input side, the model's downsampling and the ``--input-size`` to use.
+    """
+    from autoprune.errors import ConfigError
+
+    if len(input_shape) != 3 or min(input_shape[1:]) >= PROBE_SIZE_PX:
+        return
+    sides: list[tuple[int, int]] = []
+
+    def record(module: nn.Module, _inputs, output) -> None:
+        if isinstance(output, torch.Tensor) and output.ndim == 4:
+            sides.append((int(output.shape[2]), int(output.shape[3])))
+
+    fixed = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+    hooks = [m.register_forward_hook(record) for m in model.modules()
+             if not list(m.children()) and not isinstance(m, fixed)]
+    probe = torch.zeros(1, input_shape[0], PROBE_SIZE_PX, PROBE_SIZE_PX)
+    try:
+        with torch.no_grad():
+            model.eval()(probe)
+    except Exception:  # noqa: BLE001 - a model made for one input size only
+        return
+    finally:
+        for h in hooks:
+            h.remove()
+    if not sides:
+        return
+    factor = max(1, PROBE_SIZE_PX // max(1, min(min(hw) for hw in sides)))
+    h, w = input_shape[1:]
+    if min(h, w) < factor:
+        raise ConfigError(
+            f"input {h}x{w} px is too small for the model: it downsamples {factor}x (a {PROBE_SIZE_PX} px input "
+            f"ends as {PROBE_SIZE_PX // factor} px before its classifier), so its last layers would see less "
+            f"than one pixel and training would reach chance accuracy; use --input-size {factor} or more"
         )

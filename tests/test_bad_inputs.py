@@ -43,8 +43,16 @@ def cases(tmp_path, results_root):
     incomplete = dict(profile)
     incomplete.pop(next(iter(k for k in profile if k not in ("name", "schema_version"))))
     incomplete_path = raw_file(tmp_path, "incomplete.yaml", yaml.safe_dump(incomplete))
+    import numpy as np
+
     from autoprune.costmodel.calibration import calibration_path
 
+    x = np.random.default_rng(0).random((30, 8, 8, 3)).astype(np.float32)
+    y = np.repeat(np.arange(3), 10)
+    x_nan = x.copy()
+    x_nan[7, 1, 1, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x_nan, y=y)
+    np.savez(tmp_path / "soft.npz", x=x, y=y + 0.7)
     corrupt = calibration_path("local", TINY_REF, 32, results_root)  # where search looks for it
     corrupt.parent.mkdir(parents=True, exist_ok=True)
     corrupt.write_text('{"version": 1, "trunc')
@@ -76,6 +84,14 @@ def cases(tmp_path, results_root):
         "missing study": (["search", "--study", "ghost"], "no study named 'ghost'"),
         "malformed model reference": (["search", "--model", "a:b:c", "--trials", "1"], "malformed model reference"),
         "unknown dataset": (["search", *FAST, "--data", "imagenet"], "unknown dataset 'imagenet'"),
+        "study name escapes results": (["search", *FAST, "--study", "../outside"], "cannot be a folder under results/"),
+        "study name with a folder": (["search", *FAST, "--study", "a/b"], "use only letters, digits"),
+        "NaN in the data": (["search", *FAST, "--data", str(tmp_path / "nan.npz")],
+                            "1 NaN or infinite input value(s) in 1 sample(s), the first in sample 7"),
+        "float labels": (["search", *FAST, "--data", str(tmp_path / "soft.npz")],
+                         "30 label(s) are not class indices (integers >= 0), the first y[0] = 0.7"),
+        "input smaller than the downsampling": (["train", "--model", "resnet20", "--input-size", "1", "--no-progress"],
+                                                "--input-size 4 or more"),
     }
 
 
@@ -83,7 +99,8 @@ CASE_NAMES = ["ratio -0.1", "ratio 1.0", "ratio NaN", "ratio true", "unknown tar
               "unknown criterion", "truncated profile", "incomplete profile", "corrupt calibration",
               "space unknown key", "space empty range", "input shape mismatch", "missing checkpoint",
               "checkpoint not a state dict", "trials 0", "trials negative", "missing study",
-              "malformed model reference", "unknown dataset"]
+              "malformed model reference", "unknown dataset", "study name escapes results", "study name with a folder",
+              "NaN in the data", "float labels", "input smaller than the downsampling"]
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)

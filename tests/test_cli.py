@@ -1,6 +1,7 @@
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,56 @@ def test_user_errors_are_one_clear_line(args, needle, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert not (tmp_path / "x.db").exists() or "no study" in lines[0]
+
+
+def _handles_sigterm(pid: int) -> bool:
+    """True once the process has a SIGTERM handler of its own (``SigCgt`` in ``/proc/PID/status``)."""
+    import signal
+
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("SigCgt:")), 16)
+    return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to know when the handler is set")
+def test_sigterm_during_dense_training_is_a_clean_stop(tmp_path):
+    """SIGTERM mid-training (``kill``, a scheduler's stop) unwinds as Ctrl-C: one line, exit 130, and no
+    checkpoint, whole or half-written, is left (the next run trains from the start)."""
+    import os
+    import signal
+
+    from tests.conftest import TINY_REF, cli_env
+
+    results = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "autoprune", "train", "--model", TINY_REF, "--epochs", "500",
+                             "--no-progress", "--device", "cpu"], env=cli_env(results), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _handles_sigterm(proc.pid) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert _handles_sigterm(proc.pid), "the CLI never set its SIGTERM handler"
+        time.sleep(3.0)  # into the training loop (500 epochs take minutes)
+        assert proc.poll() is None
+        os.kill(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err and lines == [
+        "autoprune train: interrupted (SIGTERM), stopped cleanly"], err[-2000:]
+    assert "checkpoint:" not in out
+    assert not list((results / "checkpoints").glob("*")) if (results / "checkpoints").exists() else True
+
+
+def test_the_sigterm_handler_is_put_back(monkeypatch):
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["targets"]) == 0
+    assert signal.getsignal(signal.SIGTERM) == before

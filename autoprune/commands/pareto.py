@@ -35,8 +35,10 @@ class ParetoCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from optuna.trial import TrialState
 
+        from autoprune.io import check_study_name
         from autoprune.search.report import provenance_line, table, write_front
 
+        check_study_name(args.study)  # it names results/<study>/, where the front goes
         study, config, _ = load_existing(args)
         out = write_front(study, config)
         failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))

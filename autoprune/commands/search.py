@@ -66,6 +66,7 @@ class SearchCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from autoprune.errors import ConfigError
+        from autoprune.io import check_study_name, ensure_writable, results_dir
         from autoprune.search.config import SearchConfig, default_study_name
         from autoprune.search.report import provenance_line, table
         from autoprune.search.storage import default_storage_url, redact_url
@@ -84,8 +85,9 @@ class SearchCommand(Command):
         config = SearchConfig(**{k: v for k, v in given.items() if v is not None},
                               **({"trials": args.trials} if args.trials else {}))
         resume_only = args.study is not None and all(v is None for v in given.values())
-        study_name = args.study or default_study_name(config)
+        study_name = check_study_name(args.study or default_study_name(config))  # results/<study>: no escape
         storage = args.storage or default_storage_url()
+        ensure_writable(results_dir())  # the front goes to results/<study>: refuse before any work
         from autoprune.dashboard.note import update_study_note
         from autoprune.search.runner import run_search
 

@@ -58,7 +58,7 @@ from autoprune.deploy.report import (
 from autoprune.deploy.speed import Measured, measure_local
 from autoprune.deploy.tvm import TVM_SKIPPED, TvmModule, build_tvm_module, device_commands
 from autoprune.errors import ConfigError
-from autoprune.io import atomic_write_bytes, file_sha256, results_dir, write_json
+from autoprune.io import atomic_write_bytes, file_sha256, study_dir, write_json
 from autoprune.records import TrialRecord
 from autoprune.search.config import SearchConfig
 from autoprune.search.context import StudyContext
@@ -210,7 +210,7 @@ def _prepare(study: optuna.Study, context: StudyContext, row: TrialRecord, epoch
     # measure=False: the candidate is timed later, against the dense model in one interleaved run
     pipeline, dense_rec = build_pipeline(context, space, progress, measure=False)
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == row.number)
-    folder = Path(out_dir or results_dir() / study.study_name / f"export-{row.number}")
+    folder = Path(out_dir or study_dir(study.study_name) / f"export-{row.number}")
     folder.mkdir(parents=True, exist_ok=True)
     for name in _ARTIFACTS:
         (folder / name).unlink(missing_ok=True)

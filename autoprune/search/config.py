@@ -148,7 +148,7 @@ def default_study_name(config: SearchConfig) -> str:
     """``<model>-<data>-<target>-<space>`` with file-safe characters."""
     from autoprune.io import safe_name
 
-    return safe_name(f"{config.model}-{config.data}-{config.target}-{config.space}", 120)
+    return safe_name(f"{config.model}-{config.data}-{config.target}-{config.space}", 120).lstrip(".") or "study"
 
 
 def make_sampler(config: SearchConfig, n_trials: int, salt: int = 0):

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from autoprune.io import atomic_write_bytes, atomic_write_text, results_dir, write_json
+from autoprune.io import atomic_write_bytes, atomic_write_text, study_dir, write_json
 from autoprune.records import TrialRecord
 from autoprune.search.config import OBJECTIVES, SearchConfig, objective_values
 from autoprune.search.pareto import hypervolume, pareto_mask, reference_point
@@ -120,8 +120,12 @@ def provenance_line(rows: list[TrialRecord]) -> str:
 
 
 def write_front(study, config: SearchConfig, out_dir: Path | None = None) -> dict[str, Any]:
-    """Write ``pareto.csv``, ``pareto.json``, ``pareto.png`` and ``pareto.html`` and return a summary."""
-    out_dir = Path(out_dir or results_dir() / study.study_name)
+    """Write ``pareto.csv``, ``pareto.json``, ``pareto.png`` and ``pareto.html`` and return a summary.
+
+    Raises:
+        ConfigError: If the study's name cannot be a folder under ``results/`` (and no ``out_dir`` is given).
+    """
+    out_dir = Path(out_dir or study_dir(study.study_name))
     rows, front, dense = front_rows(study, config)
     base = dense.latency_ms if dense else None
     records = [asdict(FrontPoint.of(r, base)) for r in front]

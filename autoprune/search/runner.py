@@ -83,9 +83,11 @@ def run_search(config: SearchConfig | None, *, study_name: str, storage: str | S
     """
     from autoprune.compute import Compute
     from autoprune.errors import ConfigError
+    from autoprune.io import check_study_name
     from autoprune.search.backends import get_backend
     from autoprune.search.report import write_front
 
+    check_study_name(study_name)  # it names results/<study>/: one line before anything is stored
     device = device or "auto"
     compute = Compute.resolve(device, amp=amp)  # a device this machine lacks is one line, before anything is stored
     if backend != "ray" and (gpus_per_trial is not None or cpus_per_trial is not None):

@@ -91,13 +91,13 @@ def make_storage(url: str):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    db = sqlite_path(url)
     try:
         if url.startswith("journal:") or url.endswith(".log"):
             path = url.split(":///", 1)[1] if url.startswith("journal:") else url
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(path))
         engine_kwargs: dict = {}
-        db = sqlite_path(url)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
             engine_kwargs = {"connect_args": {"timeout": 60}}
@@ -111,6 +111,11 @@ def make_storage(url: str):
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
         )
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy and drivers raise many types
+        from autoprune.io import write_failure
+
+        denied = write_failure(exc, database=db, database_elsewhere="pass another --storage URL")
+        if denied:
+            raise StorageError(denied) from None
         first = redact_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
         raise StorageError(
             f"cannot open study storage {redact_url(url)}: {first}; check that the database is reachable "

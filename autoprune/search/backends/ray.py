@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoprune.errors import AutopruneError
-from autoprune.io import results_dir
+from autoprune.io import results_dir, study_dir
 from autoprune.registry import lazy_import
 from autoprune.search.backends import Backend
 from autoprune.search.backends.resources import (
@@ -247,7 +247,7 @@ def _run_round(study: Study, config: SearchConfig, storage: StudyStorage, groups
     searcher = make_searcher(study, config, storage, groups)
     spec = worker_spec(study, config, resources)
     trainable = with_trial_resources(tune.with_parameters(_trainable, spec=spec), resources)
-    run_dir = results_dir().resolve() / study.study_name / "ray"  # beside the study's front files
+    run_dir = study_dir(study.study_name).resolve() / "ray"  # beside the study's front files
     run_dir.mkdir(parents=True, exist_ok=True)
     tuner = tune.Tuner(
         trainable,
