@@ -38,6 +38,9 @@ class ExportCommand(Command):
                                  "the exported model is the first seed's (default: 1)")
         parser.add_argument("--out", default=None,
                             help="export folder (default: results/<study>/export-<trial>)")
+        parser.add_argument("--force", action="store_true",
+                            help="export into an --out folder that holds other files (those of the export's names "
+                            "are replaced)")
         parser.add_argument("--no-tvm", action="store_true", help="skip building the TVM module")
         add_compute_args(parser)
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -67,7 +70,8 @@ class ExportCommand(Command):
         say(f"fine-tuning and evaluating on {compute.describe()}")
         url = args.storage or default_storage_url()
         out = export_point(study, context, row, epochs=args.epochs, out_dir=args.out, storage_url=url,
-                           progress=not args.no_progress, tvm=not args.no_tvm, repeats=args.repeats, say=say)
+                           progress=not args.no_progress, tvm=not args.no_tvm, repeats=args.repeats, force=args.force,
+                           say=say)
         update_study_note(study, url)  # the dashboard's view now lists the export
         for line in summary_lines(out.report, out.folder):
             print(line)

@@ -57,8 +57,8 @@ from autoprune.deploy.report import (
 )
 from autoprune.deploy.speed import Measured, measure_local
 from autoprune.deploy.tvm import TVM_SKIPPED, TvmModule, build_tvm_module, device_commands
-from autoprune.errors import ConfigError
-from autoprune.io import atomic_write_bytes, file_sha256, study_dir, write_json
+from autoprune.errors import AutopruneError, ConfigError
+from autoprune.io import atomic_write_bytes, file_sha256, read_json, study_dir, write_json
 from autoprune.records import TrialRecord
 from autoprune.search.config import SearchConfig
 from autoprune.search.context import StudyContext
@@ -73,6 +73,8 @@ if TYPE_CHECKING:
 #: Files an export writes that a re-export to the same folder must not leave stale.
 _ARTIFACTS = ("model_tvm.so", "model_tvm.tar", "dense.onnx", "reference.npz", "latency_per_layer.png",
               "report.json")
+#: Every file an export writes: only these are checksummed and listed in its report.
+EXPORT_FILES = ("model.onnx", *_ARTIFACTS)
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ def pick_trial(study: optuna.Study, config: SearchConfig, *, trial: int | None =
 
 def export_point(study: optuna.Study, config: SearchConfig | StudyContext, row: TrialRecord, *,
                  epochs: int | None = None, out_dir: Path | None = None, storage_url: str | None = None,
-                 progress: bool = True, tvm: bool = True, repeats: int = 1,
+                 progress: bool = True, tvm: bool = True, repeats: int = 1, force: bool = False,
                  say: Callable[[str], None] | None = None) -> ExportResult:
     """Rebuild, fine-tune longer, evaluate on the test split and export one trial's plan.
 
@@ -138,6 +140,8 @@ def export_point(study: optuna.Study, config: SearchConfig | StudyContext, row: 
         tvm: Build the TVM module.
         repeats: Fine-tune the plan with this many seeds (``seed``, ``seed + 1``, ...) and report the
             test accuracy as mean ± sd; the exported model is the first seed's.
+        force: Export into ``out_dir`` even when it holds files that are not an earlier export of this
+            trial (the export's own files are replaced; the others are left alone and not listed).
         say: Progress messages (one line each).
 
     Returns:
@@ -150,7 +154,7 @@ def export_point(study: optuna.Study, config: SearchConfig | StudyContext, row: 
         raise ConfigError(f"--repeats must be at least 1, got {repeats}")
     t0 = time.perf_counter()
     context = config if isinstance(config, StudyContext) else StudyContext.resolve(config)
-    run = _prepare(study, context, row, epochs, out_dir, progress, say or (lambda _msg: None))
+    run = _prepare(study, context, row, epochs, out_dir, progress, say or (lambda _msg: None), force)
     result, repeated = _fine_tune(run, repeats)
     files = _onnx_files(run)
     tvm_rec = _tvm_module(run, files) if tvm else TvmModule(built=False, reason=TVM_SKIPPED)
@@ -199,13 +203,42 @@ class _OnnxFiles:
     test_samples: int
 
 
+def check_export_folder(folder: Path, study_name: str, trial: int) -> None:
+    """Refuse a folder the user named (``--out``) that holds files but is not an earlier export of the same
+    trial: an export there would overwrite a user's ``model.onnx``, ``report.json`` or ``reference.npz``.
+
+    Raises:
+        ConfigError: Naming the folder, what is in it, and the two ways on (another folder, ``--force``).
+    """
+    if not folder.is_dir():
+        return
+    present = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    if not present:
+        return
+    try:
+        earlier = read_json(folder / "report.json", what="export report")
+    except AutopruneError:
+        earlier = None
+    if isinstance(earlier, dict) and (earlier.get("study"), earlier.get("trial")) == (study_name, trial):
+        return
+    shown = ", ".join(present[:3]) + (f" and {len(present) - 3} more" if len(present) > 3 else "")
+    raise ConfigError(f"--out {folder} is not empty ({shown}) and is not an earlier export of trial {trial} of "
+                      f"{study_name!r}; export to an empty or new folder, or pass --force to write the export's "
+                      "files there (files of the same names are replaced)")
+
+
 def _prepare(study: optuna.Study, context: StudyContext, row: TrialRecord, epochs: int | None,
-             out_dir: Path | None, progress: bool, say: Callable[[str], None]) -> _ExportRun:
-    """Rebuild the study's pipeline for the trial and empty its export folder of an earlier export's files."""
+             out_dir: Path | None, progress: bool, say: Callable[[str], None], force: bool = False) -> _ExportRun:
+    """Rebuild the study's pipeline for the trial and empty its export folder of an earlier export's files.
+
+    A folder the user named is checked first (:func:`check_export_folder`) unless ``force``.
+    """
     from autoprune.pruning import PruningPlan
     from autoprune.search.objective import build_pipeline
     from autoprune.search.study import study_space
 
+    if out_dir is not None and not force:
+        check_export_folder(Path(out_dir), study.study_name, row.number)
     space = study_space(study, context.config)
     # measure=False: the candidate is timed later, against the dense model in one interleaved run
     pipeline, dense_rec = build_pipeline(context, space, progress, measure=False)
@@ -297,7 +330,7 @@ def _report(run: _ExportRun, result: CandidateResult, repeated: Repeats, files: 
             measured: Measured | None, tvm: TvmModule, seconds: float) -> ExportReport:
     """The report of the export, with the checksums of the files written so far."""
     config, ev, folder = run.context.config, result.evaluation, run.folder
-    written = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    written = sorted(folder / name for name in EXPORT_FILES if (folder / name).is_file())
     checksums = {p.name: file_sha256(p) for p in written if p.is_file() and p.name != "report.json"}
     return ExportReport(
         format=REPORT_FORMAT, version=REPORT_VERSION, study=run.study.study_name, trial=run.row.number,

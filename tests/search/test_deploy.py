@@ -240,3 +240,22 @@ def test_a_too_noisy_measurement_is_one_line_and_verify_skips_it(local_study, tm
     assert (out / "model.onnx").is_file()
     assert main(["verify", str(out), "--quiet"]) == 0
     assert "not measured at export" in capsys.readouterr().out
+
+
+def test_export_out_refuses_a_folder_of_other_files_unless_forced(jetson_study, tmp_path, capsys):
+    """``--out DIR`` holding a user's files is refused (nothing overwritten); ``--force`` writes the export there,
+    and the report checksums and lists only the export's own files. A re-export of the same trial needs no flag."""
+    out = tmp_path / "users"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"the user's own model")
+    (out / "notes.txt").write_text("mine")
+    assert _export(jetson_study, "deploy-jetson", out, "--no-tvm") == 2
+    err = capsys.readouterr().err
+    assert "is not empty" in err and "--force" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (out / "model.onnx").read_bytes() == b"the user's own model" and not (out / "report.json").exists()
+    assert _export(jetson_study, "deploy-jetson", out, "--no-tvm", "--force") == 0
+    r = _report(out)
+    assert "notes.txt" not in r["checksums"] and "notes.txt" not in r["files"]
+    assert (out / "notes.txt").read_text() == "mine"
+    assert r["checksums"]["model.onnx"] == file_sha256(out / "model.onnx")
+    assert _export(jetson_study, "deploy-jetson", out, "--no-tvm") == 0  # an earlier export of this trial: no flag
