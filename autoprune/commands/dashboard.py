@@ -26,13 +26,17 @@ class DashboardCommand(Command):
         parser.add_argument("--host", default="127.0.0.1",
                             help="bind address (default: 127.0.0.1; another address needs --allow-remote)")
         parser.add_argument("--allow-remote", action="store_true",
-                            help="allow a non-loopback --host (no authentication: anyone who reaches the port "
-                            "can start and stop searches)")
+                            help="allow a non-loopback --host and any Host header (writes still need the token "
+                            "link printed at start, sent in clear text over http)")
+        parser.add_argument("--allow-edits", action="store_true",
+                            help="let the dashboard's UI delete, rename and create studies and finish (tell) or "
+                            "edit the trials of autoprune studies (refused by default)")
         parser.add_argument("--port", type=positive_int, default=8080, help="port (default: 8080)")
         parser.add_argument("--no-control", action="store_true",
                             help="plain optuna-dashboard: no control studies, no requests")
 
     def run(self, args: argparse.Namespace) -> int:
+        from autoprune.dashboard.guard import new_token
         from autoprune.dashboard.server import check_host, serve
         from autoprune.search.storage import default_storage_url, get_storage, make_storage, redact_url
 
@@ -47,12 +51,17 @@ class DashboardCommand(Command):
             path = f"/dashboard/studies/{study._study_id}"
         if warning:
             print(warning)
+        if args.allow_edits:
+            print("note: --allow-edits: the dashboard's UI may delete, rename and create studies and finish or "
+                  "edit the trials of autoprune studies")
         shown = f"[{args.host}]" if ":" in args.host else args.host
+        token = new_token()
 
         def ready(controller) -> None:
             what = "with the control forms" if controller is not None else "watch-only (--no-control)"
-            print(f"optuna-dashboard for {redact_url(url)} at http://{shown}:{args.port}{path} {what} "
-                  "(Ctrl-C stops)", flush=True)
+            print(f"optuna-dashboard for {redact_url(url)} at http://{shown}:{args.port}{path}?token={token} {what} "
+                  "(Ctrl-C stops; open this link: the dashboard's forms need the token it sets)", flush=True)
 
         return serve(storage, url, host=args.host, port=args.port, artifact_store=get_storage(url).artifacts,
-                     control=not args.no_control, ready=ready)
+                     control=not args.no_control, ready=ready, token=token, allow_remote=args.allow_remote,
+                     allow_edits=args.allow_edits)

@@ -18,6 +18,7 @@ from autoprune.dashboard.jobs import (
     completed_trials,
     export_dir,
     inferred_exit_status,
+    job_trial_ok,
     log_tail,
     request_log,
     spawn_child,
@@ -33,6 +34,7 @@ from autoprune.dashboard.panel import (
     trial_attr,
     waiting_note,
 )
+from autoprune.dashboard.recovery import DeletionRecovery
 from autoprune.dashboard.request import (
     CONTROL_LINK_ATTR,
     CONTROL_OF_ATTR,
@@ -49,7 +51,7 @@ from autoprune.dashboard.request import (
 from autoprune.errors import AutopruneError
 
 
-class Controller:
+class Controller(DeletionRecovery):
     """Carries out the requests submitted on control studies; one per dashboard process.
 
     Args:
@@ -99,7 +101,7 @@ class Controller:
                     continue  # a study of that name that is not ours: leave the study undriven
                 try:
                     self._sync_one(s, ctrl)
-                except AutopruneError as exc:
+                except (AutopruneError, KeyError) as exc:  # KeyError: deleted while this ran
                     self.say(f"study {s.study_name!r}: {exc}")
 
     def _sync_one(self, frozen, ctrl) -> None:
@@ -108,6 +110,8 @@ class Controller:
 
         name = frozen.study_name
         if ctrl is None:
+            # (re-)created: forget the trial ids of a deleted control study (SQLite gives them out again)
+            self._trial_to_study = {k: v for k, v in self._trial_to_study.items() if v != name}
             try:
                 study = optuna.create_study(study_name=control_name(name), storage=self.storage,
                                             direction="minimize")
@@ -121,13 +125,15 @@ class Controller:
         else:
             cid = ctrl._study_id
         self._controls[name] = cid
+        job = self.jobs.get(name)
+        if job is not None and not job_trial_ok(self.storage, job):
+            self._rehome(name, cid, job)
         trials = self.storage.get_all_trials(cid, deepcopy=False)
         for t in trials:
             self._trial_to_study[t._trial_id] = name
         from optuna.trial import TrialState
 
         running = [t for t in trials if t.state == TrialState.RUNNING]
-        job = self.jobs.get(name)
         for t in running:
             status = t.user_attrs.get(STATUS)
             if status == "running" and (job is None or job.trial_id != t._trial_id):
@@ -163,13 +169,6 @@ class Controller:
         return tid, number
 
     # -- requests ----------------------------------------------------------------------------------
-    def control_study_of_trial(self, trial_id: int) -> str | None:
-        """The autoprune study whose control study holds ``trial_id`` (``None``: not a control trial)."""
-        with self._lock:
-            if trial_id not in self._trial_to_study:
-                self.sync()
-            return self._trial_to_study.get(trial_id)
-
     def submit(self, trial_id: int, attrs: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """Handle a form posted to a control trial: ``(HTTP status, body)``.
 
@@ -177,23 +176,30 @@ class Controller:
         the answer as JSON (its own route answers 204 with no body, which its UI reports as a failure).
         A refusal is ``(400, {"reason": ...})`` and changes nothing.
         """
+        with self._lock:
+            try:
+                return self._submit(trial_id, attrs)
+            except KeyError:  # the control study was deleted under the request
+                return 409, {"reason": "the control study changed while this request was handled (was it "
+                             "deleted?); reload the page and use the waiting trial's form"}
+
+    def _submit(self, trial_id: int, attrs: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         from optuna.trial import TrialState
 
-        with self._lock:
-            name = self._trial_to_study.get(trial_id)
-            if name is None:
-                return 404, {"reason": f"trial_id={trial_id} is not a control trial"}
-            t = self.storage.get_trial(trial_id)
-            if t.state != TrialState.RUNNING:
-                return 400, {"reason": f"control trial {t.number} is {t.state.name}; use the waiting trial's form "
-                             f"({study_link(self._controls[name])})"}
-            try:
-                req = parse_request(attrs)
-                self._execute(name, self._controls[name], t, req)
-            except RequestError as exc:
-                self.say(f"refused on {name!r}: {exc}")
-                return 400, {"reason": str(exc)}
-            return 200, {"accepted": req.describe(), "control_trial": t.number}
+        name = self._control_of(trial_id)
+        if name is None:
+            return 404, {"reason": f"trial_id={trial_id} is not a control trial"}
+        t = self.storage.get_trial(trial_id)
+        if t.state != TrialState.RUNNING:
+            return 400, {"reason": f"control trial {t.number} is {t.state.name}; use the waiting trial's form "
+                         f"({study_link(self._controls[name])})"}
+        try:
+            req = parse_request(attrs)
+            self._execute(name, self._controls[name], t, req)
+        except RequestError as exc:
+            self.say(f"refused on {name!r}: {exc}")
+            return 400, {"reason": str(exc)}
+        return 200, {"accepted": req.describe(), "control_trial": t.number}
 
     def _submitted_elsewhere(self, name: str, cid: int, t) -> None:
         """A form that reached the storage without passing through this process."""
@@ -253,9 +259,11 @@ class Controller:
         for k, v in attrs.items():
             self.storage.set_trial_user_attr(t._trial_id, k, v)
         proc, started = spawn_child(argv, log, self.cwd, redact_text(shown, self.url))
-        for k, v in (("pid", proc.pid), ("pid_started", started), ("started_unix", time.time())):
+        more = {"pid": proc.pid, "pid_started": started, "started_unix": time.time()}
+        for k, v in more.items():
             self.storage.set_trial_user_attr(t._trial_id, k, v)
-        self.jobs[name] = Job(name, cid, t._trial_id, t.number, req, log, time.time(), complete0, proc)
+        self.jobs[name] = Job(name, cid, t._trial_id, t.number, req, log, time.time(), complete0, proc,
+                              attrs={**attrs, **more})
         self.say(f"{name!r}: control trial {t.number}: {req.describe()} started (pid {proc.pid}; log {log})")
         set_trial_note(self.storage, cid, t._trial_id,
                        f"## {req.describe()}\n\nRunning: `{attrs['command']}` (pid {proc.pid}).\n\nLog: `{log}`\n")
@@ -283,27 +291,28 @@ class Controller:
             if job.stop_requested is None:
                 job.stop_requested = time.monotonic()
                 job.signal(signal.SIGINT)
-                self.storage.set_trial_user_attr(job.trial_id, "stop", f"{why}: SIGINT sent")
+                try:
+                    if job_trial_ok(self.storage, job):  # else deleted: the next poll re-creates it
+                        self.storage.set_trial_user_attr(job.trial_id, "stop", f"{why}: SIGINT sent")
+                except KeyError:
+                    pass
                 self.say(f"{name!r}: {why}; SIGINT sent to pid {job.pid}")
             return True
 
-    def poll(self) -> None:
-        """Update the progress of running children; record the outcome of ended ones."""
-        with self._lock:
-            for name, job in list(self.jobs.items()):
-                rc = job.poll()
-                if rc is not None:
-                    self._finish(job, rc=rc)
-                    continue
-                job.escalate_stop()
-                try:
-                    done = completed_trials(self.storage, name)
-                except Exception:  # noqa: BLE001 - a busy database: try again next time
-                    continue
-                if done != job.last_complete:
-                    job.last_complete = done
-                    self.storage.set_trial_user_attr(job.trial_id, "progress", job.progress(done))
-                    self._refresh_notes(name)
+    def _poll_one(self, name: str, job: Job) -> None:
+        rc = job.poll()
+        if rc is not None:
+            self._finish(job, rc=rc)
+            return
+        job.escalate_stop()
+        try:
+            done = completed_trials(self.storage, name)
+        except Exception:  # noqa: BLE001 - a busy database: try again next time
+            return
+        if done != job.last_complete:
+            job.last_complete = done
+            self.storage.set_trial_user_attr(job.trial_id, "progress", job.progress(done))
+            self._refresh_notes(name)
 
     def _finish(self, job: Job, rc: int | None = None, ended_unseen: bool = False) -> None:
         """Record a child's outcome on its trial, attach an export's files, close the trial."""
@@ -371,15 +380,18 @@ class Controller:
         self.sync()
 
         def loop() -> None:
-            i = 0
+            i, last, said = 0, "", 0.0
             while not self._stop.wait(poll_s):
                 i += 1
                 try:
                     self.poll()
                     if i % sync_every == 0:
                         self.sync()
-                except Exception as exc:  # noqa: BLE001 - keep serving; say what went wrong
-                    self.say(f"controller: {type(exc).__name__}: {str(exc)[:300]}")
+                except Exception as exc:  # noqa: BLE001 - keep serving; say what went wrong (once a minute)
+                    line = f"controller: {type(exc).__name__}: {str(exc)[:300]}"
+                    if line != last or time.monotonic() - said > 60:
+                        self.say(line)
+                        last, said = line, time.monotonic()
 
         self._thread = threading.Thread(target=loop, name="autoprune-controller", daemon=True)
         self._thread.start()

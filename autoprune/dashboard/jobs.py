@@ -19,7 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from autoprune.dashboard.request import FORM_KEYS, Request, RequestError, parse_request
+from autoprune.dashboard.request import FORM_KEYS, STATUS, Request, RequestError, parse_request
 from autoprune.errors import StorageError
 
 #: After SIGINT, how long a child gets before SIGTERM (and as long again before SIGKILL).
@@ -76,6 +76,8 @@ class Job:
     stop_signals: list[str] = field(default_factory=list)
     last_progress: str = ""
     last_complete: int = -1
+    #: The attributes its control trial got at the start (copied to a re-created trial, see :func:`rehome`).
+    attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -120,12 +122,12 @@ class Job:
 def export_dir(storage, cwd: str, name: str, number: int) -> Path:
     """The folder an export of trial ``number`` of study ``name`` goes to (recorded on the study, else the
     default under the results folder of ``cwd``)."""
-    from autoprune.io import results_dir
+    from autoprune.io import study_dir
 
     rec = storage.get_study_user_attrs(storage.get_study_id_from_name(name)).get(f"autoprune.export.{number}")
     if isinstance(rec, dict) and rec.get("dir"):
         return Path(rec["dir"])
-    return Path(cwd) / results_dir() / name / f"export-{number}"
+    return Path(cwd) / study_dir(name) / f"export-{number}"
 
 
 def child_argv(storage, url: str, cwd: str, name: str, req: Request) -> tuple[list[str], dict[str, Any]]:
@@ -197,9 +199,9 @@ def check_not_held(storage, url: str, name: str) -> None:
 
 def request_log(cwd: str, name: str, number: int, action: str) -> Path:
     """The log file of control trial ``number``'s request (its folder is created)."""
-    from autoprune.io import results_dir
+    from autoprune.io import study_dir
 
-    log_dir = (Path(cwd) / results_dir() / name / "dashboard").resolve()
+    log_dir = (Path(cwd) / study_dir(name) / "dashboard").resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
     return log_dir / f"request-{number}-{action}.log"
 
@@ -248,5 +250,39 @@ def adopted_job(name: str, cid: int, t) -> tuple[Job, bool]:
     proc = find_child(pid, started)
     job = Job(name, cid, t._trial_id, t.number, req, Path(str(t.user_attrs.get("log", ""))),
               float(t.user_attrs.get("started_unix", time.time())), int(t.user_attrs.get("complete_before", 0)),
-              proc if proc is not None else SimpleNamespace(pid=pid or -1), adopted=True)
+              proc if proc is not None else SimpleNamespace(pid=pid or -1), adopted=True,
+              attrs=dict(t.user_attrs))
     return job, proc is not None
+
+
+def is_trial_of(storage, study_id: int, trial_id: int) -> bool:
+    """Whether trial ``trial_id`` belongs to study ``study_id`` (SQLite reuses the ids of deleted rows, so an id
+    alone may name a trial of another study after a deletion)."""
+    try:
+        number = storage.get_trial(trial_id).number
+        return storage.get_trial_id_from_study_id_trial_number(study_id, number) == trial_id
+    except KeyError:
+        return False
+
+
+def job_trial_ok(storage, job: Job) -> bool:
+    """Whether the job's control trial is still there: in its control study, carrying the running request."""
+    try:
+        t = storage.get_trial(job.trial_id)
+    except KeyError:
+        return False
+    return (t.user_attrs.get(STATUS) == "running" and t.number == job.number
+            and is_trial_of(storage, job.control_id, job.trial_id))
+
+
+def rehome(storage, job: Job, cid: int) -> None:
+    """Give a running job a new control trial in control study ``cid`` (its old one was deleted with its
+    control study): a RUNNING trial with the request's attributes, so it can be watched and stopped again."""
+    tid = storage.create_new_trial(cid)
+    attrs = {**job.attrs, STATUS: "running",
+             "recreated": "the control study was deleted while this request ran; this trial was re-created for it"}
+    if job.stop_requested is not None:
+        attrs["stop"] = "stop requested: SIGINT sent"
+    for k, v in attrs.items():
+        storage.set_trial_user_attr(tid, k, v)
+    job.trial_id, job.control_id, job.number = tid, cid, storage.get_trial(tid).number

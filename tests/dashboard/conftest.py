@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +19,9 @@ import pytest
 from tests.conftest import TINY_REF, cli_env, free_port
 
 FAST = ["--model", TINY_REF, "--target", "jetson-nano", "--finetune-epochs", "0", "--no-progress"]
+#: The write token each running test dashboard printed, by its base URL (``post_form`` sends it).
+TOKENS: dict[str, str] = {}
+TOKEN_HEADER = "X-Autoprune-Token"
 
 
 def get_json(url: str, timeout_s: float = 10):
@@ -25,16 +30,40 @@ def get_json(url: str, timeout_s: float = 10):
 
 
 def post_form(base: str, trial_id: int, fields: dict, headers: dict | None = None) -> tuple[int, dict]:
-    """POST the control form exactly as optuna-dashboard's UI does: ``{"user_attrs": {...}}`` as JSON."""
+    """POST the control form exactly as optuna-dashboard's UI does: ``{"user_attrs": {...}}`` as JSON, with the
+    token the dashboard at ``base`` printed (the UI sends it as the cookie its printed link set)."""
+    auth = {TOKEN_HEADER: TOKENS[base]} if base in TOKENS else {}
     req = urllib.request.Request(f"{base}/api/trials/{trial_id}/user-attrs", method="POST",
                                  data=json.dumps({"user_attrs": fields}).encode(),
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+                                 headers={"Content-Type": "application/json", **auth, **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             body = r.read()
             return r.status, json.loads(body) if body else {}
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
+
+
+def request(port: int, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None,
+            timeout_s: float = 10) -> tuple[int, dict, dict]:
+    """One raw HTTP request to ``127.0.0.1:port`` with exactly these headers (``Host`` included, if given):
+    ``(status, JSON body or {}, response headers)``."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    try:
+        hdrs = dict(headers or {})
+        if data is not None and "Content-Type" not in hdrs:
+            hdrs["Content-Type"] = "application/json"
+        conn.request(method, path, body=data, headers=hdrs)
+        r = conn.getresponse()
+        raw = r.read()
+        try:
+            parsed = json.loads(raw) if raw else {}
+        except ValueError:
+            parsed = {"raw": raw[:200].decode(errors="replace")}
+        return r.status, parsed if isinstance(parsed, dict) else {"value": parsed}, dict(r.getheaders())
+    finally:
+        conn.close()
 
 
 def make_study(folder: Path, name: str, trials: int = 4) -> str:
@@ -49,13 +78,16 @@ def make_study(folder: Path, name: str, trials: int = 4) -> str:
 class Dashboard:
     """An ``autoprune dashboard`` child process on a free loopback port."""
 
-    def __init__(self, url: str, results_root: Path, log_path: Path) -> None:
+    def __init__(self, url: str, results_root: Path, log_path: Path, args: tuple[str, ...] = ()) -> None:
         self.url = url
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, "-m", "autoprune", "dashboard", "--storage", url, "--port", str(self.port)]
+        self.token = ""
+        self.host = f"127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "autoprune", "dashboard", "--storage", url, "--port", str(self.port), *args]
+        ready = "watch-only" if "--no-control" in args else "with the control forms"
         self.proc = subprocess.Popen(cmd, env=cli_env(results_root), stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.time() + 60
@@ -64,13 +96,27 @@ class Dashboard:
                 raise RuntimeError(f"dashboard exited with {self.proc.returncode}: {self.text()[-3000:]}")
             try:
                 get_json(f"{self.base}/api/meta", timeout_s=2)
-                if "with the control forms" in self.text():
+                if ready in self.text():
                     break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             if time.time() > deadline:
                 raise RuntimeError(f"dashboard did not answer within 60 s: {self.text()[-3000:]}")
             time.sleep(0.3)
+        # the link it printed carries this run's write token (like Jupyter's ...?token=...)
+        link = re.search(rf"at (http://127\.0\.0\.1:{self.port}/\S*)\?token=([A-Za-z0-9_-]+)", self.text())
+        if link:
+            self.token = link.group(2)
+            TOKENS[self.base] = self.token
+
+    def auth(self, **extra: str) -> dict[str, str]:
+        """The headers of a good write: this dashboard's Host, Origin and token (plus ``extra``)."""
+        return {"Host": self.host, "Origin": f"http://{self.host}", TOKEN_HEADER: self.token, **extra}
+
+    def write(self, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None,
+              timeout_s: float = 10) -> tuple[int, dict, dict]:
+        """A raw write to this dashboard (see :func:`request`)."""
+        return request(self.port, method, path, body, headers, timeout_s)
 
     def text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -94,6 +140,7 @@ class Dashboard:
         return wait_for(find, timeout_s, f"a waiting form trial of {name}.control after #{newer_than}", 0.25)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
+        TOKENS.pop(self.base, None)
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
             try:

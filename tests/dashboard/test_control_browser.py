@@ -57,7 +57,8 @@ def test_browser_submits_a_resume_and_sees_the_new_trials(browser_paths, driven,
     wait = WebDriverWait(browser, 60)
     try:
         # the study page: its Pareto-front plot; the study note links to the control form
-        browser.get(f"{dash.base}/dashboard/studies/{sid}")
+        # through the link the dashboard printed: its token becomes the cookie the forms' writes carry
+        browser.get(f"{dash.base}/dashboard/studies/{sid}?token={dash.token}")
         wait.until(ec.presence_of_element_located((By.XPATH, "//*[normalize-space()='Pareto Front']")))
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .scatterlayer .point"))
         browser.save_screenshot(str(tmp_path / "1-study-front.png"))
