@@ -328,6 +328,8 @@ class Controller(DeletionRecovery):
                 export_dir(self.storage, self.cwd, job.study_name, job.request.trial)
         ok, attrs, note = outcome(self.storage, self.store, job, tail, rc, done,
                                   trial_attr(self.storage, job.trial_id, "command"), out, ended_unseen)
+        # The note is written before the trial closes: whoever sees the request finished reads its outcome.
+        set_trial_note(self.storage, job.control_id, job.trial_id, "\n".join(note) + "\n")
         try:
             for k, v in attrs.items():
                 self.storage.set_trial_user_attr(job.trial_id, k, v)
@@ -336,7 +338,7 @@ class Controller(DeletionRecovery):
             close_trial(self.storage, job.trial_id, state, {}, value=float(rc))
         except Exception as exc:  # noqa: BLE001 - e.g. the trial was marked finished in the dashboard
             note.append(f"\n(could not update the trial: {type(exc).__name__})")
-        set_trial_note(self.storage, job.control_id, job.trial_id, "\n".join(note) + "\n")
+            set_trial_note(self.storage, job.control_id, job.trial_id, "\n".join(note) + "\n")
         self.jobs.pop(job.study_name, None)
         self.say(f"{job.study_name!r}: control trial {job.number}: {job.request.describe()} ended with exit "
                  f"status {rc}")

@@ -17,8 +17,10 @@ from autoprune.errors import ConfigError, ProfilingError
 from autoprune.profiling import RUNTIMES, Measurement, get_runtime
 
 BAD = [math.nan, math.inf, -math.inf]
-#: A short protocol: the tests check behaviour, not speed (a loose noise bound for a shared host).
-QUICK = {"warmup": 1, "min_time_s": 0.005, "min_repeats": 3, "max_cv": 10.0, "retries": 0}
+#: A short protocol: the tests check the record's behaviour, not speed or the host's noise, so no noise bound
+#: (``+inf``; the bound itself is tested on its own). A bound of 10 (1000 %) still flipped: on a loaded host a
+#: preempted batch of the TVM module had a robust CV of 1109 %.
+QUICK = {"warmup": 1, "min_time_s": 0.005, "min_repeats": 3, "max_cv": math.inf, "retries": 0}
 NAMES = [pytest.param(n, marks=pytest.mark.tvm) if n == "tvm" else n for n in RUNTIMES.names()]
 
 
