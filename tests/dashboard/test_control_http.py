@@ -139,7 +139,8 @@ def test_killed_dashboard_child_is_adopted_and_stops_cleanly(tiny_dense, results
                                                       "trial": ""})[0] == 200
         job = wait_for(lambda: _finished(dash, "adopt", w["number"]), 90, "the adopted child to stop")
         a = attrs(job)
-        assert job["state"] == "Complete" and a["exit_status"] == "130", a
+        assert job["state"] == "Complete" and a["exit_status"] == "130", (  # what to read first when it is not
+            job["state"], {k: a.get(k) for k in ("exit_status", "stop", "status", "recreated", "log_tail")})
         assert "adopted" in a["exit_status_source"] and "interrupted" in a["log_tail"]
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
         stopper = _control_trial(dash, "adopt", w2["number"])
