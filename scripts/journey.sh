@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The user's journey, end to end, on a model autoprune has never seen (journey_usermodel.py beside this file):
+# The user's journey, end to end, on a model autoprune has never seen (tests/fixtures/usermodel.py, also the tests' foreign model):
 # profile it on `local`, search it on `local` and `jetson-nano`, print the front, export a point with the
 # default flags, verify it, resume, and read it all back through the dashboard's HTTP API. It prints the local
 # export's prediction error (predicted vs measured latency) before the tally.
@@ -14,7 +14,7 @@ set -u
 here=$(cd "$(dirname "$0")" && pwd); root=$(cd "$here/.." && pwd)
 AP=${AP:-$( [ -x "$root/.venv/bin/autoprune" ] && echo "$root/.venv/bin/autoprune" || command -v autoprune )}
 [ -n "$AP" ] || { echo "no autoprune: run 'make setup' in the project first"; exit 2; }
-J=$(mktemp -d /tmp/journey.XXXXXX); cp "${JOURNEY_MODEL:-$here/journey_usermodel.py}" "$J/usermodel.py"; cd "$J" || exit 2
+J=$(mktemp -d /tmp/journey.XXXXXX); cp "${JOURNEY_MODEL:-$here/../tests/fixtures/usermodel.py}" "$J/usermodel.py"; cd "$J" || exit 2
 M=usermodel.py:build; ok=0; n=0
 
 step() {  # step NAME CHECK-REGEX-OR-EMPTY -- command...
