@@ -16,7 +16,6 @@ from autoprune.search.config import SearchConfig
 
 if TYPE_CHECKING:
     from autoprune.compute import Compute
-    from autoprune.costmodel.targets import TargetSpec
     from autoprune.hardware import HardwareProfile
     from autoprune.search.storage import StudyStorage
 
@@ -94,13 +93,6 @@ class StudyContext:
         return cls(config=config, profile=profile, base_profile=load_profile(base) if base else None,
                    model=ModelRef.resolve(config.model, config.data, config.input_size),
                    compute=compute or Compute.resolve(config.device, amp=config.amp), storage=storage)
-
-    @property
-    def target(self) -> TargetSpec:
-        """The cost model's facts of the target, read from :attr:`profile`."""
-        from autoprune.costmodel.targets import spec_from_profile
-
-        return spec_from_profile(self.profile)
 
     def resolves(self, config: SearchConfig) -> bool:
         """Whether this context's resolved facts hold for ``config`` (same target, model, data and size)."""
