@@ -1,14 +1,16 @@
-"""Data sets: built-in ``digits``, a user's ``.npz``, an image folder, or ``module:function``.
+"""Data sets: built-in ``digits``, ``fashion-mnist`` (the OS package), a folder of IDX files, a user's ``.npz``,
+an image folder, or ``module:function``.
 
 Every source becomes a :class:`DataSplits` of train / validation / test tensors,
-split with a fixed seed and no overlap. Nothing is downloaded. Inputs must be finite and labels
-integer class indices (:func:`check_values`), checked as the data is loaded.
+split with a fixed seed and no overlap (an IDX set keeps its own test files), optionally cut to a
+stratified, seeded subset (``max_train_samples``, ``max_eval_samples``). Nothing is downloaded. Inputs
+must be finite and labels integer class indices (:func:`check_values`), checked as the data is loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from autoprune.errors import ConfigError
+from autoprune.idx import fashion_mnist_folder, has_idx_files, read_idx_set
 from autoprune.io import content_digest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -31,7 +34,9 @@ class DataSplits:
         key: A short identifier of the data's *contents*, which keys cached checkpoints: ``digits<size>-s<seed>``
             for the built-in digits; for a ``.npz`` or an image folder a digest of its files' bytes
             (:func:`autoprune.io.content_digest`), so a file replaced at the same path is new data and
-            the same file moved is not; for ``module:function`` the reference and its source file.
+            the same file moved is not; for an IDX set (``fashion-mnist`` included) a digest of its
+            decompressed files, with the size; for ``module:function`` the reference and its source file.
+            A subset adds ``-t<max_train_samples>`` and/or ``-e<max_eval_samples>``.
         train, val, test: ``TensorDataset``s of ``(x, y)``, or user ``DataLoader``s.
         num_classes: Number of classes.
         input_shape: ``(C, H, W)`` of one sample.
@@ -96,6 +101,43 @@ def split_indices(labels: np.ndarray, seed: int = 0, fractions=SPLIT_FRACTIONS) 
         parts[1] += idx[n_train : n_train + n_val].tolist()
         parts[2] += idx[n_train + n_val :].tolist()
     return tuple(np.sort(np.asarray(p, dtype=np.int64)) for p in parts)
+
+
+def stratified_subset(labels: np.ndarray, n: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a stratified, seeded subset of ``n`` of ``labels`` (all when ``n`` is ``None`` or not
+    smaller): each class keeps its share, drawn with ``seed``. ConfigError: ``n`` is below the class count."""
+    labels = np.asarray(labels)
+    if n is None or n >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    if n < len(classes):
+        raise ConfigError(f"a subset of {n} sample(s) cannot hold one of each of the {len(classes)} classes; "
+                          f"give at least {len(classes)}")
+    quota = counts * n / len(labels)
+    take = np.floor(quota).astype(np.int64)
+    take[np.argsort(-(quota - take), kind="stable")[: n - int(take.sum())]] += 1  # largest remainders round up
+    rng = np.random.default_rng([seed, 1])  # another stream than the split's
+    parts = [rng.permutation(np.flatnonzero(labels == cls))[:k] for cls, k in zip(classes, take)]
+    return np.sort(np.concatenate(parts))
+
+
+def _subset(data: DataSplits, max_train: int | None, max_eval: int | None, seed: int) -> DataSplits:
+    """``data`` with its train split cut to ``max_train`` and validation and test to ``max_eval`` (stratified)."""
+    if max_train is None and max_eval is None:
+        return data
+    cut = {}
+    for split, n in (("train", max_train), ("val", max_eval), ("test", max_eval)):
+        if not isinstance(ds := getattr(data, split), TensorDataset):
+            raise ConfigError(f"data {data.name!r}: a module:function's loaders are used as given; cut them there, "
+                              "not with --max-train-samples/--max-eval-samples")
+        idx = torch.as_tensor(stratified_subset(ds.tensors[1].numpy(), n, seed))
+        cut[split] = ds if len(idx) == len(ds) else TensorDataset(*(t[idx] for t in ds.tensors))
+    return replace(data, key=data.key + subset_suffix(max_train, max_eval), **cut)
+
+
+def subset_suffix(max_train: int | None, max_eval: int | None) -> str:
+    """What a subset adds to :attr:`DataSplits.key` (nothing without one: older keys stay valid)."""
+    return (f"-t{max_train}" if max_train is not None else "") + (f"-e{max_eval}" if max_eval is not None else "")
 
 
 def check_values(name: str, x, y, offset: int = 0) -> None:
@@ -169,6 +211,36 @@ def load_digits(size: int = 32, seed: int = 0) -> DataSplits:
     x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     x = _standardise(x.repeat(1, 3, 1, 1).numpy())
     return _to_splits("digits", f"digits{size}-s{seed}", x, bunch.target, seed)
+
+
+def load_idx_folder(root: Path, size: int = 32, seed: int = 0, *, max_train_samples: int | None = None,
+                    max_eval_samples: int | None = None, name: str | None = None) -> DataSplits:
+    """A folder of IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST: :func:`autoprune.idx.idx_files`). Test is
+    its test files; validation a stratified, seeded quarter (SPLIT_FRACTIONS' 0.2 of 0.8) of its train files,
+    whatever the subsets, which are drawn first: only kept images are resized (bilinear, like digits), made
+    3-channel and standardised (with the train split's mean and deviation)."""
+    s = read_idx_set(root)
+    share = SPLIT_FRACTIONS[1] / (SPLIT_FRACTIONS[0] + SPLIT_FRACTIONS[1])
+    tr, va, rest = split_indices(s.train_y, seed, (1 - share, share, 0.0))
+    tr = np.sort(np.concatenate([tr, rest]))  # a sample the rounding left over trains
+    tr = tr[stratified_subset(s.train_y[tr], max_train_samples, seed)]
+    va = va[stratified_subset(s.train_y[va], max_eval_samples, seed)]
+    te = stratified_subset(s.test_y, max_eval_samples, seed)
+    parts = [(s.train_x[tr], s.train_y[tr]), (s.train_x[va], s.train_y[va]), (s.test_x[te], s.test_y[te])]
+    for x, y in parts:
+        check_values(f"IDX folder {root}", x, y)
+    scale = 255.0 if s.train_x.dtype == np.uint8 else 1.0
+    xs = [torch.nn.functional.interpolate(torch.as_tensor(_as_nchw(x.astype(np.float32), str(root))) / scale,
+                                          size=(size, size), mode="bilinear", align_corners=False) for x, _ in parts]
+    mean, std = xs[0].mean(dim=(0, 2, 3), keepdim=True), xs[0].std(dim=(0, 2, 3), keepdim=True) + 1e-6
+    sets = []
+    for x, (_, y) in zip(xs, parts):
+        x = (x - mean) / std
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # 3 channels like digits, stored once
+        sets.append(TensorDataset(x, torch.as_tensor(y.astype(np.int64))))
+    key = f"idx-{s.digest[:10]}-{size}-s{seed}" + subset_suffix(max_train_samples, max_eval_samples)
+    return DataSplits(name or str(root), key, *sets, num_classes=int(max(s.train_y.max(), s.test_y.max())) + 1,
+                      input_shape=tuple(sets[0].tensors[0].shape[1:]))  # type: ignore[arg-type]
 
 
 def _as_nchw(x: np.ndarray, name: str) -> np.ndarray:
@@ -284,36 +356,44 @@ def _function_digest(spec: str, func) -> str:
     return h.hexdigest()[:10]
 
 
-BUILTIN_DATA = ("digits",)
+BUILTIN_DATA = ("digits", "fashion-mnist")
 
 
-def load_data(spec: str = "digits", *, size: int = 32, seed: int = 0) -> DataSplits:
+def load_data(spec: str = "digits", *, size: int = 32, seed: int = 0, max_train_samples: int | None = None,
+              max_eval_samples: int | None = None) -> DataSplits:
     """Load a data set by reference.
 
     Args:
-        spec: ``digits``, a ``.npz`` path, an image-folder path, or ``module:function``
-            returning ``(train, val, test)`` loaders.
-        size: Square image side for ``digits`` and image folders.
-        seed: Split seed.
+        spec: ``digits``, ``fashion-mnist``, a folder of IDX files (``*-idx?-ubyte[.gz]``), a ``.npz`` path,
+            an image-folder path, or ``module:function`` returning ``(train, val, test)`` loaders.
+        size: Square image side for ``digits``, IDX sets and image folders.
+        seed: Split seed (and the subsets').
+        max_train_samples: Keep a stratified, seeded subset of this many training samples (``None``: all).
+        max_eval_samples: The same for the validation and the test split, each.
 
     Raises:
-        ConfigError: For an unknown name, a missing path or unreadable data.
+        ConfigError: For an unknown name, a missing path, unreadable data, or ``fashion-mnist`` not installed.
     """
-    if spec == "digits":
-        return load_digits(size, seed)
+    cuts = {"max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples}
+    if spec == "fashion-mnist":
+        return load_idx_folder(fashion_mnist_folder(), size, seed, **cuts, name="fashion-mnist")
     path = Path(spec)
-    if path.suffix == ".npz":
+    if path.is_dir() and has_idx_files(path):
+        return load_idx_folder(path, size, seed, **cuts)
+    if spec == "digits":
+        data = load_digits(size, seed)
+    elif path.suffix == ".npz":
         if not path.is_file():
             raise ConfigError(f"data file not found: {path}")
-        return load_npz(path, seed)
-    if path.is_dir():
-        return load_image_folder(path, size, seed)
-    if ":" in spec:
-        return _from_function(spec, seed)
-    raise ConfigError(
-        f"unknown dataset {spec!r}; valid: {', '.join(BUILTIN_DATA)}, a .npz file, an image folder, "
-        "or module:function"
-    )
+        data = load_npz(path, seed)
+    elif path.is_dir():
+        data = load_image_folder(path, size, seed)
+    elif ":" in spec:
+        data = _from_function(spec, seed)
+    else:
+        raise ConfigError(f"unknown dataset {spec!r}; valid: {', '.join(BUILTIN_DATA)}, a folder of IDX files, "
+                          "a .npz file, an image folder, or module:function")
+    return _subset(data, max_train_samples, max_eval_samples, seed)
 
 
 def natural_input_size(model_ref: str, data_ref: str = "digits") -> int:
@@ -325,11 +405,13 @@ def natural_input_size(model_ref: str, data_ref: str = "digits") -> int:
 
 
 def load_data_for(model_ref: str, data_ref: str = "digits", *, input_size: int | None = None,
-                  seed: int = 0) -> DataSplits:
+                  seed: int = 0, max_train_samples: int | None = None,
+                  max_eval_samples: int | None = None) -> DataSplits:
     """The data of a model at its input size (``input_size``, else :func:`natural_input_size`).
 
     ``train``, ``profile`` and ``search`` all load data through this, so they key the same
     checkpoint and the same calibration.
     """
     size = input_size if input_size is not None else natural_input_size(model_ref, data_ref)
-    return load_data(data_ref, size=size, seed=seed)
+    return load_data(data_ref, size=size, seed=seed, max_train_samples=max_train_samples,
+                     max_eval_samples=max_eval_samples)

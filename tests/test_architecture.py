@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("autoprune.errors", "autoprune.registry", "autoprune.io", "autoprune.structures", "autoprune.compute",
      "autoprune.records"),
     ("autoprune.hardware", "autoprune.models"),
-    ("autoprune.data", "autoprune.profiling", "autoprune.pruning"),
+    ("autoprune.data", "autoprune.idx", "autoprune.profiling", "autoprune.pruning"),
     ("autoprune.costmodel", "autoprune.train", "autoprune.device"),
     ("autoprune.pipeline",),
     ("autoprune.search",),

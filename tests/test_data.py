@@ -203,3 +203,10 @@ def test_train_retrains_on_data_replaced_at_the_same_path(tmp_path, monkeypatch,
     _npz(tmp_path / "d.npz", x[::-1].copy(), y)  # other data, same path
     assert main(args) == 0
     assert "trained in" in capsys.readouterr().out
+
+
+def test_digits_subset_and_its_key():
+    d = load_data("digits", max_train_samples=100, max_eval_samples=50)
+    assert d.sizes() == {"train": 100, "val": 50, "test": 50} and d.key == "digits32-s0-t100-e50"
+    assert set(d.train.tensors[1].tolist()) == set(range(10))
+    assert load_data("digits").key == "digits32-s0"  # no subset: the key of before
