@@ -1,16 +1,20 @@
 """Dense baseline training, cached under ``results/checkpoints/``.
 
-A checkpoint is keyed by model, data set and seed, so ``search`` reuses the one
-``train`` made (or trains it first when it is missing); the data set by its contents
-(:attr:`~autoprune.data.DataSplits.key`), so data replaced at the same path is trained on anew. Training runs on the
+A checkpoint is keyed by model, data set, seed and recipe, so ``search`` reuses the one
+``train`` made (or trains it first when it is missing); the data set by its contents and subset
+(:attr:`~autoprune.data.DataSplits.key`), so data replaced at the same path is trained on anew; the recipe
+by what differs from :class:`TrainConfig`'s defaults, so ``train --epochs 3`` never loads a 15-epoch model.
+A caller that names no recipe (``search``) takes the cached one (:func:`checkpoint_path`). Training runs on the
 :class:`~autoprune.compute.Compute` it is given; the checkpoint holds CPU tensors and
 loads anywhere.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +24,7 @@ from torch import nn
 
 from autoprune.compute import Compute
 from autoprune.data import DataSplits
-from autoprune.errors import AutopruneError
+from autoprune.errors import AutopruneError, ConfigError
 from autoprune.io import atomic_write_bytes, ensure_writable, results_dir, safe_name, write_json
 from autoprune.models import build_model, load_checkpoint
 
@@ -60,15 +64,49 @@ class DenseCheckpoint:
     trained_on: str = ""
 
 
-def checkpoint_path(model: str, data: DataSplits, seed: int) -> Path:
-    """Where the dense checkpoint of ``model`` on ``data`` with ``seed`` lives.
+#: TrainConfig field -> its tag in a checkpoint's name, where it differs from the default (the seed is named apart).
+RECIPE_TAGS = {"epochs": "ep", "lr": "lr", "momentum": "m", "weight_decay": "wd", "batch_size": "bs"}
+
+
+def recipe_tag(config: TrainConfig | None) -> str:
+    """``-ep3-lr0.01``: the fields of ``config`` that differ from :class:`TrainConfig`'s defaults
+    (empty for the default recipe, so its checkpoints keep their names)."""
+    if config is None:
+        return ""
+    default = TrainConfig()
+    return "".join(f"-{tag}{getattr(config, f):g}" for f, tag in RECIPE_TAGS.items()
+                   if getattr(config, f) != getattr(default, f))
+
+
+def checkpoint_path(model: str, data: DataSplits, seed: int, config: TrainConfig | None = None) -> Path:
+    """Where the dense checkpoint of ``model`` on ``data`` with ``seed`` and recipe ``config`` lives.
+
+    With no ``config``, the one cached of any recipe: the default recipe's, else the only other one (so
+    ``search`` after ``train --epochs 3`` uses it), else where the default recipe's would go.
 
     The key names no device: the recipe (data order, seed, schedule) is the same on every
     device, and a GPU run differs from a CPU run only by floating-point rounding (and mixed
     precision, within it), not in what was trained. So a CPU re-run finds the checkpoint a
     GPU trained, and the reverse; the ``.json`` beside it records which compute trained it.
+
+    Raises:
+        ConfigError: No ``config``, no default recipe's checkpoint and several others (naming them).
     """
-    return results_dir() / "checkpoints" / f"{safe_name(model)}-{data.key}-train{seed}.pt"
+    folder, stem = results_dir() / "checkpoints", f"{safe_name(model)}-{data.key}-train{seed}"
+    path = folder / f"{stem}{recipe_tag(config)}.pt"
+    if config is not None or _cached(path) or not folder.is_dir():
+        return path
+    tags = re.compile(rf"(-({'|'.join(RECIPE_TAGS.values())})[-+.0-9e]+)+\.pt")
+    others = sorted(p for p in folder.glob(f"{glob.escape(stem)}-*.pt")
+                    if tags.fullmatch(p.name[len(stem):]) and _cached(p))
+    if len(others) > 1:
+        raise ConfigError(f"{len(others)} dense checkpoints of {model} on {data.key} (seed {seed}) were trained with "
+                          f"other recipes ({', '.join(p.name for p in others)}); pick one with --checkpoint PATH")
+    return others[0] if others else path
+
+
+def _cached(path: Path) -> bool:
+    return path.is_file() and path.with_suffix(".json").is_file()
 
 
 @torch.no_grad()
@@ -156,7 +194,8 @@ def ensure_dense(model_ref: str, data: DataSplits, seed: int = 0, *, checkpoint:
         data: The data splits.
         seed: Training seed (part of the cache key).
         checkpoint: A user checkpoint to load instead of the cache.
-        config: Training recipe (defaults to :class:`TrainConfig` with ``seed``).
+        config: Training recipe, part of the cache key where it differs from the defaults (:func:`recipe_tag`);
+            ``None``: the one cached of any recipe (:func:`checkpoint_path`), else :class:`TrainConfig` with ``seed``.
         retrain: Train again even if a cached checkpoint exists.
         progress: Show a progress bar while training.
         compute: Where to train and evaluate (default: the CPU); the model comes back on the CPU.
@@ -170,14 +209,15 @@ def ensure_dense(model_ref: str, data: DataSplits, seed: int = 0, *, checkpoint:
         rec = DenseCheckpoint(str(checkpoint), model_ref, data.key, seed, *_dense_accuracies(model, data, compute),
                               0.0)
         return model, rec
-    path = checkpoint_path(model_ref, data, seed)
-    meta_path = path.with_suffix(".json")
-    if path.is_file() and meta_path.is_file() and not retrain:
+    path = checkpoint_path(model_ref, data, seed, config)
+    if _cached(path) and not retrain:
         load_checkpoint(model, path)
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(path.with_suffix(".json").read_text())
         known = {k: meta[k] for k in DenseCheckpoint.__dataclass_fields__ if k in meta}
         return model.eval(), DenseCheckpoint(**{**known, "train_seconds": 0.0})
     config = config or TrainConfig(seed=seed)
+    path = checkpoint_path(model_ref, data, seed, config)
+    meta_path = path.with_suffix(".json")
     ensure_writable(path.parent)  # a folder the checkpoint cannot go to is refused now, not after training
     t0 = time.perf_counter()
     compute.place(model)

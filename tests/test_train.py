@@ -1,0 +1,52 @@
+"""The dense checkpoint's key: the data's contents and subset, the seed and the recipe."""
+
+import json
+
+import pytest
+
+from autoprune.data import load_data
+from autoprune.errors import ConfigError
+from autoprune.train import TrainConfig, checkpoint_path, recipe_tag
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits")
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOPRUNE_RESULTS", str(tmp_path))
+    return tmp_path
+
+
+def _cache(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    path.with_suffix(".json").write_text(json.dumps({}))
+
+
+def test_the_subset_and_the_epochs_change_the_checkpoint_key(results, digits):
+    default = checkpoint_path("vgg11", digits, 0, TrainConfig())
+    assert default.name == "vgg11-digits32-s0-train0.pt"  # the default recipe keeps its name
+    assert checkpoint_path("vgg11", digits, 0) == default
+    assert checkpoint_path("vgg11", digits, 0, TrainConfig(seed=3)) == default  # the seed is named apart
+    fewer = checkpoint_path("vgg11", digits, 0, TrainConfig(epochs=3))
+    assert fewer.name == "vgg11-digits32-s0-train0-ep3.pt"
+    assert checkpoint_path("vgg11", digits, 0, TrainConfig(epochs=3, lr=0.01)).name.endswith("-ep3-lr0.01.pt")
+    subset = checkpoint_path("vgg11", load_data("digits", max_train_samples=200), 0, TrainConfig())
+    assert subset.name == "vgg11-digits32-s0-t200-train0.pt"
+    assert len({default, fewer, subset}) == 3
+    assert recipe_tag(None) == recipe_tag(TrainConfig()) == ""
+
+
+def test_no_recipe_takes_the_cached_one_and_refuses_to_guess_between_two(results, digits):
+    fewer = checkpoint_path("vgg11", digits, 0, TrainConfig(epochs=3))
+    _cache(fewer)
+    assert checkpoint_path("vgg11", digits, 0) == fewer  # `search` after `train --epochs 3` uses it
+    _cache(checkpoint_path("vgg11", digits, 0, TrainConfig(epochs=5)))
+    with pytest.raises(ConfigError, match=r"2 dense checkpoints .* pick one with --checkpoint PATH"):
+        checkpoint_path("vgg11", digits, 0)
+    _cache(checkpoint_path("vgg11", digits, 0, TrainConfig()))
+    assert checkpoint_path("vgg11", digits, 0).name == "vgg11-digits32-s0-train0.pt"  # the default recipe first
+    assert checkpoint_path("vgg11", digits, 1).name == "vgg11-digits32-s0-train1.pt"  # another seed is not taken
