@@ -50,3 +50,25 @@ def test_no_recipe_takes_the_cached_one_and_refuses_to_guess_between_two(results
     _cache(checkpoint_path("vgg11", digits, 0, TrainConfig()))
     assert checkpoint_path("vgg11", digits, 0).name == "vgg11-digits32-s0-train0.pt"  # the default recipe first
     assert checkpoint_path("vgg11", digits, 1).name == "vgg11-digits32-s0-train1.pt"  # another seed is not taken
+
+
+def test_train_cli_subset_and_epochs_name_their_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import TINY_REF, cli_env
+
+    proc = subprocess.run([sys.executable, "-m", "autoprune", "train", "--model", TINY_REF, "--epochs", "1",
+                           "--max-train-samples", "60", "--max-eval-samples", "30", "--no-progress", "--device", "cpu"],
+                          capture_output=True, text=True, env=cli_env(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "checkpoint: " in proc.stdout and proc.stdout.strip().endswith("-digits32-s0-t60-e30-train0-ep1.pt")
+
+
+def test_old_studies_load_without_the_subset_fields_and_a_new_subset_conflicts():
+    from autoprune.search.config import SearchConfig
+
+    old = {k: v for k, v in SearchConfig().to_dict().items() if k not in ("max_train_samples", "max_eval_samples")}
+    cfg = SearchConfig.from_dict(old)
+    assert cfg.max_train_samples is None and cfg.max_eval_samples is None
+    assert SearchConfig(max_train_samples=500).conflicts({"max_train_samples": 1000}) == ["max_train_samples"]

@@ -45,21 +45,34 @@ def add_model_data_args(parser: argparse.ArgumentParser) -> None:
                         help="zoo name (resnet20, resnet56, resnet18, mobilenet_v2, vgg, vgg11), "
                         "package.module:function or file.py:function (default: vgg11)")
     parser.add_argument("--data", default="digits",
-                        help="digits (built in), a .npz with x and y, an image folder, or module:function "
-                        "(default: digits)")
+                        help="digits (built in), fashion-mnist (the OS package dataset-fashion-mnist), a folder "
+                        "of IDX files (MNIST, KMNIST, EMNIST), a .npz with x and y, an image folder, or "
+                        "module:function (default: digits)")
     parser.add_argument("--input-size", type=positive_int, default=None,
-                        help="square input side for digits/image folders (default: the model's, 32 for small models)")
+                        help="square input side for digits, IDX sets and image folders (default: the model's, "
+                        "32 for small models)")
     parser.add_argument("--checkpoint", default=None,
                         help="dense state dict to start from (loaded with weights_only=True); "
                         "default: the cached one under results/checkpoints, trained if missing")
     parser.add_argument("--seed", type=int, default=0, help="seed for splits, training and search (default: 0)")
 
 
+def add_subset_args(parser: argparse.ArgumentParser) -> None:
+    """``--max-train-samples``, ``--max-eval-samples``: a stratified, seeded subset of the data."""
+    parser.add_argument("--max-train-samples", type=positive_int, default=None, metavar="N",
+                        help="train on a stratified, seeded subset of N training samples (default: all); "
+                        "part of the data's key, so it is its own checkpoint")
+    parser.add_argument("--max-eval-samples", type=positive_int, default=None, metavar="N",
+                        help="the same for the validation and the test split, N each (default: all)")
+
+
 def load_data_for(args: argparse.Namespace):
-    """The data of ``args`` at its input size (see :func:`autoprune.data.load_data_for`)."""
+    """The data of ``args`` at its input size and subset (see :func:`autoprune.data.load_data_for`)."""
     from autoprune.data import load_data_for as load
 
-    return load(args.model, args.data, input_size=args.input_size, seed=args.seed)
+    return load(args.model, args.data, input_size=args.input_size, seed=args.seed,
+                max_train_samples=getattr(args, "max_train_samples", None),
+                max_eval_samples=getattr(args, "max_eval_samples", None))
 
 
 def non_negative_float(text: str) -> float:

@@ -9,6 +9,7 @@ from autoprune.commands.base import Command
 from autoprune.commands.common import (
     add_compute_args,
     add_model_data_args,
+    add_subset_args,
     fraction,
     non_negative_float,
     positive_float,
@@ -24,6 +25,7 @@ class SearchCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_model_data_args(parser)
+        add_subset_args(parser)
         for action in parser._actions:  # None = "not given", so a resume can tell what the user asked for
             if action.dest in ("model", "data", "seed"):
                 action.default = None
@@ -79,6 +81,7 @@ class SearchCommand(Command):
             "objectives": tuple(o.strip() for o in args.objectives.split(",")) if args.objectives else None,
             "max_latency_ms": args.max_latency_ms, "min_accuracy": args.min_accuracy,
             "max_size_mb": args.max_size_mb, "sampler": args.sampler, "finetune_epochs": args.finetune_epochs,
+            "max_train_samples": args.max_train_samples, "max_eval_samples": args.max_eval_samples,
         }
         _validate_early(given)
         # What the user did not give takes SearchConfig's defaults: the one place they are written.

@@ -8,6 +8,7 @@ from autoprune.commands.base import Command
 from autoprune.commands.common import (
     add_compute_args,
     add_model_data_args,
+    add_subset_args,
     compute_of,
     load_data_for,
     positive_float,
@@ -23,7 +24,9 @@ class TrainCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_model_data_args(parser)
-        parser.add_argument("--epochs", type=positive_int, default=15, help="training epochs (default: 15)")
+        add_subset_args(parser)
+        parser.add_argument("--epochs", type=positive_int, default=15,
+                            help="training epochs (default: 15); another count is another checkpoint")
         parser.add_argument("--lr", type=positive_float, default=0.05, help="peak learning rate (default: 0.05)")
         parser.add_argument("--retrain", action="store_true", help="train again even if a checkpoint is cached")
         add_compute_args(parser)

@@ -70,7 +70,8 @@ class SearchConfig:
     (``--trials N`` adds N). ``device`` (``--device`` as given: auto, cpu, cuda, cuda:N, mps) and
     ``amp`` (mixed precision on CUDA) say where the last run fine-tuned and evaluated; they are
     chosen again on every run, never a conflict, because a study may move between machines (each
-    trial records the device it ran on as ``compute_device``).
+    trial records the device it ran on as ``compute_device``). ``max_train_samples`` and ``max_eval_samples``
+    cut the data to a stratified subset (:func:`autoprune.data.load_data`; ``None``, as in older studies: all).
     """
 
     model: str = "vgg11"
@@ -90,6 +91,8 @@ class SearchConfig:
     dense_seed: int | None = None
     device: str = "auto"
     amp: bool = True
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
 
     def __post_init__(self) -> None:
         bad = [o for o in self.objectives if o not in OBJECTIVES]

@@ -51,7 +51,8 @@ def build_pipeline(context: StudyContext | SearchConfig, space: SearchSpace, pro
 
     ctx = context if isinstance(context, StudyContext) else StudyContext.resolve(context)
     config, model = ctx.config, ctx.model
-    data = load_data_for(config.model, config.data, input_size=config.input_size, seed=config.data_seed)
+    data = load_data_for(config.model, config.data, input_size=config.input_size, seed=config.data_seed,
+                         max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples)
     fix = profile_command(ctx.profile.name, model.ref, data=config.data, input_size=config.input_size)
     require_calibration(ctx.profile, model.ref, data.input_shape[-1], fix=f"run `{fix}`")
     dense, rec = ensure_dense(config.model, data, config.data_seed, checkpoint=config.checkpoint, progress=progress,
