@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from autoprune.data import load_data
 from autoprune.errors import ConfigError
@@ -83,6 +84,8 @@ def test_a_folder_of_idx_files_keeps_its_test_files_and_splits_validation_from_t
     for split in (d.train, d.val, d.test):
         assert np.bincount(split.tensors[1].numpy()).tolist() == [len(split) // 4] * 4  # stratified
     assert abs(float(d.train.tensors[0].mean())) < 1e-4  # standardised on the train split
+    x, y = next(iter(d.loader("train", 8)))  # the 3 channels are stored once; a batch holds them all
+    assert x.shape == (8, 3, 16, 16) and x.is_contiguous() and y.dtype == torch.long
     plain = load_data(str(_idx_set(tmp_path / "plain", gz=False)), size=16, seed=0)
     assert plain.key == d.key and d.key.startswith("idx-") and d.key.endswith("-16-s0")  # contents, not the zip
     assert load_data(str(tmp_path / "set"), size=16, seed=1).key != d.key
