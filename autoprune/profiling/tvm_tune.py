@@ -10,6 +10,7 @@ trial fails (the builder here keeps its workers). ``mcpu: native`` is built as `
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -41,6 +42,9 @@ _RECORDS, _WORKLOADS, _MANIFEST = "database_tuning_record.json", "database_workl
 #: Search batch, per-candidate bounds (a builder worker's first build imports TVM), and a smaller search than TVM's
 #: (512, 4 generations: a minute a batch on 2 cores); with the random cost model (no xgboost) ReplayTrace samples.
 _PER_ITER, _BUILD_TIMEOUT_S, _RUN_TIMEOUT_S = 16, 300.0, 120.0
+#: Trials every task gets before any gets more, sampled by ReplayTrace (no evolutionary search: seconds less per
+#: task): a task without a record is built untuned (single-threaded loops), tens of times slower.
+_FIRST = 4
 _EVOLUTION = {"population_size": 128, "init_min_unmeasured": 32, "genetic_num_iters": 2}
 
 
@@ -197,6 +201,16 @@ def _classes() -> tuple[type, type]:
     return PoolBuilder, Watch
 
 
+@lru_cache(maxsize=2)
+def _measurers(workers: int) -> tuple[Any, Any]:
+    """The builder and runner, kept for the process (a new pool's first build imports TVM again: ~20 s a call)."""
+    from tvm.s_tir.meta_schedule.runner import LocalRunner
+
+    builder, runner = _classes()[0](workers), LocalRunner(timeout_sec=_RUN_TIMEOUT_S)
+    atexit.register(lambda: [owner.pool.shutdown(wait=False) for owner in (builder, runner)])
+    return builder, runner
+
+
 def _database(work_dir: Path) -> Any:
     """Open the JSON database in ``work_dir``, first dropping a last line that a kill cut off."""
     from tvm.s_tir import meta_schedule as ms
@@ -230,7 +244,8 @@ def tune_relax_module(mod: Any, target: Any, *, work_dir: Path, max_trials: int,
                       progress: bool = False, workers: int = 2) -> TuningResult:
     """Tune the module's tasks with MetaSchedule, keeping the records in ``work_dir``.
 
-    Tasks are tuned in turn, the most expensive first, each to its share of ``max_trials`` by FLOPs times uses (2 at
+    Every task first gets a few trials (4, or its share), so that a deadline leaves no task untuned; then tasks
+    are tuned in turn, the most expensive first, each to its share of ``max_trials`` by FLOPs times uses (2 at
     least) counting what earlier calls measured (``tuning.json``): the same call again measures nothing, a larger
     budget tunes on. Records are appended as measured, so an interrupted or timed-out run keeps them.
 
@@ -269,44 +284,43 @@ def tune_relax_module(mod: Any, target: Any, *, work_dir: Path, max_trials: int,
         {"name": t.task_name, "trials": 0, "covered": 0}) for t in tasks}
     before = {n: e["trials"] for n, e in book.items()}
     todo = [t for t in tasks if max(book[t.task_name]["trials"], book[t.task_name]["covered"]) < want[t.task_name]]
-    cost, builder, runner = "xgb" if find_spec("xgboost") else "random", None, None
+    cost = "xgb" if find_spec("xgboost") else "random"
     try:
         if threading.current_thread() is threading.main_thread():  # Ctrl-C: end the batch, keep the records
             signal.signal(signal.SIGINT, lambda *_: deadline.__setitem__(0, -math.inf))
         if todo and time.monotonic() < deadline[0]:
             _import_tensor_intrinsics(target)
-            builder_cls, watch_cls = _classes()
-            builder, runner = builder_cls(workers), ms.runner.LocalRunner(timeout_sec=_RUN_TIMEOUT_S)
+            (builder, runner), watch_cls = _measurers(workers), _classes()[1]
             model = ms.cost_model.CostModel.create(cost, num_tuning_cores=workers)
-        for i, task in enumerate(todo):
-            entry, goal = book[task.task_name], want[task.task_name]
+        for goals in ({n: min(g, _FIRST) for n, g in want.items()}, want):  # a few trials each first, then shares
+            search = ms.search_strategy.ReplayTrace if cost == "random" or goals is not want else None
+            for i, task in enumerate(todo):
+                entry, goal = book[task.task_name], goals[task.task_name]
 
-            def saved(n: int, entry: dict[str, Any] = entry, i: int = i, goal: int = goal) -> None:
-                _write_json(manifest_path, manifest)
-                if progress and n:
-                    print(f"tvm-tune: task {i + 1}/{len(todo)} {entry['name']}: {entry['trials']}/{goal} trials, best "
-                          f"{entry.get('best_us', math.nan):.1f} us, {time.monotonic() - start:.0f} s", file=sys.stderr)
+                def saved(n: int, entry: dict[str, Any] = entry, i: int = i, goal: int = goal) -> None:
+                    _write_json(manifest_path, manifest)
+                    if progress and n:
+                        print(f"tvm-tune: task {i + 1}/{len(todo)} {entry['name']}: {entry['trials']}/{goal} trials, "
+                              f"best {entry.get('best_us', math.nan):.1f} us, {time.monotonic() - start:.0f} s",
+                              file=sys.stderr)
 
-            while max(entry["trials"], entry["covered"]) < goal and time.monotonic() < deadline[0]:  # a batch a call
-                n, had = min(_PER_ITER, goal - entry["trials"]), entry["trials"]
-                ctx = ms.TuneContext(mod=task.dispatched[0], target=target, space_generator="post-order-apply",
-                                     search_strategy=ms.search_strategy.ReplayTrace() if cost == "random" else
-                                     ms.search_strategy.EvolutionarySearch(**_EVOLUTION), task_name=task.task_name,
-                                     logger=_logger(work_dir), rand_state=1000 * i + had + 1, num_threads=workers)
-                ms.tune.tune_tasks(tasks=[ctx], task_weights=[1.0], work_dir=str(work_dir), max_trials_global=n,
-                                   max_trials_per_task=n, num_trials_per_iter=n, builder=builder, runner=runner,
-                                   database=db, cost_model=model, task_scheduler="round-robin",
-                                   measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
-                                                      watch_cls(entry, saved)])
-                if entry["trials"] - had < n:  # the search ran out of new candidates
-                    entry["covered"] = goal
-                _write_json(manifest_path, manifest)
+                while max(entry["trials"], entry["covered"]) < goal and time.monotonic() < deadline[0]:  # a batch
+                    n, had = min(_PER_ITER, goal - entry["trials"]), entry["trials"]
+                    ctx = ms.TuneContext(mod=task.dispatched[0], target=target, space_generator="post-order-apply",
+                                         search_strategy=search() if search else
+                                         ms.search_strategy.EvolutionarySearch(**_EVOLUTION), task_name=task.task_name,
+                                         logger=_logger(work_dir), rand_state=1000 * i + had + 1, num_threads=workers)
+                    ms.tune.tune_tasks(tasks=[ctx], task_weights=[1.0], work_dir=str(work_dir), max_trials_global=n,
+                                       max_trials_per_task=n, num_trials_per_iter=n, builder=builder, runner=runner,
+                                       database=db, cost_model=model, task_scheduler="round-robin",
+                                       measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                                                          watch_cls(entry, saved)])
+                    if entry["trials"] - had < n:  # the search ran out of new candidates
+                        entry["covered"] = want[task.task_name]
+                    _write_json(manifest_path, manifest)
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, sigint)
-        for owner in (builder, runner):
-            if getattr(owner, "pool", None) is not None:
-                owner.pool.shutdown()
     if deadline[0] == -math.inf:
         raise KeyboardInterrupt
     rows = tuple(TaskTuning(name=t.task_name, weight=int(t.weight), trials_before=before[t.task_name],
