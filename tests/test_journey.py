@@ -69,8 +69,8 @@ def test_user_model_profiles_with_tvm_and_search_finds_it(tmp_path, monkeypatch,
     from autoprune.costmodel.calibration import calibration_path, load_calibration, require_calibration
 
     monkeypatch.setenv("AUTOPRUNE_RESULTS", str(tmp_path / "results"))
-    assert main(["profile", "--target", "local", "--runtime", "tvm", "--model", MODEL, "--plans", "2",
-                 "--grid", "1.0", "--max-cv", "3"]) == 0
+    assert main(["profile", "--target", "local", "--runtime", "tvm", "--allow-untuned", "--model", MODEL,
+                 "--plans", "2", "--grid", "1.0", "--max-cv", "3"]) == 0
     out = capsys.readouterr().out
     path = calibration_path("local", MODEL, 32)
     assert f"calibration written: {path}" in out and "runtime tvm-" in out

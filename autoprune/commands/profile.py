@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from autoprune.commands.base import Command
-from autoprune.commands.common import add_model_data_args
+from autoprune.commands.common import add_model_data_args, positive_float, positive_int
 from autoprune.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -37,6 +37,14 @@ class ProfileCommand(Command):
                 action.help = "seed of the data split and of the random plans (default: 0)"
         parser.add_argument("--runtime", default="onnxruntime", choices=("onnxruntime", "tvm"),
                             help="runtime that executes the kernels (default: onnxruntime)")
+        parser.add_argument("--tvm-tune-trials", type=positive_int, default=None, metavar="N",
+                            help="--runtime tvm: tune each measured model with MetaSchedule on this machine first, "
+                            "about N trials per model, into results/tvm-tuning/<target>/<model>")
+        parser.add_argument("--tvm-tune-timeout", type=positive_float, default=600.0, metavar="S",
+                            help="bound on each model's tuning in seconds (default: 600)")
+        parser.add_argument("--allow-untuned", action="store_true",
+                            help="--runtime tvm without --tvm-tune-trials: calibrate on untuned TVM kernels anyway "
+                            "(refused without it: nobody deploys them)")
         parser.add_argument("--rpc", metavar="HOST:PORT",
                             help="the device's server: `autoprune device serve` (both runtimes) or a plain TVM RPC "
                                  "server (--runtime tvm only)")
@@ -79,7 +87,8 @@ class ProfileCommand(Command):
                          checkpoint=args.checkpoint, seed=args.seed, runtime=args.runtime, rpc=args.rpc,
                          rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, energy_sensor=args.energy_sensor,
                          threads=args.threads, plans=args.plans, grid=grid, round_to=args.round_to,
-                         max_cv=args.max_cv)
+                         max_cv=args.max_cv, tvm_tune_trials=args.tvm_tune_trials or 0,
+                         tvm_tune_timeout_s=args.tvm_tune_timeout, allow_untuned=args.allow_untuned)
         _print_outcome(profile_target(profile, job, progress=_progress_bar))
         return 0
 

@@ -6,14 +6,16 @@ The path: ``tvm.relax.frontend.onnx.from_onnx`` → ``DecomposeOpsForInference``
 (``set_input`` + ``invoke_stateful``), whose per-repeat means go through
 :func:`~autoprune.profiling.protocol.measure_samples`.
 
-Code is untuned (no MetaSchedule: it segfaulted on the development machine), so
-absolute TVM CPU latencies are slow but real. Targets are JSON dicts, never
-strings, so that profiles stay explicit; two traps of TVM 0.27 are refused:
+Code is untuned unless the runtime is given a :class:`TvmTuning`: then each model's tasks are
+tuned with MetaSchedule into its database first (:mod:`autoprune.profiling.tvm_tune`; an untuned
+CPU module is tens of times slower than ONNX Runtime). Targets are JSON dicts, never strings, so
+that profiles stay explicit; two traps of TVM 0.27 are refused:
 
 * ``{"kind": ..., "tag": ...}``: when ``kind`` is present TVM silently ignores the
   tag (``nvidia/jetson-nano`` would compile for sm_50 instead of sm_53); give the
   tag alone, e.g. ``{"tag": "nvidia/jetson-nano", "host": {...}}``.
-* ``"mcpu": "native"``: crashed on the development machine; name the CPU.
+* ``"mcpu": "native"``: TVM 0.27 quietly builds it as generic code; name the CPU
+  (:func:`for_this_cpu`).
 
 Over RPC the library is compiled here, exported with ``export_library`` (with
 ``<triple>-g++`` as cross compiler when the target triple is not this
@@ -27,10 +29,11 @@ import platform
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoprune.errors import ConfigError, ProfilingError
+from autoprune.errors import AutopruneError, ConfigError, ProfilingError
 from autoprune.profiling.base import (
     RUNTIMES,
     Runtime,
@@ -50,9 +53,36 @@ from autoprune.profiling.protocol import (
 from autoprune.profiling.rpc import RPCConfig, connect, run_with_watchdog
 from autoprune.registry import lazy_import
 
-__all__ = ["TvmRuntime", "make_target"]
+__all__ = ["TvmRuntime", "TvmTuning", "for_this_cpu", "make_target"]
 
 _HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+@dataclass(frozen=True)
+class TvmTuning:
+    """MetaSchedule tuning of every model a :class:`TvmRuntime` compiles, before it is built.
+
+    Attributes:
+        work_dir: The database folder, one per target and model
+            (:func:`~autoprune.profiling.tvm_tune.tuning_dir`): tasks it covers are not measured again.
+        trials: About the trials per compiled model, shared out over its tasks by FLOPs.
+        timeout_s: Bound on each model's tuning (the batch in flight at the deadline ends).
+        progress: One line per measured batch on stderr.
+    """
+
+    work_dir: Path
+    trials: int
+    timeout_s: float = 600.0
+    progress: bool = False
+
+
+def for_this_cpu(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec`` with this machine's CPU as ``mcpu`` when it is an ``llvm`` target that names none (its generic
+    x86-64 code has no AVX: what a tuned module for this machine should not be)."""
+    if spec.get("kind") != "llvm" or spec.get("mcpu") or spec.get("mtriple"):
+        return dict(spec)
+    tvm = lazy_import("tvm", "apache-tvm")
+    return {**spec, "mcpu": str(tvm.target.codegen.llvm_get_system_cpu())}
 
 
 def make_target(spec: Mapping[str, Any]):
@@ -63,19 +93,15 @@ def make_target(spec: Mapping[str, Any]):
             ``mcpu: native``, or TVM rejects it.
     """
     if isinstance(spec, str) or not isinstance(spec, Mapping):
-        raise ConfigError(
-            f"TVM targets must be JSON dicts, e.g. {{\"kind\": \"llvm\", \"num-cores\": 2}}; got {spec!r}"
-        )
+        raise ConfigError(f"TVM targets must be JSON dicts, e.g. {{\"kind\": \"llvm\", \"num-cores\": 2}}; "
+                          f"got {spec!r}")
     for part in (spec, spec.get("host") if isinstance(spec.get("host"), Mapping) else {}):
         if "tag" in part and "kind" in part:
-            raise ConfigError(
-                f"TVM target {dict(part)} has both 'tag' and 'kind'; TVM 0.27 then ignores the tag. "
-                "Give the tag alone, e.g. {\"tag\": \"nvidia/jetson-nano\", \"host\": {...}}"
-            )
+            raise ConfigError(f"TVM target {dict(part)} has both 'tag' and 'kind'; TVM 0.27 then ignores the tag. "
+                              "Give the tag alone, e.g. {\"tag\": \"nvidia/jetson-nano\", \"host\": {...}}")
         if part.get("mcpu") == "native":
-            raise ConfigError(
-                "TVM target uses mcpu=native (crashed here, and is not reproducible); name the CPU"
-            )
+            raise ConfigError("TVM target uses mcpu=native (TVM 0.27 builds it as generic code, and it is not "
+                              "reproducible); name the CPU")
     tvm = lazy_import("tvm", "apache-tvm")
     try:
         return tvm.target.Target(dict(spec))
@@ -103,10 +129,9 @@ def _cross_compiler(target):
     prefix = "aarch64-linux-gnu" if arch in ("aarch64", "arm64") else "-".join(triple.split("-")[:3])
     compiler = shutil.which(f"{prefix}-g++") or shutil.which(f"{prefix}-gcc")
     if compiler is None:
-        raise ProfilingError(
-            f"target triple {triple} needs a cross compiler ({prefix}-g++) to export the library, "
-            f"and none is installed here; install one (`apt install g++-{prefix}`) or compile on the board"
-        )
+        raise ProfilingError(f"target triple {triple} needs a cross compiler ({prefix}-g++) to export the library, "
+                             f"and none is installed here; install one (`apt install g++-{prefix}`) or compile on "
+                             "the board")
     cc = lazy_import("tvm.support.cc", "apache-tvm")
     return cc.cross_compiler(compiler)
 
@@ -121,6 +146,11 @@ class TvmRuntime(Runtime):
             ``num-cores`` or this machine's CPU count).
         rpc: Where to run remotely; ``None`` measures on this machine.
         protocol: Measurement settings.
+        tuning: Tune each compiled model with MetaSchedule first (``None``: untuned); measured here, so
+            not with ``rpc``. :attr:`tunings` collects what each tuning did.
+
+    Raises:
+        ConfigError: ``tuning`` with ``rpc``, or with fewer than 1 trial.
     """
 
     name = "tvm"
@@ -132,8 +162,15 @@ class TvmRuntime(Runtime):
         threads: int | None = None,
         rpc: RPCConfig | None = None,
         protocol: ProtocolSettings = DEFAULT_PROTOCOL,
+        tuning: TvmTuning | None = None,
     ) -> None:
         super().__init__(threads=threads, protocol=protocol)
+        if tuning is not None and rpc is not None:
+            raise ConfigError("TVM tuning measures its candidates on this machine, and tuning over RPC is not "
+                              "supported: tune on the device itself, or give --allow-untuned")
+        if tuning is not None and tuning.trials < 1:
+            raise ConfigError(f"TVM tuning needs at least 1 trial, got {tuning.trials}")
+        self.tuning, self.tunings = tuning, []
         if target is None:
             target = {"kind": "llvm", "num-cores": threads or cpu_count()}
         self.target_spec = dict(target)
@@ -150,15 +187,18 @@ class TvmRuntime(Runtime):
         detail = str(t.attrs.get("tag", "") or t.attrs.get("mcpu", "") or "")
         if hasattr(t, "tag") and t.tag:
             detail = str(t.tag)
-        return f"tvm-{tvm.__version__}/{t.kind.name}" + (f":{detail}" if detail else "") + "/untuned"
+        tuned = f"/tuned-{self.tuning.trials}" if self.tuning is not None else "/untuned"
+        return f"tvm-{tvm.__version__}/{t.kind.name}" + (f":{detail}" if detail else "") + tuned
 
     def compile(self, model: Any, input_shapes=None):
         """Import and compile ``model``; return ``(executable, inputs, shapes)``.
 
+        With :attr:`tuning`, the model's tasks are tuned into its database first and the module is built
+        with the database's schedules.
+
         Raises:
-            ProfilingError: If the frontend or the compiler rejects the model.
+            ProfilingError: If the frontend or the compiler rejects the model, or tuning fails.
         """
-        tvm = lazy_import("tvm", "apache-tvm")
         relax = lazy_import("tvm.relax", "apache-tvm")
         frontend = lazy_import("tvm.relax.frontend.onnx", "apache-tvm")
         proto = load_onnx(model)
@@ -171,20 +211,33 @@ class TvmRuntime(Runtime):
             )
             mod = relax.transform.DecomposeOpsForInference()(mod)
         except Exception as exc:  # noqa: BLE001 - foreign library errors become ProfilingError
-            raise ProfilingError(
-                f"TVM's ONNX frontend cannot import the model: {str(exc).strip().splitlines()[-1]}"
-            ) from None
+            raise ProfilingError(f"TVM's ONNX frontend cannot import the model: {_last_line(exc)}") from None
+        try:
+            ex = self._build(mod)
+        except AutopruneError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - foreign library errors become ProfilingError
+            what = "tune and compile" if self.tuning is not None else "compile"
+            raise ProfilingError(f"TVM cannot {what} for {self.target_spec}: {_last_line(exc)}") from None
+        return ex, inputs, shapes
+
+    def _build(self, mod: Any) -> Any:
+        """Compile the Relax module: untuned with the target's default pipeline, or tuned (:attr:`tuning`)."""
+        if self.tuning is not None:
+            from autoprune.profiling.tvm_tune import build_tuned, tune_relax_module
+
+            t = self.tuning
+            result = tune_relax_module(mod, self.target, work_dir=t.work_dir, max_trials=t.trials,
+                                       timeout_s=t.timeout_s, progress=t.progress)
+            self.tunings.append(result)
+            return build_tuned(mod, self.target, result)
+        tvm = lazy_import("tvm", "apache-tvm")
+        relax = lazy_import("tvm.relax", "apache-tvm")
         try:
             pipeline = relax.get_default_pipeline(self.target)
         except ValueError:
             pipeline = "default"
-        try:
-            ex = tvm.compile(mod, target=self.target, relax_pipeline=pipeline)
-        except Exception as exc:  # noqa: BLE001 - foreign library errors become ProfilingError
-            raise ProfilingError(
-                f"TVM cannot compile for {self.target_spec}: {str(exc).strip().splitlines()[-1]}"
-            ) from None
-        return ex, inputs, shapes
+        return tvm.compile(mod, target=self.target, relax_pipeline=pipeline)
 
     def measure(
         self,
@@ -314,8 +367,7 @@ class TvmRuntime(Runtime):
             args = [tvm.runtime.tensor(v, dev) for v in feeds.values()]
             produce = self._timer(vm, dev, args, settings)
         except Exception as exc:  # noqa: BLE001 - foreign library errors become ProfilingError
-            first = str(exc).strip().splitlines()[-1]
-            raise ProfilingError(f"TVM failed to run the model: {first}") from None
+            raise ProfilingError(f"TVM failed to run the model: {_last_line(exc)}") from None
         return measure_samples(
             produce,
             runtime=self.describe(),
@@ -337,9 +389,7 @@ class TvmRuntime(Runtime):
                 else:
                     ex.export_library(str(lib_path), fcompile=fcompile)
             except Exception as exc:  # noqa: BLE001 - foreign library errors become ProfilingError
-                raise ProfilingError(
-                    f"cannot export the TVM library: {str(exc).strip().splitlines()[-1]}"
-                ) from None
+                raise ProfilingError(f"cannot export the TVM library: {_last_line(exc)}") from None
             session = connect(rpc)
             bound = min(settings.timeout_s, rpc.session_timeout_s)
             where = rpc.describe()

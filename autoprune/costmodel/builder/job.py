@@ -66,6 +66,10 @@ class ProfileJob:
         grid: Kept-channel fractions per layer, each in (0, 1].
         round_to: Channel alignment of the grid and the random plans.
         max_cv: Noise bound of each isolated kernel measurement as a robust CV (``None``: 0.2).
+        tvm_tune_trials: With ``runtime="tvm"``: tune each measured model with MetaSchedule first, about this
+            many trials per model, into ``results/tvm-tuning/<target>/<model>`` (0: untuned).
+        tvm_tune_timeout_s: Bound on each model's tuning, s.
+        allow_untuned: Calibrate on untuned TVM kernels (refused without it: nobody deploys them).
     """
 
     model_ref: str = "vgg11"
@@ -83,6 +87,9 @@ class ProfileJob:
     grid: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75, 1.0)
     round_to: int = 8
     max_cv: float | None = None
+    tvm_tune_trials: int = 0
+    tvm_tune_timeout_s: float = 600.0
+    allow_untuned: bool = False
 
     @property
     def remote(self) -> bool:
@@ -253,12 +260,14 @@ def runtime_for_job(profile: HardwareProfile, job: ProfileJob, *, echo: Callable
     if not profile.is_here and not job.remote:
         raise ConfigError(f"{profile.name} is not this machine: start `autoprune device serve` on it and give --rpc "
                           "HOST:PORT (or --rpc-tracker HOST:PORT --rpc-key KEY), or profile --target local")
+    if job.runtime != "tvm" and job.tvm_tune_trials:
+        raise ConfigError("--tvm-tune-trials goes with --runtime tvm (ONNX Runtime has nothing to tune)")
     if job.runtime == "tvm":
         if job.energy_sensor not in (None, "none"):
             raise ConfigError("--energy-sensor goes with --runtime onnxruntime (TVM measurements read no sensor)")
         rpc = RPCConfig.from_args(job.rpc, job.rpc_tracker, job.rpc_key) if job.remote else None
         # The target's own TVM target (e.g. nvidia/jetson-nano + its aarch64 host), not this host's.
-        return runtime_for_profile(profile, "tvm", threads=job.threads, rpc=rpc)
+        return runtime_for_profile(profile, "tvm", threads=job.threads, rpc=rpc, **_tvm_tuning(profile, job))
     if job.remote:
         from autoprune.device.client import device_runtime_for_profile
 
@@ -277,6 +286,33 @@ def runtime_for_job(profile: HardwareProfile, job: ProfileJob, *, echo: Callable
 
         return get_runtime("onnxruntime", threads=job.threads, energy_sensor=sensor)
     return runtime_for_profile(profile, "onnxruntime", threads=job.threads, energy_sensor=sensor)
+
+
+def _tvm_tuning(profile: HardwareProfile, job: ProfileJob) -> dict[str, Any]:
+    """The TVM runtime's tuning options for ``job``: its target for this CPU and the tuning, or nothing when
+    untuned kernels are allowed.
+
+    Raises:
+        ConfigError: Neither tuning nor ``allow_untuned``; tuning over RPC.
+    """
+    if not job.tvm_tune_trials:
+        if job.allow_untuned:
+            return {}
+        raise ConfigError("--runtime tvm would calibrate on untuned TVM kernels (tens of times slower than ONNX "
+                          "Runtime on a CPU; nobody deploys them): give --tvm-tune-trials N to tune each measured "
+                          "model with MetaSchedule first, or --allow-untuned to calibrate on them anyway")
+    if job.remote:
+        raise ConfigError("--tvm-tune-trials measures its candidates on this machine, and tuning over RPC is not "
+                          "supported: profile the device's untuned kernels with --allow-untuned instead")
+    from autoprune.costmodel.calibration import calibration_name
+    from autoprune.io import results_dir
+    from autoprune.profiling.tvm_runtime import TvmTuning, for_this_cpu
+    from autoprune.profiling.tvm_tune import tuning_dir
+
+    spec = for_this_cpu(profile.runtime_options("tvm")["target"])
+    root = results_dir() / "tvm-tuning"
+    return {"target": spec, "tuning": TvmTuning(work_dir=tuning_dir(root, spec, calibration_name(job.model_ref)),
+                                                trials=job.tvm_tune_trials, timeout_s=job.tvm_tune_timeout_s)}
 
 
 def _check_gpu_providers(profile: HardwareProfile) -> None:
