@@ -42,6 +42,12 @@ class ExportCommand(Command):
                             help="export into an --out folder that holds other files (those of the export's names "
                             "are replaced)")
         parser.add_argument("--no-tvm", action="store_true", help="skip building the TVM module")
+        parser.add_argument("--tvm-tune-trials", type=positive_int, default=None, metavar="N",
+                            help="tune the TVM module (and the dense model, its speed reference) with MetaSchedule "
+                            "on this machine, about N trials per model, into results/tvm-tuning/<target>/<model> "
+                            "(a later export reuses it); default: untuned, timed against ONNX Runtime only")
+        parser.add_argument("--tvm-tune-timeout", type=positive_float, default=600.0, metavar="S",
+                            help="bound on each model's tuning in seconds (default: 600)")
         add_compute_args(parser)
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -71,7 +77,7 @@ class ExportCommand(Command):
         url = args.storage or default_storage_url()
         out = export_point(study, context, row, epochs=args.epochs, out_dir=args.out, storage_url=url,
                            progress=not args.no_progress, tvm=not args.no_tvm, repeats=args.repeats, force=args.force,
-                           say=say)
+                           say=say, tvm_tune_trials=args.tvm_tune_trials or 0, tvm_tune_timeout_s=args.tvm_tune_timeout)
         update_study_note(study, url)  # the dashboard's view now lists the export
         for line in summary_lines(out.report, out.folder):
             print(line)
@@ -101,20 +107,34 @@ def summary_lines(r: ExportReport, folder: Path | str) -> list[str]:
     lines.append(f"  ONNX: model.onnx {o.file_bytes} bytes, parity max |diff| {o.max_abs_diff:.2e} <= atol "
                  f"{o.atol:g}, sha256 {o.sha256[:16]}…; reference outputs of {r.reference.samples} "
                  "test inputs in reference.npz")
-    tv = r.tvm
-    if tv.checked:
-        lines.append(f"  TVM module: model_tvm.so for {json.dumps(_plain(tv.target))}, loaded back and run: "
-                     f"max |diff| vs ONNX Runtime {tv.max_abs_diff:.2e} <= {tv.tolerance:.1e}")
-    elif tv.built:
-        lines.append(f"  TVM module: {tv.path} ({tv.reason})")
-    else:
-        lines.append(f"  TVM module not built here: {tv.reason}")
+    lines += _tvm_lines(r)
     d = r.device
     if d:
         lines.append(f"  on the device ({d.runtime}, as calibrated): {d.commands[0]}")
     for note in r.notes:
         if not note.startswith(("TVM:", "onnxruntime measurement", "tvm measurement")):
             lines.append(f"  not done: {note}")
+    return lines
+
+
+def _tvm_lines(r: ExportReport) -> list[str]:
+    """The TVM module: tuned or untuned, where it was built and checked, and its tuning."""
+    tv = r.tvm
+    if tv is None or not tv.built:
+        return [f"  TVM module not built here: {tv.reason if tv is not None else 'no record'}"]
+    label = tv.label if tv.tuned is not None else "untuned"
+    if tv.checked:
+        lines = [f"  TVM module ({label}): model_tvm.so for {json.dumps(_plain(tv.target))}, loaded back and run: "
+                 f"max |diff| vs ONNX Runtime {tv.max_abs_diff:.2e} <= {tv.tolerance:.1e}"]
+    else:
+        lines = [f"  TVM module ({label}): {tv.path} ({tv.reason})"]
+    t = tv.tuning
+    if t is not None:
+        cut = f", cut by the {t.timeout_s:g} s bound" if t.stopped else ""
+        dense = f"; the dense model tuned alike: {tv.dense_path}" if tv.dense_path else ""
+        lines.append(f"    tuned with MetaSchedule ({t.cost_model} cost model): {t.trials} trials per model, "
+                     f"{t.trials_run} measured now in {t.seconds:.0f} s{cut}, {t.records} records in {t.database}"
+                     f"{dense}")
     return lines
 
 
@@ -134,11 +154,21 @@ def _measured_lines(m: Measured, p: Predicted) -> list[str]:
     """The speedups measured here, per runtime, and the prediction's error against them."""
     host = m.host if m.host is not None else "this machine"
     lines = [f"  MEASURED here on {host}, pruned vs dense in one interleaved run:"]
+    ort = m.runtimes.get("onnxruntime")
     for name, rec in m.runtimes.items():
         if rec.speedup is not None:
             flag = "" if rec.ok else "  (too noisy to trust)"
             lines.append(f"    {rec.runtime}, {rec.threads} thread(s): {rec.pruned_ms:.4g} ms vs dense "
                          f"{rec.dense_ms:.4g} ms, speedup {rec.speedup:.2f}x{flag}")
+            if rec.tuned and ort is not None and ort.pruned_ms:
+                lines.append(f"      (tuned vs tuned dense); {rec.pruned_ms / ort.pruned_ms:.2f}x ONNX Runtime's "
+                             f"{ort.pruned_ms:.4g} ms (separate runs)")
+        elif rec.vs_onnxruntime is not None:
+            flag = "" if rec.noisy is False else "  (noisy)"
+            lines.append(f"    {rec.runtime}, {rec.threads} thread(s): UNTUNED, {rec.pruned_ms:.4g} ms, "
+                         f"{rec.vs_onnxruntime:.2f}x ONNX Runtime's {rec.onnxruntime_ms:.4g} ms in the same run"
+                         f"{flag}; no speedup against an untuned dense: tune with --tvm-tune-trials N, or deploy "
+                         "with ONNX Runtime")
         else:
             lines.append(f"    {name}: {rec.reason}")
     if m.prediction_error_pct is not None:

@@ -11,9 +11,12 @@ test-set metrics, and write to ``results/<study>/export-<trial>/`` (or ``out_dir
   back and run on the reference batch against ONNX Runtime's outputs where it is native;
   ``model_tvm.tar`` (the target's object files, linked on the board by
   ``tvm.runtime.load_module``) when no cross linker is installed; nothing, with the reason,
-  for a CUDA target without NVIDIA's toolchain;
+  for a CUDA target without NVIDIA's toolchain. Untuned unless ``tvm_tune_trials`` is given: then
+  tuned with MetaSchedule on this machine (``results/tvm-tuning/<target>/<model>``, reused by the
+  next export), with the dense model tuned alike as ``dense_tvm.so``;
 * on ``local``, the pruned and dense models timed against each other in one interleaved run
-  per runtime (ONNX Runtime, and TVM where the module was built);
+  per runtime (ONNX Runtime, and a tuned TVM module against the tuned dense; an untuned one
+  against ONNX Runtime instead: how much slower it is);
 * for a CUDA (Jetson) target, the ``trtexec`` command lines to time both files on the device;
 * ``latency_per_layer.png`` and ``report.json`` (with sha256 checksums of the files).
 
@@ -56,7 +59,15 @@ from autoprune.deploy.report import (
     TestFigures,
 )
 from autoprune.deploy.speed import Measured, measure_local
-from autoprune.deploy.tvm import TVM_SKIPPED, TvmModule, build_tvm_module, device_commands
+from autoprune.deploy.tvm import (
+    DENSE_TVM,
+    TUNE_TIMEOUT_S,
+    TVM_SKIPPED,
+    TvmModule,
+    build_tvm_module,
+    device_commands,
+    export_tuning,
+)
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.io import atomic_write_bytes, file_sha256, read_json, study_dir, write_json
 from autoprune.records import TrialRecord
@@ -71,7 +82,7 @@ if TYPE_CHECKING:
     from autoprune.pruning import PruningPlan
 
 #: Files an export writes that a re-export to the same folder must not leave stale.
-_ARTIFACTS = ("model_tvm.so", "model_tvm.tar", "dense.onnx", "reference.npz", "latency_per_layer.png",
+_ARTIFACTS = ("model_tvm.so", "model_tvm.tar", DENSE_TVM, "dense.onnx", "reference.npz", "latency_per_layer.png",
               "report.json")
 #: Every file an export writes: only these are checksummed and listed in its report.
 EXPORT_FILES = ("model.onnx", *_ARTIFACTS)
@@ -124,7 +135,8 @@ def pick_trial(study: optuna.Study, config: SearchConfig, *, trial: int | None =
 def export_point(study: optuna.Study, config: SearchConfig | StudyContext, row: TrialRecord, *,
                  epochs: int | None = None, out_dir: Path | None = None, storage_url: str | None = None,
                  progress: bool = True, tvm: bool = True, repeats: int = 1, force: bool = False,
-                 say: Callable[[str], None] | None = None) -> ExportResult:
+                 say: Callable[[str], None] | None = None, tvm_tune_trials: int = 0,
+                 tvm_tune_timeout_s: float = TUNE_TIMEOUT_S) -> ExportResult:
     """Rebuild, fine-tune longer, evaluate on the test split and export one trial's plan.
 
     Args:
@@ -143,6 +155,9 @@ def export_point(study: optuna.Study, config: SearchConfig | StudyContext, row: 
         force: Export into ``out_dir`` even when it holds files that are not an earlier export of this
             trial (the export's own files are replaced; the others are left alone and not listed).
         say: Progress messages (one line each).
+        tvm_tune_trials: Tune the TVM module (and the dense one, its speed reference) with MetaSchedule, about
+            this many trials per model (0: untuned); only on a target that is this machine.
+        tvm_tune_timeout_s: Bound on each model's tuning, s.
 
     Returns:
         The folder and its report (also written as ``report.json``).
@@ -152,12 +167,15 @@ def export_point(study: optuna.Study, config: SearchConfig | StudyContext, row: 
     """
     if repeats < 1:
         raise ConfigError(f"--repeats must be at least 1, got {repeats}")
+    if tvm_tune_trials and not tvm:
+        raise ConfigError("--tvm-tune-trials tunes the TVM module, which --no-tvm skips: give one of them")
     t0 = time.perf_counter()
     context = config if isinstance(config, StudyContext) else StudyContext.resolve(config)
+    tuning = export_tuning(context.profile, context.config.model, tvm_tune_trials, tvm_tune_timeout_s, progress)
     run = _prepare(study, context, row, epochs, out_dir, progress, say or (lambda _msg: None), force)
     result, repeated = _fine_tune(run, repeats)
     files = _onnx_files(run)
-    tvm_rec = _tvm_module(run, files) if tvm else TvmModule(built=False, reason=TVM_SKIPPED)
+    tvm_rec = _tvm_module(run, files, tuning) if tvm else TvmModule(built=False, reason=TVM_SKIPPED)
     predicted = _predicted(run, result)
     measured = _measure(run, predicted, files.dense, tvm_rec)
     optional_step(run.notes, "per-layer chart", lambda: _layer_chart(
@@ -285,10 +303,14 @@ def _onnx_files(run: _ExportRun) -> _OnnxFiles:
     return _OnnxFiles(dense=dense, x=x, outputs=outputs, onnx_accuracy=acc, test_samples=n_test)
 
 
-def _tvm_module(run: _ExportRun, files: _OnnxFiles) -> TvmModule:
-    """Build the TVM module for the target (checked against the reference outputs where it runs here)."""
-    run.say(f"building the TVM module for {run.context.config.target}")
-    rec = build_tvm_module(run.onnx_path, run.context.profile, run.folder, reference=(files.x, files.outputs))
+def _tvm_module(run: _ExportRun, files: _OnnxFiles, tuning: Any) -> TvmModule:
+    """Build the TVM module for the target (checked against the reference outputs where it runs here), tuned
+    with ``tuning`` (and the dense model alike) when given."""
+    how = f"tuning ({tuning.trials} trials per model, into {tuning.work_dir}) and " if tuning is not None else ""
+    run.say(f"{how}building the TVM module for {run.context.config.target}")
+    dense = Path(files.dense.path) if files.dense.path else None
+    rec = build_tvm_module(run.onnx_path, run.context.profile, run.folder, reference=(files.x, files.outputs),
+                           tuning=tuning, dense_onnx=dense)
     if rec.reason:
         run.notes.append(f"TVM: {rec.reason}")
     return rec

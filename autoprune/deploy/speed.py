@@ -1,5 +1,10 @@
 """Speedups measured here: the dense model's time over the pruned model's, both timed in one interleaved run
-(:func:`autoprune.costmodel.builder.measure_vs_reference`), so the host's drift cancels in the ratio."""
+(:func:`autoprune.costmodel.builder.measure_vs_reference`), so the host's drift cancels in the ratio.
+
+A speedup is always against the same runtime's dense build of the same tuning: a tuned TVM module against the
+dense model tuned alike (``dense_tvm.so``). An untuned TVM module gets no speedup (against an untuned dense it
+means nothing); it is timed against ONNX Runtime instead, in one interleaved run, which says how much slower it is.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.deploy import ReportPart, optional_step, report_object
-from autoprune.deploy.tvm import TvmModule
+from autoprune.deploy.tvm import DENSE_TVM, TvmModule
 
 #: An interleaved run whose per-round ratios spread more than this (IQR / median) is re-measured.
 MAX_RATIO_SPREAD = 0.25
@@ -82,14 +87,22 @@ class RuntimeSpeed(ReportPart):
     noisy: bool | None = None
     host: str | None = None
     reason: str | None = None
+    tuned: bool | None = None
+    onnxruntime_ms: float | None = None
+    vs_onnxruntime: float | None = None
 
     def _written(self) -> Iterator[str]:
-        ok, *measurement, reason = (f.name for f in fields(self))
+        ok, *measurement, reason = (f.name for f in fields(self) if f.name not in _LATER)
         yield ok
         if self.runtime is not None:  # measured: every field of the measurement, None or not
             yield from measurement
+            yield from (name for name in _LATER if getattr(self, name) is not None)  # newer keys, where set
         if self.reason is not None:
             yield reason
+
+
+#: Fields of :class:`RuntimeSpeed` added after its first version: written only where set.
+_LATER = ("tuned", "onnxruntime_ms", "vs_onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -165,7 +178,8 @@ def measure_speedup(runtime: Any, model: Any, dense: Any, input_shape: tuple[int
     Args:
         runtime: ONNX Runtime (``runner``) or TVM (``local_runner``) on this machine.
         model: The pruned model (ONNX path; for TVM also an exported ``.so``).
-        dense: The dense model (ONNX path).
+        dense: The dense model (ONNX path); for TVM, ``dense_tvm.so`` beside it when the export built one
+            (tuned as the pruned module was), else the ONNX file compiled here (untuned).
         input_shape: ``(1, C, H, W)``.
         attempts: Interleaved runs at most.
 
@@ -176,6 +190,9 @@ def measure_speedup(runtime: Any, model: Any, dense: Any, input_shape: tuple[int
     from autoprune.profiling.protocol import host_description
 
     make = getattr(runtime, "local_runner", None) or runtime.runner  # TVM: local_runner; ONNX Runtime: runner
+    tuned_dense = Path(dense).with_name(DENSE_TVM)
+    if getattr(runtime, "local_runner", None) is not None and tuned_dense.is_file():
+        dense = str(tuned_dense)
     run_model = make(model, tuple(input_shape))
     run_dense = make(dense, tuple(input_shape))
     runs: list[tuple[float, Any]] = []
@@ -192,14 +209,15 @@ def measure_speedup(runtime: Any, model: Any, dense: Any, input_shape: tuple[int
 
 
 def local_runtimes(profile: Any, calibration_runtime: str = "", tvm_library: Path | None = None,
-                   threads: dict[str, int] | None = None) -> dict[str, Any]:
+                   threads: dict[str, int] | None = None, tvm: TvmModule | None = None) -> dict[str, Any]:
     """The runtimes that time an export on this machine: name → ``(runtime, pruned model file name)``.
 
     ONNX Runtime runs with the thread count the calibration was measured with (so the
     measured time is comparable with the prediction), else the profile's; TVM with the
     profile's TVM target and threads, on the exported library (only when one was built and
     linked here, and apache-tvm is installed). ``threads`` overrides either (verify passes
-    the counts the report recorded).
+    the counts the report recorded). ``tvm``, the export's module: a tuned one's target and tuning
+    (so that TVM describes itself as tuned).
     """
     from autoprune.profiling import get_runtime
 
@@ -210,9 +228,15 @@ def local_runtimes(profile: Any, calibration_runtime: str = "", tvm_library: Pat
     out["onnxruntime"] = (get_runtime("onnxruntime", threads=int(n), providers=ort_opts.get("providers")),
                           "model.onnx")
     if tvm_library is not None and tvm_library.suffix == ".so" and "tvm" in profile.runtimes:
-        opts = profile.runtime_options("tvm")
+        opts, tuned = profile.runtime_options("tvm"), {}
+        if tvm is not None and tvm.tuned and tvm.tuning is not None:
+            from autoprune.profiling.tvm_runtime import TvmTuning
+
+            t = tvm.tuning
+            tuned = {"target": tvm.target, "tuning": TvmTuning(Path(t.database), int(t.trials), float(t.timeout_s))}
         try:
-            rt = get_runtime("tvm", target=opts["target"], threads=threads.get("tvm") or opts.get("threads"))
+            rt = get_runtime("tvm", **{"target": opts["target"], **tuned},
+                             threads=threads.get("tvm") or opts.get("threads"))
         except ImportError:  # apache-tvm missing: time what can be timed
             return out
         out["tvm"] = (rt, tvm_library.name)
@@ -238,13 +262,20 @@ def measure_local(out_dir: Path, profile: Any, provenance: Mapping[str, Any], pr
 
     lib = Path(tvm.path) if tvm.checked and tvm.format == "so" and tvm.path else None
     cal_runtime = str(provenance.get("runtime", ""))
-    runtimes = local_runtimes(profile, cal_runtime, lib)
+    runtimes = local_runtimes(profile, cal_runtime, lib, tvm=tvm)
     runs: dict[str, RuntimeSpeed] = {}
     if "tvm" not in runtimes:
         why = "--no-tvm" if tvm.skipped else (tvm.reason or "no TVM module linked for this machine")
         runs["tvm"] = RuntimeSpeed(ok=False, reason=f"not measured: {why}")
+    elif tvm.tuned and not tvm.dense_path:
+        runs["tvm"] = RuntimeSpeed(ok=False, tuned=True, reason=f"not measured: {tvm.reason}")
+        del runtimes["tvm"]
     for name, (rt, pruned) in runtimes.items():
+        if name == "tvm" and not tvm.tuned:
+            runs[name] = _untuned(rt, out_dir / pruned, runtimes["onnxruntime"], out_dir, input_shape, notes)
+            continue
         runs[name] = _timed(name, rt, out_dir / pruned, out_dir / "dense.onnx", input_shape, notes)
+        runs[name] = replace(runs[name], tuned=True) if name == "tvm" else runs[name]
     measured = Measured(host=host_description(), input_shape=tuple(input_shape), runtimes=runs)
     # the prediction describes the calibration's runtime: compare with that one
     name = "tvm" if cal_runtime.startswith("tvm") else "onnxruntime"
@@ -269,3 +300,28 @@ def _timed(name: str, runtime: Any, model: Path, dense: Path, input_shape: tuple
            "interleaved runs; the figures are kept but verify will not compare against them")
     notes.append(f"{name} measurement: {why}")
     return RuntimeSpeed(ok=False, **m.to_dict(), reason=why)
+
+
+def _untuned(runtime: Any, library: Path, onnxruntime: tuple[Any, str], out_dir: Path, input_shape: tuple[int, ...],
+             notes: list[str]) -> RuntimeSpeed:
+    """An untuned TVM module timed against ONNX Runtime on the same pruned model, in one interleaved run: how
+    much slower it is (no speedup: against an untuned dense it would mean nothing)."""
+    from autoprune.costmodel.builder import measure_vs_reference
+    from autoprune.profiling.protocol import host_description
+
+    ort, onnx_name = onnxruntime
+
+    def measure() -> Any:
+        run_tvm = runtime.local_runner(str(library), tuple(input_shape))
+        return measure_vs_reference(_Prepared(), run_tvm, ort.runner(str(out_dir / onnx_name), tuple(input_shape)))
+
+    rel, reason = optional_step(notes, "tvm measurement", measure)
+    if rel is None:
+        return RuntimeSpeed(ok=False, tuned=False, reason=reason)
+    spread = rel.ratio_spread if math.isfinite(rel.ratio_spread) else -1.0
+    return RuntimeSpeed(
+        ok=False, runtime=runtime.describe(), threads=runtime.threads, pruned_ms=rel.latency_ms, ratio_spread=spread,
+        rounds=rel.rounds, attempts=1, noisy=not 0 <= spread <= MAX_RATIO_SPREAD, host=host_description(),
+        tuned=False, onnxruntime_ms=rel.reference_ms, vs_onnxruntime=rel.ratio,
+        reason=(f"untuned: {rel.ratio:.3g}x ONNX Runtime's time ({ort.describe()}, {ort.threads} thread(s)), "
+                "and no speedup against an untuned dense; tune with --tvm-tune-trials N, or deploy with ONNX Runtime"))

@@ -1,5 +1,6 @@
-"""The TVM module of an export, built for the target's own TVM target, and the command lines to time an
-export on a device where it cannot be built here (``trtexec`` for a Jetson)."""
+"""The TVM module of an export, built for the target's own TVM target (tuned with MetaSchedule when asked, with
+the dense model tuned alike as its speed reference), and the command lines to time an export on a device where
+it cannot be built here (``trtexec`` for a Jetson)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,41 @@ from autoprune.errors import AutopruneError
 
 #: ``tvm.reason`` of an export made with ``--no-tvm``.
 TVM_SKIPPED = "skipped (--no-tvm)"
+#: The tuned dense model an export with tuning writes beside ``model_tvm.so`` (its speed reference).
+DENSE_TVM = "dense_tvm.so"
+#: Default bound on each model's tuning, s.
+TUNE_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class TuningRecord(ReportPart):
+    """The MetaSchedule tuning of an export's TVM modules (the pruned model, then the dense one).
+
+    Attributes:
+        trials: The trial budget per model (``--tvm-tune-trials``).
+        timeout_s: The bound on each model's tuning.
+        database: The database folder (``results/tvm-tuning/<target>/<model>``), reused by later exports.
+        cost_model: ``xgb`` (xgboost installed) or ``random``.
+        trials_run: Trials this export measured (0 where the database already covered the budget).
+        records: Records in the database afterwards.
+        seconds: Time spent tuning.
+        stopped: ``timeout`` when the bound cut a model's tuning short (its tasks have fewer trials).
+    """
+
+    trials: int
+    timeout_s: float
+    database: str
+    cost_model: str | None = None
+    trials_run: int = 0
+    records: int | None = None
+    seconds: float = 0.0
+    stopped: str | None = None
+
+    def add(self, result: Any) -> TuningRecord:
+        """This record with one more model's :class:`~autoprune.profiling.tvm_tune.TuningResult` counted in."""
+        return replace(self, cost_model=result.cost_model, trials_run=self.trials_run + result.trials_run,
+                       records=result.records, seconds=round(self.seconds + result.seconds, 1),
+                       stopped=self.stopped or result.stopped)
 
 
 @dataclass(frozen=True)
@@ -35,6 +71,11 @@ class TvmModule(ReportPart):
         tolerance: The tolerance they were checked against.
         samples: Reference inputs it ran on.
         reason: What could not be done here (and why).
+        tuned: Its kernels were tuned with MetaSchedule (``False``: untuned, tens of times slower than ONNX
+            Runtime on a CPU; ``None`` in exports made before tuning existed, which were all untuned).
+        tuning: The tuning (``None``: untuned).
+        dense_path: The dense model built with the same tuning (``dense_tvm.so``), its speed reference.
+        dense_bytes: Its size.
     """
 
     built: bool
@@ -50,6 +91,15 @@ class TvmModule(ReportPart):
     tolerance: float | None = None
     samples: int | None = None
     reason: str | None = None
+    tuned: bool | None = None
+    tuning: TuningRecord | None = None
+    dense_path: str | None = None
+    dense_bytes: int | None = None
+
+    @property
+    def label(self) -> str:
+        """``tuned`` or ``untuned``, as the export prints it."""
+        return "tuned" if self.tuned else "untuned"
 
     @property
     def skipped(self) -> bool:
@@ -113,8 +163,37 @@ def _cuda_blocker(profile_name: str, arch: str) -> str | None:
             + "; ".join(why))
 
 
+def export_tuning(profile: Any, model_ref: str, trials: int, timeout_s: float = TUNE_TIMEOUT_S,
+                  progress: bool = False) -> Any:
+    """The tuning of an export's TVM modules on this machine: ``trials`` per model into the database of the
+    target (its TVM target for this CPU, :func:`~autoprune.profiling.tvm_runtime.for_this_cpu`) and model,
+    ``results/tvm-tuning/<target>/<model>``; ``None`` for ``trials`` 0 (untuned).
+
+    Raises:
+        ConfigError: ``trials`` below 0, or a target that is not this machine (tuning measures here).
+    """
+    from autoprune.costmodel.calibration import calibration_name
+    from autoprune.errors import ConfigError
+    from autoprune.io import results_dir
+
+    if trials < 0:
+        raise ConfigError(f"--tvm-tune-trials must be >= 0, got {trials}")
+    if not trials:
+        return None
+    if not profile.is_here:
+        raise ConfigError(f"--tvm-tune-trials tunes by measuring on this machine, and {profile.name} is not this "
+                          "machine: tune on the device, or export without it (the TVM module is then untuned)")
+    from autoprune.profiling.tvm_runtime import TvmTuning, for_this_cpu
+    from autoprune.profiling.tvm_tune import tuning_dir
+
+    spec = for_this_cpu(profile.runtime_options("tvm")["target"])
+    return TvmTuning(work_dir=tuning_dir(results_dir() / "tvm-tuning", spec, calibration_name(model_ref)),
+                     trials=int(trials), timeout_s=float(timeout_s), progress=progress)
+
+
 def build_tvm_module(onnx_path: Path, profile: Any, out_dir: Path,
-                     reference: tuple[Any, Any] | None = None) -> TvmModule:
+                     reference: tuple[Any, Any] | None = None, tuning: Any = None,
+                     dense_onnx: Path | None = None) -> TvmModule:
     """Compile the ONNX model with TVM Relax for the target's own TVM target and export it.
 
     Args:
@@ -123,6 +202,9 @@ def build_tvm_module(onnx_path: Path, profile: Any, out_dir: Path,
         out_dir: Where ``model_tvm.so`` (or ``.tar``) is written.
         reference: ``(inputs, ONNX Runtime outputs)``: a library linked for this machine is
             loaded back, run on the inputs and compared with the outputs.
+        tuning: A :class:`~autoprune.profiling.tvm_runtime.TvmTuning` (:func:`export_tuning`): the model is
+            tuned for this CPU first, and ``dense_onnx`` is tuned and built alike as ``dense_tvm.so``.
+        dense_onnx: The dense model (``dense.onnx``), built only with ``tuning``.
 
     Returns:
         The record: ``built``, ``target``, ``kind``, ``native``, ``path``/``bytes``/``format`` when a file was
@@ -133,11 +215,15 @@ def build_tvm_module(onnx_path: Path, profile: Any, out_dir: Path,
         spec = profile.runtime_options("tvm")["target"]
     except AutopruneError as exc:
         return TvmModule(built=False, target=None, reason=reason_line(exc))
-    rec = TvmModule(built=False, target=spec, native=False, checked=False)
+    rec = TvmModule(built=False, target=spec, native=False, checked=False, tuned=tuning is not None)
     try:
-        from autoprune.profiling.tvm_runtime import TvmRuntime, _cross_compiler, _target_triple
+        from autoprune.profiling.tvm_runtime import TvmRuntime, _cross_compiler, _target_triple, for_this_cpu
 
-        rt = TvmRuntime(target=spec, threads=profile.runtime_options("tvm").get("threads"))
+        if tuning is not None:
+            spec = for_this_cpu(spec)
+            rec = replace(rec, target=spec, tuning=TuningRecord(trials=tuning.trials, timeout_s=tuning.timeout_s,
+                                                                database=str(tuning.work_dir)))
+        rt = TvmRuntime(target=spec, threads=profile.runtime_options("tvm").get("threads"), tuning=tuning)
         rec = replace(rec, kind=rt.target.kind.name)
         if rec.kind == "cuda":
             blocker = _cuda_blocker(profile.name, str(rt.target.attrs.get("arch", "")) or "cuda")
@@ -146,6 +232,7 @@ def build_tvm_module(onnx_path: Path, profile: Any, out_dir: Path,
             import tvm.support.nvcc  # noqa: F401 - registers the CUDA compile callback
 
         ex, _, _ = rt.compile(str(onnx_path))
+        rec = replace(rec, tuning=rec.tuning.add(rt.tunings[-1])) if rec.tuning is not None else rec
         triple = _target_triple(rt.target)
         try:
             fcompile = _cross_compiler(rt.target)
@@ -163,9 +250,24 @@ def build_tvm_module(onnx_path: Path, profile: Any, out_dir: Path,
             what = f"cross-built for {triple}" if triple else f"built for {rec.kind}"
             return replace(rec, reason=f"{what} ({profile.name}), so not run here; "
                                        "`tvm.runtime.load_module` loads it on the board")
-        return _check_native(rt, lib, reference, rec) if reference is not None else rec
+        rec = _check_native(rt, lib, reference, rec) if reference is not None else rec
+        return _tuned_dense(rt, dense_onnx, out_dir, rec) if tuning is not None and dense_onnx else rec
     except Exception as exc:  # noqa: BLE001 - an optional step: TVM raises its own error types
         return replace(rec, reason=reason_line(exc))
+
+
+def _tuned_dense(rt: Any, dense_onnx: Path, out_dir: Path, rec: TvmModule) -> TvmModule:
+    """Tune and build the dense model as the pruned one was (``dense_tvm.so``): a tuned module's speedup is
+    against a tuned dense, never an untuned one."""
+    try:
+        ex, _, _ = rt.compile(str(dense_onnx))
+        rec = replace(rec, tuning=rec.tuning.add(rt.tunings[-1]))
+        lib = out_dir / DENSE_TVM
+        ex.export_library(str(lib))
+    except Exception as exc:  # noqa: BLE001 - an optional step: TVM raises its own error types
+        why = f"the tuned dense model ({DENSE_TVM}) was not built: {reason_line(exc)}"
+        return replace(rec, reason=f"{rec.reason}; {why}" if rec.reason else why)
+    return replace(rec, dense_path=str(lib), dense_bytes=lib.stat().st_size)
 
 
 def _export_objects(ex: Any, out_dir: Path, triple: str, rec: TvmModule) -> TvmModule:
