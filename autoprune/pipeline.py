@@ -36,7 +36,7 @@ from autoprune.compute import Compute
 from autoprune.costmodel.base import CostEstimate
 from autoprune.data import DataSplits
 from autoprune.pruning.evaluate import Evaluation
-from autoprune.records import TrialRecord
+from autoprune.records import ScreenScore, TrialRecord
 
 if TYPE_CHECKING:
     from autoprune.hardware import HardwareProfile
@@ -153,6 +153,7 @@ class Pipeline:
         from autoprune.data import natural_input_size
         from autoprune.hardware import load_profile
         from autoprune.pruning import check_groups, discover_groups
+        from autoprune.pruning.check import check_options
 
         profile = load_profile(target) if isinstance(target, str) else target
 
@@ -166,7 +167,7 @@ class Pipeline:
         self.example = data.example_input(1)
         # Discovered once, then test-pruned once: what cannot be pruned safely is kept whole.
         check = check_groups(self.dense, self.example, discover_groups(self.dense, self.example),
-                             **_check_options(space, max_ratio))
+                             **check_options(space, max_ratio))
         self.groups = list(check.groups)
         self.excluded_groups: dict[str, str] = dict(check.excluded)
         self.finetune_epochs = finetune_epochs
@@ -223,12 +224,19 @@ class Pipeline:
             self._teacher = self.compute.copy(self.dense).eval()
         return self._teacher
 
+    def full_steps(self, epochs: int | None = None) -> int:
+        """Optimiser steps of one candidate's full fine-tune (the study's budget, or ``epochs``)."""
+        if self.finetune_steps is not None:
+            return self.finetune_steps
+        ep = self.finetune_epochs if epochs is None else epochs
+        return max(1, round(ep * len(self.data.loader("train", self.batch_size))))
+
     def _finetune(self, model: nn.Module, plan, *, epochs_scale: float = 1.0, kd: bool = False,
-                  epochs: int | None = None, on_checkpoint=None):
+                  epochs: int | None = None, on_checkpoint=None, steps: int | None = None):
         from autoprune.pruning import FinetuneConfig, finetune
 
         ep = self.finetune_epochs if epochs is None else epochs
-        steps = self.finetune_steps
+        steps = steps if steps is not None else self.finetune_steps
         if steps is None:
             steps = max(1, round(ep * epochs_scale * len(self.data.loader("train", self.batch_size))))
         cfg = FinetuneConfig(
@@ -336,6 +344,35 @@ class Pipeline:
             curve=(*curve, (1.0, ev.accuracy)),
         )
 
+    def screen(self, plan, *, steps: int = 0, kd: bool = False, samples: int | None = None,
+               bn_batches: int = CHECK_BN_BATCHES) -> ScreenScore:
+        """Score ``plan`` cheaply: prune, re-estimate BatchNorm (EagleEye) or fine-tune ``steps`` steps,
+        evaluate on the first ``samples`` validation samples; the latency is the cost model's, known
+        before any training. Nothing is exported or measured.
+
+        Raises:
+            autoprune.errors.AutopruneError: A bad plan (as :meth:`run`).
+        """
+        from autoprune.pruning import recalibrate_bn
+        from autoprune.pruning.evaluate import top1_upto
+
+        t0 = time.perf_counter()
+        pruned = self.prune(plan)
+        costs = self._costs(pruned, self.cost_model.predict(pruned.module))
+        bn_loader = self.data.loader("train", self.batch_size, seed=self.seed, pin_memory=self.compute.pin_memory)
+        self.compute.place(pruned.module)
+        try:
+            if steps > 0:
+                self._finetune(pruned.module, pruned.plan, kd=kd, steps=steps)
+            else:
+                recalibrate_bn(pruned.module, bn_loader, bn_batches, self.compute)
+            acc, n = top1_upto(pruned.module, self.data.loader("val", 256, pin_memory=self.compute.pin_memory),
+                                    samples, self.compute)
+        finally:
+            self.compute.to_cpu(pruned.module)
+        return ScreenScore(plan=pruned.plan.to_dict(), accuracy=acc, samples=n, steps=int(steps),
+                           seconds=round(time.perf_counter() - t0, 4), **costs)
+
     def _costs(self, pruned, cost: CostEstimate) -> dict[str, float]:
         """What a candidate costs before it is fine-tuned, by record attribute (the stopper's comparison).
 
@@ -368,21 +405,6 @@ def _side_effect_free(module: nn.Module, compute: Compute, loader: Any) -> Itera
                     getattr(m, k).copy_(b)
         if gen_state is not None:
             gen.set_state(gen_state)
-
-
-def _check_options(space: Any, max_ratio: float | None) -> dict[str, Any]:
-    """The :func:`~autoprune.pruning.check_groups` options a search space implies."""
-    from autoprune.pruning import STRUCTURES, PlanSettings
-
-    if space is None:
-        return {"max_ratio": 0.95 if max_ratio is None else max_ratio}
-    highs = [space.ratio.high, *(r.high for r in space.ratio_by_kind.values())]
-    return {
-        "max_ratio": max(max(highs), 0.05) if max_ratio is None else max_ratio,
-        "structures": tuple(s for s in STRUCTURES if s in space.structures),
-        "nm_patterns": tuple(space.nm_patterns),
-        "settings": PlanSettings(min_channels=space.min_channels, round_to=space.round_to),
-    }
 
 
 def measure_onnx_local(path: str | Path, input_shape: tuple[int, ...], threads: int | None = None):

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-__all__ = ["TrialRecord"]
+__all__ = ["ScreenScore", "TrialRecord"]
 
 #: The fields a trial's user attributes never hold: the trial's own number and the other attributes.
 _NOT_STORED = ("number", "extra")
@@ -126,3 +126,31 @@ class TrialRecord:
     def from_trial(cls, trial: Any) -> TrialRecord:
         """The record a (COMPLETE) Optuna trial stores."""
         return cls.from_dict(trial.user_attrs, number=trial.number)
+
+
+@dataclass(frozen=True)
+class ScreenScore:
+    """A candidate scored cheaply, without its full fine-tune (:meth:`Pipeline.screen`).
+
+    Attributes:
+        plan: The snapped plan that was pruned.
+        accuracy: Validation accuracy (a fraction) on the first ``samples`` validation samples, after
+            ``steps`` fine-tuning steps (0: BatchNorm re-estimated only).
+        samples: Validation samples evaluated.
+        steps: Fine-tuning steps taken.
+        latency_ms: PREDICTED latency on the target (the cost model's, as a full trial's).
+        energy_mj: PREDICTED energy on the target.
+        size_mb: Sparse size before fine-tuning.
+        macs: Multiply-accumulates per sample.
+        seconds: Wall time of the screen.
+    """
+
+    plan: dict[str, Any]
+    accuracy: float
+    samples: int
+    steps: int
+    latency_ms: float
+    energy_mj: float
+    size_mb: float
+    macs: float
+    seconds: float

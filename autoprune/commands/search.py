@@ -117,6 +117,11 @@ class SearchCommand(Command):
               f"{c['failed']} failed, {c.get('stale_retried', 0)} stale retried, in {trial_min:.1f} min "
               f"({c['completed'] / max(trial_min, 1e-9):.1f} trials/min); {minutes:.1f} min in all with set-up "
               "(dense training when not cached, calibration loading)")
+        from autoprune.search.screen import screening_summary
+
+        screened = screening_summary(out.study)
+        if screened:
+            print(screened)
         print(f"target {out.config.target}; dense accuracy {out.dense_checkpoint.val_accuracy:.4f} (val)")
         _print_excluded(out.excluded_groups)
         if not out.front:

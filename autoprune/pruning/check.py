@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -296,4 +297,17 @@ def _bad_layer(module: nn.Module) -> str | None:
     return None
 
 
-__all__ = ["GroupCheck", "check_groups"]
+def check_options(space: Any, max_ratio: float | None) -> dict[str, Any]:
+    """The :func:`~autoprune.pruning.check_groups` options a search space implies."""
+    if space is None:
+        return {"max_ratio": 0.95 if max_ratio is None else max_ratio}
+    highs = [space.ratio.high, *(r.high for r in space.ratio_by_kind.values())]
+    return {
+        "max_ratio": max(max(highs), 0.05) if max_ratio is None else max_ratio,
+        "structures": tuple(s for s in STRUCTURES if s in space.structures),
+        "nm_patterns": tuple(space.nm_patterns),
+        "settings": PlanSettings(min_channels=space.min_channels, round_to=space.round_to),
+    }
+
+
+__all__ = ["GroupCheck", "check_groups", "check_options"]

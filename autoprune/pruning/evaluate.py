@@ -182,3 +182,21 @@ def evaluate(
         nonzero_params=nonzero,
         samples=len(p) if preds else 0,
     )
+
+
+@torch.no_grad()
+def top1_upto(model: nn.Module, loader: Iterable, samples: int | None,
+              compute: Compute | None = None) -> tuple[float, int]:
+    """``(top-1 accuracy, samples evaluated)`` over the first ``samples`` of ``loader`` (all where None)."""
+    compute = compute or Compute()
+    model.eval()
+    correct = total = 0
+    for batch in loader:
+        x, y = compute.batch(batch)
+        if samples is not None:
+            x, y = x[: samples - total], y[: samples - total]
+        correct += int((model(x).argmax(1) == y).sum())
+        total += int(y.numel())
+        if samples is not None and total >= samples:
+            break
+    return correct / max(total, 1), total

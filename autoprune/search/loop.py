@@ -119,7 +119,7 @@ def _raise_interrupt(signum, frame):
 
 def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[float]], *,
                timeout_s: float | None = None, progress: bool = True, on_trial=None,
-               max_consecutive_failures: int = 10) -> dict[str, int]:
+               max_consecutive_failures: int = 10, enqueued_only: bool = False) -> dict[str, int]:
     """Ask/tell until the study has ``config.trials`` COMPLETE trials (or the timeout).
 
     Args:
@@ -132,6 +132,7 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[floa
         progress: Show a progress bar.
         on_trial: Optional callback ``(study, frozen_trial)`` after each trial.
         max_consecutive_failures: Stop after this many failures in a row.
+        enqueued_only: Stop when no enqueued (WAITING) trial is left, rather than ask the sampler.
 
     Returns:
         Counts: ``completed``, ``failed``, ``surplus``, ``stopped`` (trials this worker started).
@@ -171,6 +172,8 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[floa
             if done + running >= config.trials:
                 time.sleep(1.0)  # other workers hold the remaining budget
                 continue
+            if enqueued_only and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                break
             trial = study.ask()
             if _is_surplus(study, trial, config.trials):
                 book.surplus(trial, "surplus: the budget was taken by other workers")

@@ -80,17 +80,21 @@ def evaluate_candidate(pipeline, space: SearchSpace, config: SearchConfig, param
         autoprune.search.stopping.TrialStopped: ``stopper`` stopped it at a fine-tuning checkpoint; the
             backend tells the trial PRUNED with the reason.
     """
-    info = None
-    if needs_pipeline(space, params):
-        from autoprune.search.knapsack import knapsack_from_params
-
-        plan, info = knapsack_from_params(pipeline, space, params, config.seed)
-    else:
-        plan = plan_from_params(space, pipeline.groups, params, config.seed)
+    plan, info = candidate_plan(pipeline, space, config, params)
     record = pipeline.run(plan, kd=bool(params.get("kd", space.distillation[0])), stopper=stopper).trial_record()
     if info is not None:
         record = replace(record, allocation=info)
     return record.with_constraints(constraint_values(config, record))
+
+
+def candidate_plan(pipeline, space: SearchSpace, config: SearchConfig, params: dict[str, Any]):
+    """``(plan, knapsack allocation or None)``: the pruning plan that a trial's ``params`` describe, resolved
+    against the pipeline where they choose the knapsack (:func:`~autoprune.search.knapsack.knapsack_from_params`)."""
+    if needs_pipeline(space, params):
+        from autoprune.search.knapsack import knapsack_from_params
+
+        return knapsack_from_params(pipeline, space, params, config.seed)
+    return plan_from_params(space, pipeline.groups, params, config.seed), None
 
 
 def record_result(trial, config: SearchConfig, record: TrialRecord | Mapping[str, Any],

@@ -130,8 +130,14 @@ def run_search(config: SearchConfig | None, *, study_name: str, storage: str | S
         if create_only:
             return SearchSummary(**base)
         t_trials = time.perf_counter()
-        counts = runner.run(study, config, storage, pipeline, space, timeout_s=timeout_s, progress=progress,
-                            exclusive=exclusive)
+        if space.screening is not None:  # screen many candidates, fully fine-tune the promoted ones
+            from autoprune.search.screen import run_screened
+
+            counts = run_screened(study, config, storage, pipeline, space, runner, timeout_s=timeout_s,
+                                  progress=progress, exclusive=exclusive)
+        else:
+            counts = runner.run(study, config, storage, pipeline, space, timeout_s=timeout_s, progress=progress,
+                                exclusive=exclusive)
         trials_s = time.perf_counter() - t_trials
         front = write_front(study, config)
     return SearchSummary(**base, counts={**counts, "stale_retried": retried}, trials_s=trials_s, **front)

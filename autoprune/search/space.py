@@ -40,11 +40,13 @@ KINDS = ("conv", "depthwise", "linear")
 _TOP_KEYS = {
     "version", "description", "structures", "nm_patterns", "ratio", "ratio_by_kind", "criteria",
     "allocation", "schedule", "iterative_steps", "round_to", "min_channels", "finetune", "distillation",
-    "budget", "priorities", "latency_weight", "thinning",
+    "budget", "priorities", "latency_weight", "thinning", "screening",
 }
 ALLOCATIONS = ("local", "global", "knapsack")
 _FT_KEYS = {"epochs", "steps", "lr", "lr_schedule", "batch_size"}
 _KD_KEYS = {"enabled", "temperature", "weight"}
+_SCREEN_KEYS = {"candidates", "random", "bands", "refine_parents", "refine_children", "refine_sigma",
+                "rung1_fraction", "rung1_per_band", "promote_per_band", "val_samples", "bn_batches"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,50 @@ class FinetuneBudget:
     lr: float = 0.02
     lr_schedule: str = "cosine"
     batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class ScreeningSpec:
+    """How a study screens candidates before it fine-tunes any (:mod:`autoprune.search.screen`).
+
+    Each round scores ``candidates`` plans at rung 0 (pruned, BatchNorm re-estimated on ``bn_batches``
+    batches, evaluated on ``val_samples`` validation samples, latency predicted): the sweeps and
+    ``random`` draws (in the first round), then ``refine_children`` per-layer deviations (standard
+    deviation ``refine_sigma`` in ratio) of the best ``refine_parents`` of each of ``bands`` latency bands.
+    The best ``rung1_per_band`` of each band are fine-tuned for ``rung1_fraction`` of a full fine-tune
+    (rung 1; 0 skips it), and the best ``promote_per_band`` of each band become the study's next
+    fully fine-tuned trials.
+    """
+
+    candidates: int = 48
+    random: int = 24
+    bands: int = 5
+    refine_parents: int = 1
+    refine_children: int = 4
+    refine_sigma: float = 0.1
+    rung1_fraction: float = 0.25
+    rung1_per_band: int = 2
+    promote_per_band: int = 2
+    val_samples: int = 512
+    bn_batches: int = 4
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str) -> ScreeningSpec | None:
+        """Validate the ``screening`` mapping (``None`` or ``false``: no screening)."""
+        if raw is None or raw is False:
+            return None
+        if raw is True:
+            return cls()
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: 'screening' must be a mapping, true or false")
+        _no_unknown(raw, _SCREEN_KEYS, f"{where}: screening")
+        d = cls()
+        ints = {k: _int(raw.get(k, getattr(d, k)), f"screening.{k}", where, 0 if k in ("random",) else 1)
+                for k in ("candidates", "random", "bands", "refine_parents", "refine_children", "rung1_per_band",
+                          "promote_per_band", "val_samples", "bn_batches")}
+        return cls(**ints, refine_sigma=_unit(raw.get("refine_sigma", d.refine_sigma), "screening.refine_sigma", where),
+                   rung1_fraction=_unit(raw.get("rung1_fraction", d.rung1_fraction), "screening.rung1_fraction",
+                                        where))
 
 
 @dataclass(frozen=True)
@@ -82,6 +128,7 @@ class SearchSpace:
     priorities: PriorityRange = PriorityRange()  # noqa: RUF009 - frozen
     latency_weight: RatioRange = RatioRange(1.0, 1.0, 0.05)  # noqa: RUF009 - frozen
     thinning: float = 1.0
+    screening: ScreeningSpec | None = None
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -167,6 +214,7 @@ class SearchSpace:
             kd_weight=_unit(kd_raw.get("weight", 0.7), "distillation.weight", where),
             budget=budget, priorities=priorities,
             latency_weight=_latency_weight(raw.get("latency_weight", 1.0), where), thinning=thinning,
+            screening=ScreeningSpec.from_dict(raw.get("screening"), where),
         )
 
     # -- per-group view -----------------------------------------------------------------------

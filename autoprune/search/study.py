@@ -109,6 +109,8 @@ def seed_study(study, space: SearchSpace, groups) -> int:
     if study.user_attrs.get(SEEDED_ATTR):
         return 0
     seeds = space.anchors(groups)
+    if space.screening is not None:  # the screening's first round holds the sweeps: only the dense reference
+        seeds = [s for s in seeds if s[0] == "dense"][:1]
     for label, params, fixed in seeds:
         study.enqueue_trial(params, user_attrs={"anchor": label[:60], **({"anchor_params": fixed} if fixed else {})})
     study.set_user_attr(SEEDED_ATTR, True)
@@ -131,8 +133,9 @@ def attach_plan(trial, storage: StudyStorage, plan: dict[str, Any]) -> str:
 def retry_attrs(trial) -> dict[str, Any]:
     """User attributes of a retry: which trial it repeats, and its anchor name if it was one."""
     anchor, fixed = trial.user_attrs.get("anchor"), trial.user_attrs.get("anchor_params")
+    history = {k: v for k, v in trial.user_attrs.items() if k.startswith("screen_") or k.startswith("rung")}
     return {"retry_of": trial.number, **({"anchor": anchor} if anchor else {}),
-            **({"anchor_params": fixed} if fixed else {})}
+            **({"anchor_params": fixed} if fixed else {}), **history}
 
 
 def fail_and_retry(study, trials: Iterable[Any], reason: str) -> int:

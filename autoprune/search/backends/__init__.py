@@ -42,7 +42,7 @@ class Backend(ABC):
 
     @abstractmethod
     def run(self, study, config, storage, pipeline, space, *, timeout_s: float | None = None,
-            progress: bool = True, exclusive: bool = True) -> dict[str, int]:
+            progress: bool = True, exclusive: bool = True, enqueued_only: bool = False) -> dict[str, int]:
         """Run the remaining trials and return the counts.
 
         Args:
@@ -55,6 +55,8 @@ class Backend(ABC):
             timeout_s: Stop starting trials after this many seconds.
             progress: Show progress.
             exclusive: This process holds the study alone (SQLite lock); else workers share it.
+            enqueued_only: Run only the trials enqueued in the study (anchors, screened candidates) and
+                return when none waits, rather than ask the sampler for more (:mod:`autoprune.search.screen`).
         """
 
 

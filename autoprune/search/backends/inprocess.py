@@ -17,7 +17,8 @@ class InProcessBackend(Backend):
 
     name = "optuna"
 
-    def run(self, study, config, storage, pipeline, space, *, timeout_s=None, progress=True, exclusive=True):
+    def run(self, study, config, storage, pipeline, space, *, timeout_s=None, progress=True, exclusive=True,
+            enqueued_only=False):
         study.sampler = make_sampler(config, len(study.get_trials(deepcopy=False)),
                                      salt=0 if exclusive else os.getpid())  # shared-study workers sample apart
         study.set_user_attr(ARTIFACTS_ATTR, str(storage.artifact_dir))
@@ -27,4 +28,4 @@ class InProcessBackend(Backend):
                                         stopper=Stopper.from_study(study, config))
             return record_result(trial, config, record, storage)
 
-        return run_trials(study, config, objective, timeout_s=timeout_s, progress=progress)
+        return run_trials(study, config, objective, timeout_s=timeout_s, progress=progress, enqueued_only=enqueued_only)

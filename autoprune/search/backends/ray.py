@@ -99,17 +99,17 @@ class RayBackend(Backend):
 
     def run(self, study: Study, config: SearchConfig, storage: StudyStorage, pipeline: Pipeline,
             space: SearchSpace, *, timeout_s: float | None = None, progress: bool = True,
-            exclusive: bool = True) -> dict[str, int]:
+            exclusive: bool = True, enqueued_only: bool = False) -> dict[str, int]:
         """Run the remaining trials on Ray (see :meth:`Backend.run <autoprune.search.backends.Backend.run>`);
         Ray Tune's progress table stays off."""
         return run_ray(study, config, storage, pipeline.groups, workers=self.workers, address=self.address,
-                       timeout_s=timeout_s, progress=False, resources=self.resources)
+                       timeout_s=timeout_s, progress=False, resources=self.resources, enqueued_only=enqueued_only)
 
 
 def run_ray(study: Study, config: SearchConfig, storage: str | StudyStorage, groups: Sequence[Any], *,
             workers: int = 1,
             address: str | None = None, timeout_s: float | None = None, progress: bool = False,
-            resources: TrialResources | None = None) -> dict[str, int]:
+            resources: TrialResources | None = None, enqueued_only: bool = False) -> dict[str, int]:
     """Run the study's remaining trials as Ray Tune trials and return trial counts.
 
     Args:
@@ -124,6 +124,7 @@ def run_ray(study: Study, config: SearchConfig, storage: str | StudyStorage, gro
         timeout_s: Stop starting trials after this many seconds.
         progress: Let Ray Tune print its progress table.
         resources: Each trial's CPUs and GPUs, and its worker's device (default: one CPU, no GPU).
+        enqueued_only: Run only the study's enqueued (WAITING) trials, never the sampler's.
 
     Returns:
         ``completed``, ``failed`` (candidates or workers that failed), ``surplus``
@@ -147,6 +148,8 @@ def run_ray(study: Study, config: SearchConfig, storage: str | StudyStorage, gro
     try:
         for _ in range(MAX_ROUNDS):
             remaining = config.trials - _count(study, TrialState.COMPLETE)
+            if enqueued_only:
+                remaining = min(remaining, _count(study, TrialState.WAITING))
             left_s = None if timeout_s is None else timeout_s - (time.monotonic() - t_start)
             if remaining <= 0 or (left_s is not None and left_s <= 0):
                 break

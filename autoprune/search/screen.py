@@ -1,0 +1,318 @@
+"""Screening: score many candidates cheaply, fine-tune only those that can reach the front.
+
+Successive halving over fine-tuning budgets, per latency band, in rounds. A round of a study whose space
+has ``screening`` (:class:`~autoprune.search.space.ScreeningSpec`):
+
+1. **Candidates.** The first round screens the one-line baselines themselves: uniform-L1 and global-L1
+   channel plans at :data:`SWEEP_RATIOS` (so the search can only beat them by selection and refinement,
+   never lose to them by not trying them), and random plans of the space, each at a random overall ratio
+   with per-layer deviations. Every round then refines around the best of each band: per-layer
+   deviations of the round's best screened plans (the first round), or of the study's best fine-tuned
+   trials (later rounds), with a few fresh random plans.
+2. **Rung 0.** Each candidate is pruned, its BatchNorm statistics re-estimated (EagleEye), its accuracy
+   evaluated on a validation subset, and its latency predicted by the cost model, which knows it before
+   any training (:meth:`~autoprune.pipeline.Pipeline.screen`).
+3. **Bands.** The speed range, from the fastest screened plan to the dense model, is cut into log-spaced
+   predicted-latency bands (fixed by the first round, so every round ranks within the same bands).
+4. **Rung 1.** The best of each band (non-dominated in accuracy and latency first, then by accuracy) are
+   fine-tuned for a fraction of a full fine-tune and evaluated again: right after pruning, an aggressive
+   plan's accuracy says little about its fine-tuned one; a few steps say more.
+5. **Promotion.** The best of each band at rung 1 are enqueued as the study's next trials, which the
+   backend fine-tunes fully (with early stopping) as any trial; round-robin over the bands, so the front
+   covers the whole speed range the way a sweep does.
+
+Every rung is stored in the study, one user attribute per round (``autoprune.screen.round<N>``: the
+bands, each candidate's parameters, source and rung scores, the promoted indices), written as the round
+goes, so a killed study resumes its round without re-scoring what it scored. A promoted trial carries its
+history as user attributes (:data:`HISTORY_KEYS`); a screened-only candidate is never a trial, so it
+never appears on the front. Promotion is a pure function of the stored scores: deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from autoprune.errors import AutopruneError
+from autoprune.search.candidates import (
+    SWEEP_RATIOS,
+    Candidate,
+    random_candidates,
+    refine_candidates,
+    sweep_candidates,
+)
+from autoprune.search.config import ACCURACY, OBJECTIVES, SearchConfig
+from autoprune.search.objective import CANDIDATE_ERRORS, candidate_plan, failure_reason
+from autoprune.search.promotion import Scored, band_edges, band_of, plan_digest, promote
+
+if TYPE_CHECKING:
+    from autoprune.search.space import SearchSpace
+
+#: Study user attribute of round N: ``f"{ROUND_ATTR}{N}"``.
+ROUND_ATTR = "autoprune.screen.round"
+#: User attributes of a promoted trial: where it came from and what it scored at each rung.
+HISTORY_KEYS = ("screen_round", "screen_index", "screen_band", "screen_source", "rung0_accuracy",
+                "rung1_accuracy", "screen_latency_ms", "screen_plan_key")
+#: The trial user attributes of the accuracy and latency objectives.
+ACC, LAT = OBJECTIVES[ACCURACY][1], OBJECTIVES["latency"][1]
+#: Screening stops after this many rounds in one run (a guard; a round promotes at least one trial).
+MAX_ROUNDS = 50
+#: Rung-0 records are written to the study after every this many candidates.
+FLUSH_EVERY = 4
+
+
+# -------------------------------------------------------------------------------------------- a round
+class ScreenRound:
+    """One round's stored state (the study user attribute ``autoprune.screen.round<N>``), read and written.
+
+    Attributes:
+        study: The Optuna study.
+        number: The round's number.
+        state: ``edges``, ``rung0`` (index → record), ``rung1`` (index → record), ``promoted``, ``seconds``.
+    """
+
+    def __init__(self, study, number: int) -> None:
+        self.study = study
+        self.number = number
+        raw = study.user_attrs.get(f"{ROUND_ATTR}{number}") or {}
+        self.edges: tuple[float, ...] | None = tuple(raw["edges"]) if raw.get("edges") else None
+        self.rung0: dict[int, dict[str, Any]] = {int(r["i"]): r for r in raw.get("rung0", [])}
+        self.rung1: dict[int, dict[str, Any]] = {int(r["i"]): r for r in raw.get("rung1", [])}
+        self.promoted: list[int] | None = raw.get("promoted")
+        self.seconds: dict[str, float] = dict(raw.get("seconds", {}))
+
+    def save(self) -> None:
+        """Write the round to the study (the whole record: one attribute per round)."""
+        self.study.set_user_attr(f"{ROUND_ATTR}{self.number}", {
+            "edges": list(self.edges) if self.edges else None,
+            "rung0": [self.rung0[i] for i in sorted(self.rung0)],
+            "rung1": [self.rung1[i] for i in sorted(self.rung1)],
+            "promoted": self.promoted, "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+        })
+
+    def scored(self, rung: int) -> list[Scored]:
+        """The rung's successful scores (rung 1 keeps rung 0's latency and plan)."""
+        rows = self.rung0 if rung == 0 else self.rung1
+        first = self.rung0
+        return [Scored(i, float(r["val_accuracy"]), float(first[i]["predicted_ms"]), first[i].get("plan_key", ""))
+                for i, r in sorted(rows.items())
+                if "val_accuracy" in r and i in self.rung0 and "predicted_ms" in self.rung0[i]]
+
+
+def screening_summary(study) -> str | None:
+    """One line on what the study's screening did (None for a study that does not screen)."""
+    rounds = [ScreenRound(study, n) for n in rounds_of(study)]
+    if not rounds:
+        return None
+    r0 = sum(len(r.rung0) for r in rounds)
+    r1 = sum(len(r.rung1) for r in rounds)
+    steps = max((int(x.get("steps", 0)) for r in rounds for x in r.rung1.values()), default=0)
+    promoted = sum(len(r.promoted or []) for r in rounds)
+    secs = sum(sum(r.seconds.values()) for r in rounds)
+    return (f"screening: {r0} plans scored at rung 0 (pruned, BatchNorm re-estimated), {r1} at rung 1 "
+            f"({steps} fine-tuning steps), {promoted} promoted to a full fine-tune, in {len(rounds)} round(s) "
+            f"and {secs / 60:.1f} min (study attributes {ROUND_ATTR}0..{rounds[-1].number})")
+
+
+def rounds_of(study) -> list[int]:
+    """The numbers of the study's screening rounds so far, ascending."""
+    return sorted(int(k[len(ROUND_ATTR):]) for k in study.user_attrs if k.startswith(ROUND_ATTR)
+                  and k[len(ROUND_ATTR):].isdigit())
+
+
+def _trial_plan_keys(study) -> set[str]:
+    """Digests of the plans the study's trials ran or will run (finished records, and promoted candidates)."""
+    from optuna.trial import TrialState
+
+    keys = set()
+    for t in study.get_trials(deepcopy=False):
+        if isinstance(t.user_attrs.get("plan"), dict) and t.state == TrialState.COMPLETE:
+            keys.add(plan_digest(t.user_attrs["plan"]))
+        if t.user_attrs.get("screen_plan_key"):
+            keys.add(t.user_attrs["screen_plan_key"])
+    return keys
+
+
+def _best_trials_per_band(study, config: SearchConfig, edges: Sequence[float], per_band: int) -> list[tuple[int, dict]]:
+    """``(trial number, merged params)`` of the best fine-tuned trials of each band (:func:`rank`) that can be
+    refined (not the dense anchor, not a global threshold)."""
+    from optuna.trial import TrialState
+
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        a = t.user_attrs
+        fixed = a.get("anchor_params") or {}
+        if ACC in a and LAT in a and a.get("anchor") != "dense" and fixed.get("allocation") != "global":
+            rows.append((t, Scored(t.number, float(a[ACC]), float(a[LAT]))))
+    picks = promote([s for _, s in rows], edges, per_band)
+    params = {t.number: {**t.params, **(t.user_attrs.get("anchor_params") or {})} for t, _ in rows}
+    return [(n, params[n]) for n in picks]
+
+
+def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, number: int, slots: int,
+                 deadline: float | None = None, progress: bool = True, log: Callable[[str], None] = print
+                 ) -> list[int]:
+    """Run (or resume) screening round ``number`` and enqueue its promoted candidates; return their indices.
+
+    Args:
+        study: The Optuna study.
+        pipeline: The study's pipeline.
+        space: The study's space (its ``screening`` is not None).
+        config: The study's configuration.
+        number: The round.
+        slots: Fully fine-tuned trials still to fill; at most this many are promoted.
+        deadline: A ``time.monotonic()`` after which no more candidates are scored (what is scored is promoted).
+        progress: Show a progress bar.
+        log: Where the round's one-line summary goes.
+    """
+    from tqdm import tqdm
+
+    spec = space.screening
+    rnd = ScreenRound(study, number)
+    if rnd.promoted is not None:
+        return list(rnd.promoted)
+    groups = pipeline.groups
+    rng = np.random.default_rng([int(config.seed), int(number)])
+    taken = _trial_plan_keys(study)
+    dense_ms = float(pipeline.cost_model.predict(pipeline.dense).latency_ms)
+
+    def over() -> bool:
+        return deadline is not None and time.monotonic() > deadline
+
+    def score(cands: Sequence[Candidate], rung: int, steps: int, what: str) -> None:
+        store = rnd.rung0 if rung == 0 else rnd.rung1
+        todo = [c for c in cands if c.index not in store]
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(cands), initial=len(cands) - len(todo), desc=f"screen r{number} {what}",
+                   unit="plan", disable=not progress, leave=False)
+        try:
+            for k, c in enumerate(todo):
+                if over():
+                    break
+                rec: dict[str, Any] = {"i": c.index}
+                if rung == 0:
+                    rec.update(source=c.source, params=dict(c.params), fixed=dict(c.fixed))
+                try:
+                    plan, _ = candidate_plan(pipeline, space, config, c.merged())
+                    s = pipeline.screen(plan, steps=steps, kd=bool(c.merged().get("kd", space.distillation[0]))
+                                        and steps > 0, samples=spec.val_samples, bn_batches=spec.bn_batches)
+                except CANDIDATE_ERRORS as exc:
+                    rec["error"] = failure_reason(exc)
+                else:
+                    rec.update(val_accuracy=s.accuracy, samples=s.samples, steps=s.steps, seconds=s.seconds)
+                    if rung == 0:
+                        rec.update(predicted_ms=s.latency_ms, plan_key=plan_digest(s.plan))
+                store[c.index] = rec
+                bar.update(1)
+                if rung == 1 or (k + 1) % FLUSH_EVERY == 0:
+                    rnd.save()
+        finally:
+            bar.close()
+            rnd.seconds[f"rung{rung}_{what}"] = rnd.seconds.get(f"rung{rung}_{what}", 0.0) + time.perf_counter() - t0
+            rnd.save()
+
+    # Rung 0: the first candidates, then the bands, then refinements of each band's best.
+    first = (sweep_candidates(space, groups) + random_candidates(space, groups, rng, spec.random, len(SWEEP_RATIOS) * 2)
+             if number == 0 else random_candidates(space, groups, rng, max(1, spec.random // 4)))
+    score(first, 0, 0, "explore")
+    if rnd.edges is None:
+        if number == 0:
+            lat = [s.latency_ms for s in rnd.scored(0)]
+            if not lat:
+                raise AutopruneError("screening: every candidate of the first round failed; see "
+                                     f"the study attribute {ROUND_ATTR}0 for the reasons")
+            rnd.edges = band_edges(min(lat), dense_ms, spec.bands)
+        else:
+            rnd.edges = ScreenRound(study, 0).edges or band_edges(min(s.latency_ms for s in rnd.scored(0)),
+                                                                  dense_ms, spec.bands)
+        rnd.save()
+    edges = rnd.edges
+    if number == 0:  # a global threshold's per-layer ratios are not parameters: refine the best of the others
+        refinable = [s for s in rnd.scored(0) if rnd.rung0[s.index]["fixed"].get("allocation") != "global"]
+        parents = [(f"r0#{i}", {**rnd.rung0[i]["params"], **rnd.rung0[i]["fixed"]})
+                   for i in promote(refinable, edges, spec.refine_parents)]
+    else:
+        parents = [(f"trial{n}", p) for n, p in _best_trials_per_band(study, config, edges, spec.refine_parents)]
+    children: list[Candidate] = []
+    for name, params in parents:
+        children += refine_candidates(space, groups, params, rng, spec.refine_children, spec.refine_sigma,
+                                      f"refine:{name}", start=len(first) + len(children))
+    score(children, 0, 0, "refine")
+    by_index = {c.index: c for c in (*first, *children)}
+
+    # Rung 1: a short fine-tune of each band's best, then promotion.
+    scored0 = rnd.scored(0)
+    if spec.rung1_fraction > 0:
+        steps = max(1, round(spec.rung1_fraction * pipeline.full_steps()))
+        picks = promote(scored0, edges, spec.rung1_per_band, skip_plans=sorted(taken))
+        score([by_index[i] for i in picks], 1, steps, "short-finetune")
+        ranked = rnd.scored(1)
+    else:
+        ranked = scored0
+    promoted = promote(ranked, edges, spec.promote_per_band, skip_plans=sorted(taken), limit=max(0, slots))
+    for i in promoted:
+        c, r0 = by_index[i], rnd.rung0[i]
+        history = {"screen_round": number, "screen_index": i, "screen_band": band_of(r0["predicted_ms"], edges),
+                   "screen_source": c.source, "rung0_accuracy": r0["val_accuracy"],
+                   "rung1_accuracy": rnd.rung1.get(i, {}).get("val_accuracy"), "screen_latency_ms": r0["predicted_ms"],
+                   "screen_plan_key": r0.get("plan_key", "")}
+        fixed = {"anchor_params": dict(c.fixed)} if c.fixed else {}
+        study.enqueue_trial(dict(c.params), user_attrs={**history, **fixed}, skip_if_exists=False)
+    rnd.promoted = promoted
+    rnd.save()
+    secs = " + ".join(f"{k} {v:.0f} s" for k, v in rnd.seconds.items())
+    log(f"screening round {number}: {len(rnd.rung0)} plans at rung 0, {len(rnd.rung1)} at rung 1, "
+        f"{len(promoted)} promoted to a full fine-tune ({secs})")
+    return promoted
+
+
+def run_screened(study, config: SearchConfig, storage, pipeline, space: SearchSpace, runner, *,
+                 timeout_s: float | None = None, progress: bool = True, exclusive: bool = True,
+                 log: Callable[[str], None] = print) -> dict[str, int]:
+    """Alternate screening rounds and the backend's full fine-tunes until the study has ``config.trials``
+    COMPLETE trials (or the timeout); return the backend's summed counts.
+
+    Only a process that holds the study alone screens; a shared-study worker runs what is enqueued, then
+    the sampler's trials. The backend runs only enqueued trials while screening goes on, so a promoted
+    trial stopped early hands its slot to the next round, not to an unscreened draw of the sampler.
+    """
+    from optuna.trial import TrialState
+
+    from autoprune.search.loop import COUNT_KEYS
+
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    t0 = time.monotonic()
+    deadline = None if timeout_s is None else t0 + timeout_s
+    for _ in range(MAX_ROUNDS):
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        done, waiting, running = (states.count(s) for s in (TrialState.COMPLETE, TrialState.WAITING,
+                                                             TrialState.RUNNING))
+        if done >= config.trials or (deadline is not None and time.monotonic() > deadline):
+            break
+        promoted: list[int] = []
+        if exclusive and done + waiting + running < config.trials:
+            existing = rounds_of(study)
+            number = existing[-1] if existing and ScreenRound(study, existing[-1]).promoted is None else (
+                existing[-1] + 1 if existing else 0)
+            promoted = screen_round(study, pipeline, space, config, number=number,
+                                    slots=config.trials - done - waiting - running, deadline=deadline,
+                                    progress=progress, log=log)
+            waiting += len(promoted)
+        enqueued_only = exclusive and bool(promoted or waiting)
+        target = min(config.trials, done + waiting + running) if enqueued_only else config.trials
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ran = runner.run(study, replace(config, trials=target), storage, pipeline, space, timeout_s=left,
+                         progress=progress, exclusive=exclusive, enqueued_only=enqueued_only)
+        for k in counts:
+            counts[k] += ran.get(k, 0)
+        if not any(ran.values()) and not promoted:
+            break  # nothing promoted and nothing ran: the space is exhausted
+    return counts
+
+
+__all__ = ["HISTORY_KEYS", "MAX_ROUNDS", "ROUND_ATTR", "ScreenRound", "rounds_of", "run_screened", "screen_round",
+           "screening_summary"]

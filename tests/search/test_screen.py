@@ -1,0 +1,170 @@
+"""Screening: the pure promotion logic, and a screened study on a foreign model (bands, rungs, promotion,
+resume, the front).
+
+The model is the tiny user CNN of the fixtures, which the zoo does not have; studies are SQLite files in the
+session's results folder.
+"""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from autoprune.search.config import SearchConfig
+from autoprune.search.promotion import Scored, band_edges, band_of, plan_digest, promote, rank
+from autoprune.search.runner import run_search
+from autoprune.search.screen import HISTORY_KEYS, ROUND_ATTR, ScreenRound, rounds_of, screen_round
+from autoprune.search.space import SearchSpace
+from tests.conftest import TINY_REF
+
+SCREENING = {"random": 6, "bands": 3, "refine_parents": 1, "refine_children": 2, "rung1_fraction": 0.5,
+             "rung1_per_band": 2, "promote_per_band": 1, "val_samples": 128, "bn_batches": 2}
+
+
+# -- pure logic --------------------------------------------------------------------------------------
+def test_bands_are_log_spaced_from_the_fastest_plan_to_dense_and_every_latency_falls_in_one():
+    edges = band_edges(0.5, 4.0, 3)
+    assert edges == pytest.approx((0.5, 1.0, 2.0, 4.0))
+    assert [band_of(x, edges) for x in (0.1, 0.5, 0.99, 1.0, 3.9, 4.0, 9.0)] == [0, 0, 0, 1, 2, 2, 2]
+    assert band_edges(2.0, 2.0, 5) == (2.0, 2.0) and band_of(7.0, (2.0, 2.0)) == 0  # nothing faster than dense
+
+
+def test_rank_puts_the_non_dominated_first_then_accuracy():
+    s = [Scored(0, 0.80, 1.0), Scored(1, 0.90, 1.2), Scored(2, 0.85, 1.5), Scored(3, 0.70, 0.9)]
+    assert [x.index for x in rank(s)] == [1, 0, 3, 2]  # 2 is dominated by 1 (more accurate and faster)
+
+
+def test_promotion_takes_each_bands_best_round_robin_and_is_deterministic():
+    edges = (0.5, 1.0, 2.0, 4.0)
+    s = [Scored(0, 0.60, 0.6, "a"), Scored(1, 0.50, 0.7, "b"), Scored(2, 0.95, 3.0, "c"), Scored(3, 0.90, 1.5, "d"),
+         Scored(4, 0.97, 3.5, "e"), Scored(5, 0.40, 1.2, "f"), Scored(6, 0.61, 0.8, "a")]
+    picks = promote(s, edges, 2)
+    assert picks == [6, 3, 4, 1, 5, 2]  # best of each band (fastest first), then the second of each
+    assert promote(list(reversed(s)), edges, 2) == picks  # the input order does not matter
+    # a plan already promoted or run is never promoted again, and the limit cuts the round-robin
+    assert promote(s, edges, 2, skip_plans=["a", "e"], limit=4) == [1, 3, 2, 5]
+
+
+# -- a screened study --------------------------------------------------------------------------------
+@pytest.fixture
+def screened_space(tmp_path):
+    raw, _ = SearchSpace.read("default")
+    raw = {**raw, "screening": SCREENING, "finetune": {**raw["finetune"], "steps": 2}}
+    path = tmp_path / "screened.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def _config(space: str, trials: int) -> SearchConfig:
+    return SearchConfig(model=TINY_REF, target="jetson-nano", space=space, trials=trials, seed=3)
+
+
+def _promoted_trials(study):
+    return [t for t in study.get_trials(deepcopy=False) if "screen_index" in t.user_attrs]
+
+
+def test_a_screened_study_fine_tunes_only_promoted_candidates_and_keeps_every_rung(results_root, tiny_dense,
+                                                                                    screened_space):
+    url = f"sqlite:///{results_root / 'screen-a.db'}"
+    summary = run_search(_config(screened_space, 4), study_name="screen-a", storage=url, given={}, progress=False)
+    study = summary.study
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert len(done) == 4
+    # the dense anchor, then only promoted candidates: no sampler draw was fine-tuned
+    anchors = [t.user_attrs.get("anchor") for t in done if "screen_index" not in t.user_attrs]
+    assert anchors == ["dense"]
+    for t in _promoted_trials(study):
+        assert set(HISTORY_KEYS) <= set(t.user_attrs)
+        assert t.user_attrs["rung1_accuracy"] is not None  # it went through the short fine-tune
+    r0 = ScreenRound(study, 0)
+    assert r0.edges is not None and len(r0.edges) == SCREENING["bands"] + 1
+    # the 18 sweep plans and the random ones, then up to one parent's children per band
+    refined = [r for r in r0.rung0.values() if r["source"].startswith("refine:")]
+    assert len(r0.rung0) == 18 + SCREENING["random"] + len(refined)
+    assert 0 < len(refined) <= SCREENING["bands"] * SCREENING["refine_children"]
+    sources = {r["source"] for r in r0.rung0.values()}
+    assert {"uniform-l1-0.5", "global-l1-0.5", "random"} <= sources and any(s.startswith("refine:") for s in sources)
+    assert 0 < len(r0.rung1) <= SCREENING["bands"] * SCREENING["rung1_per_band"]
+    assert all(r["steps"] == 1 for r in r0.rung1.values())  # half of the 2-step fine-tune
+    # the front holds fully fine-tuned trials only: each a COMPLETE trial, none a screened-only candidate
+    numbers = {t.number for t in done}
+    assert summary.front and all(r.number in numbers for r in summary.front)
+    promoted_keys = {t.user_attrs["screen_plan_key"] for t in _promoted_trials(study)}
+    screened_only = {r["plan_key"] for r in r0.rung0.values() if "plan_key" in r} - promoted_keys
+    assert not {plan_digest(r.plan) for r in summary.front} & screened_only
+
+
+def test_promotion_is_deterministic_for_a_seed(results_root, tiny_dense, screened_space):
+    picked = []
+    for name in ("screen-d1", "screen-d2"):
+        url = f"sqlite:///{results_root / (name + '.db')}"
+        summary = run_search(_config(screened_space, 3), study_name=name, storage=url, given={}, progress=False,
+                             create_only=True)
+        from autoprune.search.objective import build_pipeline
+        from autoprune.search.study import study_space
+
+        config = summary.config
+        space = study_space(summary.study, config)
+        pipe, _ = build_pipeline(summary.context, space, progress=False)
+        screen_round(summary.study, pipe, space, config, number=0, slots=2, progress=False, log=lambda _: None)
+        r0 = ScreenRound(summary.study, 0)
+        picked.append((r0.promoted, [r0.rung0[i]["params"] for i in r0.promoted],
+                       [t.params for t in summary.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]))
+    assert picked[0] == picked[1] and len(picked[0][0]) == 2
+
+
+def test_a_resumed_round_continues_without_rescoring_what_it_scored(results_root, tiny_dense, screened_space,
+                                                                    monkeypatch):
+    from autoprune.pipeline import Pipeline
+
+    url = f"sqlite:///{results_root / 'screen-r.db'}"
+    summary = run_search(_config(screened_space, 3), study_name="screen-r", storage=url, given={}, progress=False,
+                         create_only=True)
+    from autoprune.search.objective import build_pipeline
+    from autoprune.search.study import study_space
+
+    config, study = summary.config, summary.study
+    space = study_space(study, config)
+    pipe, _ = build_pipeline(summary.context, space, progress=False)
+    calls: list[int] = []
+    real = Pipeline.screen
+
+    def counting(self, plan, **kw):
+        calls.append(kw.get("steps", 0))
+        if len(calls) == 10:
+            raise KeyboardInterrupt  # killed mid-round, after 9 candidates were scored
+        return real(self, plan, **kw)
+
+    monkeypatch.setattr(Pipeline, "screen", counting)
+    with pytest.raises(KeyboardInterrupt):
+        screen_round(study, pipe, space, config, number=0, slots=2, progress=False, log=lambda _: None)
+    reloaded = optuna.load_study(study_name="screen-r", storage=url)
+    kept = ScreenRound(reloaded, 0)
+    assert len(kept.rung0) == 9 and kept.promoted is None  # what was scored was stored, nothing promoted yet
+    before = {i: r["val_accuracy"] for i, r in kept.rung0.items()}
+    calls.clear()
+    monkeypatch.setattr(Pipeline, "screen", lambda self, plan, **kw: (calls.append(kw.get("steps", 0)),
+                                                                       real(self, plan, **kw))[1])
+    promoted = screen_round(reloaded, pipe, space, config, number=0, slots=2, progress=False, log=lambda _: None)
+    done = ScreenRound(reloaded, 0)
+    assert {i: done.rung0[i]["val_accuracy"] for i in before} == before
+    assert calls.count(0) == len(done.rung0) - 9  # only the unscored candidates were screened
+    assert promoted == done.promoted and len(promoted) == 2
+    # a second call neither rescreens nor promotes again
+    calls.clear()
+    assert screen_round(reloaded, pipe, space, config, number=0, slots=2, progress=False, log=lambda _: None) \
+        == promoted and not calls
+    assert rounds_of(reloaded) == [0] and f"{ROUND_ATTR}0" in reloaded.user_attrs
+    # the promoted candidates keep their history through a retry (a trial killed while it ran)
+    from autoprune.search.study import retry_attrs
+
+    waiting = [t for t in reloaded.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+               if "screen_index" in t.user_attrs]
+    assert len(waiting) == 2
+    trial = reloaded.ask()
+    while "screen_index" not in trial.user_attrs:
+        reloaded.tell(trial, state=TrialState.FAIL)
+        trial = reloaded.ask()
+    assert set(HISTORY_KEYS) <= set(retry_attrs(trial))
