@@ -104,9 +104,10 @@ class StudySearcher(Searcher):
                     return Searcher.FINISHED  # the rest of the budget is held by running trials
                 self.trials[trial_id] = self.study.ask()
             trial = self.trials[trial_id]
-            self.space.suggest(trial, self.groups)
+            # The trial's parameters with an anchor's or a screened candidate's fixed ones (``anchor_params``).
+            params = self.space.suggest(trial, self.groups)
         stopper = Stopper.from_study(self.study, self.config)  # the trials completed by now decide
-        return {**trial.params, TRIAL_KEY: trial.number, STOPPER_KEY: json.dumps(stopper.to_dict())}
+        return {**params, TRIAL_KEY: trial.number, STOPPER_KEY: json.dumps(stopper.to_dict())}
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         """Record and tell the Optuna trial of Ray trial ``trial_id`` (once; a repeat is ignored).
