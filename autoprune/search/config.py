@@ -148,10 +148,12 @@ class SearchConfig:
 
 
 def default_study_name(config: SearchConfig) -> str:
-    """``<model>-<data>-<target>-<space>`` with file-safe characters."""
+    """``<model>-<data>[-t<N>][-e<M>]-<target>-<space>`` with file-safe characters (a data subset is its own study)."""
+    from autoprune.data import subset_suffix
     from autoprune.io import safe_name
 
-    return safe_name(f"{config.model}-{config.data}-{config.target}-{config.space}", 120).lstrip(".") or "study"
+    data = config.data + subset_suffix(config.max_train_samples, config.max_eval_samples)
+    return safe_name(f"{config.model}-{data}-{config.target}-{config.space}", 120).lstrip(".") or "study"
 
 
 def make_sampler(config: SearchConfig, n_trials: int, salt: int = 0):
