@@ -166,3 +166,14 @@ def test_searcher_bookkeeping_without_a_cluster(tiny_dense, results_root):
     assert retry and retry[0].state == TrialState.WAITING
     assert not [t for t in trials.values() if t.state == TrialState.RUNNING]
     assert searcher.counts == {"completed": 1, "failed": 2, "surplus": 1, "stopped": 0}
+
+
+def test_searcher_sends_an_anchors_fixed_parameters_to_the_worker(tiny_dense, results_root):
+    """A baseline anchor's (or a screened global-L1 candidate's) fixed parameters override the in-space ones
+    on the worker, as in-process: the worker must receive them."""
+    pytest.importorskip("ray.tune")
+    _, study, _, searcher = ray_searcher(results_root, "fixed-params", trials=2)
+    study.enqueue_trial({}, user_attrs={"anchor": "global-0.5",
+                                        "anchor_params": {"allocation": "global", "global_ratio": 0.5}})
+    sent = searcher.suggest("a")
+    assert sent["allocation"] == "global" and sent["global_ratio"] == 0.5
