@@ -42,8 +42,7 @@ _RECORDS, _WORKLOADS, _MANIFEST = "database_tuning_record.json", "database_workl
 #: Search batch, per-candidate bounds (a builder worker's first build imports TVM), and a smaller search than TVM's
 #: (512, 4 generations: a minute a batch on 2 cores); with the random cost model (no xgboost) ReplayTrace samples.
 _PER_ITER, _BUILD_TIMEOUT_S, _RUN_TIMEOUT_S = 16, 300.0, 120.0
-#: Trials every task gets before any gets more, sampled by ReplayTrace (no evolutionary search: seconds less per
-#: task): a task without a record is built untuned (single-threaded loops), tens of times slower.
+#: Trials every task gets first, by ReplayTrace (no evolutionary search): a task without a record is built untuned.
 _FIRST = 4
 _EVOLUTION = {"population_size": 128, "init_min_unmeasured": 32, "genetic_num_iters": 2}
 
@@ -212,7 +211,9 @@ def _measurers(workers: int) -> tuple[Any, Any]:
 
 
 def _database(work_dir: Path) -> Any:
-    """Open the JSON database in ``work_dir``, first dropping a last line that a kill cut off."""
+    """Open the JSON database in ``work_dir``, first dropping a last line that a kill cut off; records TVM wrote
+    but cannot read back (seen on a reduction's RFactor trace, which then fails every later load) are moved to
+    ``database_unreadable.json``."""
     from tvm.s_tir import meta_schedule as ms
     work_dir.mkdir(parents=True, exist_ok=True)
     for path in (work_dir / _RECORDS, work_dir / _WORKLOADS):
@@ -221,7 +222,27 @@ def _database(work_dir: Path) -> Any:
             json.loads(lines[-1] if lines else "0")
         except ValueError:
             path.write_text("".join(ln + "\n" for ln in lines[:-1]))
-    return ms.database.JSONDatabase(work_dir=str(work_dir), module_equality="structural")
+    try:
+        return ms.database.JSONDatabase(work_dir=str(work_dir), module_equality="structural")
+    except Exception:  # noqa: BLE001 - TVM's own error type: set the records it cannot read aside
+        works = [ms.database.Workload.from_json(json.loads(w)) for w in (work_dir / _WORKLOADS).read_text().split("\n")
+                 if w]
+        lines = (work_dir / _RECORDS).read_text().splitlines()
+        keep = {line: _readable(ms, line, works) for line in lines}
+        with open(work_dir / "database_unreadable.json", "a") as out:
+            out.writelines(line + "\n" for line in lines if not keep[line])
+        (work_dir / "records.tmp").write_text("".join(line + "\n" for line in lines if keep[line]))
+        os.replace(work_dir / "records.tmp", work_dir / _RECORDS)
+        return ms.database.JSONDatabase(work_dir=str(work_dir), module_equality="structural")
+
+
+def _readable(ms: Any, line: str, works: list) -> bool:
+    try:
+        record = json.loads(line)
+        ms.database.TuningRecord.from_json(record[1], works[record[0]])
+        return True
+    except Exception:  # noqa: BLE001 - TVM's own error type
+        return False
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -333,16 +354,9 @@ def tune_relax_module(mod: Any, target: Any, *, work_dir: Path, max_trials: int,
 
 
 def build_tuned(mod: Any, target: Any, database: Path | TuningResult | Any) -> Any:
-    """Compile the Relax module with the database's best schedules (kernels it lacks stay untuned).
-
-    Args:
-        mod: The Relax module given to :func:`tune_relax_module`.
-        target: Its target (``tvm.target.Target`` or dict).
-        database: A :class:`TuningResult`, its ``work_dir``, or a MetaSchedule ``Database``.
-
-    Returns:
-        A ``relax.VMExecutable``: ``export_library`` writes it, ``relax.VirtualMachine`` runs it.
-    """
+    """Compile the Relax module given to :func:`tune_relax_module` for its target (``Target`` or dict) with the
+    best schedules of ``database`` (a :class:`TuningResult`, its ``work_dir`` or a MetaSchedule ``Database``;
+    kernels it lacks stay untuned) into a ``relax.VMExecutable`` (``export_library`` writes it)."""
     check_tvm_ffi()
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
@@ -356,22 +370,13 @@ def build_tuned(mod: Any, target: Any, database: Path | TuningResult | Any) -> A
 def time_against_onnxruntime(onnx_path: Path, executables: Mapping[str, Any], *, tvm_threads: int,
                              ort_threads: Sequence[int] = (1, 2), rounds: int = 10, min_time_s: float = 0.2,
                              seed: int = 0) -> list[Timing]:
-    """Time TVM executables and ONNX Runtime on one ONNX model (one input, batch 1) in interleaved rounds.
+    """Time TVM executables (``{name: relax.VMExecutable}``, compiled from ``onnx_path``: one input, batch 1) and ONNX
+    Runtime (a session per count in ``ort_threads``) in interleaved rounds, TVM's pool with ``tvm_threads``.
 
-    Each of ``rounds`` rounds times a batch (``min_time_s`` long) of every runner in a rotating order; a runner's
-    figure is the median of its batch medians. Outputs are compared with the first ONNX Runtime session's.
-
-    Args:
-        onnx_path: The ONNX model the executables were compiled from.
-        executables: ``{name: relax.VMExecutable}``, e.g. ``{"tvm-untuned": ..., "tvm-tuned": ...}``.
-        tvm_threads: TVM's thread pool size (one pool for the process).
-        ort_threads: One ONNX Runtime session per intra-op thread count.
-        rounds: Rounds.
-        min_time_s: Batch length.
-        seed: Input seed.
-
-    Returns:
-        One :class:`Timing` per runner: the executables, then ``onnxruntime-<n>t``.
+    Each of ``rounds`` rounds times a batch (``min_time_s`` long) of every runner in a rotating order, on one input
+    drawn with ``seed``; a runner's figure is the median of its batch medians, and its outputs are compared with the
+    first ONNX Runtime session's. Returns one :class:`Timing` per runner: the executables, then
+    ``onnxruntime-<n>t``.
 
     Raises:
         ConfigError: A model with more than one input, or an input shape that is not concrete.

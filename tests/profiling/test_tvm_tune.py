@@ -113,3 +113,21 @@ def test_the_tuned_module_matches_onnxruntime(relax_module, tuned, tiny_onnx_pat
 
     want = create_session(tiny_onnx_path, threads=1)[0].run(None, {"x": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+
+
+@pytest.mark.slow
+def test_a_record_tvm_cannot_read_back_is_set_aside(tuned, tmp_path):
+    """A record TVM wrote but cannot load (seen on an RFactor trace) fails every later load; it is moved aside."""
+    import shutil
+
+    work_dir = tmp_path / "db"
+    shutil.copytree(tuned.work_dir, work_dir)
+    records = (work_dir / "database_tuning_record.json").read_text().splitlines()
+    first = json.loads(records[0])
+    assert first[1][0][0][0][0] == "GetSBlock"
+    first[1][0][0][0][2][0] = "no_such_block"  # a trace that cannot be replayed on its task
+    wrong = json.dumps(first, separators=(",", ":"))
+    (work_dir / "database_tuning_record.json").write_text("\n".join([*records, wrong]) + "\n")
+    assert len(tvm_tune._database(work_dir)) == len(records)
+    assert (work_dir / "database_unreadable.json").read_text() == wrong + "\n"
+    assert (work_dir / "database_tuning_record.json").read_text().splitlines() == records
