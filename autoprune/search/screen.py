@@ -183,6 +183,11 @@ def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, n
     def over() -> bool:
         return deadline is not None and time.monotonic() > deadline
 
+    def unfinished() -> list[int]:  # the time budget ended inside the round: a resume continues it
+        log(f"screening round {number}: stopped at the time budget after {len(rnd.rung0)} plans at rung 0 and "
+            f"{len(rnd.rung1)} at rung 1; resuming the study continues the round")
+        return []
+
     def score(cands: Sequence[Candidate], rung: int, steps: int, what: str) -> None:
         store = rnd.rung0 if rung == 0 else rnd.rung1
         todo = [c for c in cands if c.index not in store]
@@ -219,6 +224,8 @@ def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, n
     first = (sweep_candidates(space, groups) + random_candidates(space, groups, rng, spec.random, len(SWEEP_RATIOS) * 2)
              if number == 0 else random_candidates(space, groups, rng, max(1, spec.random // 4)))
     score(first, 0, 0, "explore")
+    if over():
+        return unfinished()
     if rnd.edges is None:
         if number == 0:
             lat = [s.latency_ms for s in rnd.scored(0)]
@@ -250,9 +257,11 @@ def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, n
         steps = max(1, round(spec.rung1_fraction * pipeline.full_steps()))
         picks = promote(scored0, edges, spec.rung1_per_band, skip_plans=sorted(taken))
         score([by_index[i] for i in picks], 1, steps, "short-finetune")
-        ranked = rnd.scored(1)
+        ranked = rnd.scored(1) or scored0  # every short fine-tune failed: rank by rung 0
     else:
         ranked = scored0
+    if over():
+        return unfinished()
     promoted = promote(ranked, edges, spec.promote_per_band, skip_plans=sorted(taken), limit=max(0, slots))
     for i in promoted:
         c, r0 = by_index[i], rnd.rung0[i]
@@ -276,8 +285,9 @@ def run_screened(study, config: SearchConfig, storage, pipeline, space: SearchSp
     """Alternate screening rounds and the backend's full fine-tunes until the study has ``config.trials``
     COMPLETE trials (or the timeout); return the backend's summed counts.
 
-    Only a process that holds the study alone screens; a shared-study worker runs what is enqueued, then
-    the sampler's trials. The backend runs only enqueued trials while screening goes on, so a promoted
+    Trials already enqueued (the dense anchor, a retried trial) run before a round is screened, so the
+    dense reference is there first. Only a process that holds the study alone screens; a shared-study
+    worker runs what is enqueued, then the sampler's trials. The backend runs only enqueued trials while screening goes on, so a promoted
     trial stopped early hands its slot to the next round, not to an unscreened draw of the sampler.
     """
     from optuna.trial import TrialState
@@ -294,7 +304,8 @@ def run_screened(study, config: SearchConfig, storage, pipeline, space: SearchSp
         if done >= config.trials or (deadline is not None and time.monotonic() > deadline):
             break
         promoted: list[int] = []
-        if exclusive and done + waiting + running < config.trials:
+        # Enqueued trials first (the dense anchor, a retried trial), then the next round.
+        if exclusive and not waiting and done + running < config.trials:
             existing = rounds_of(study)
             number = existing[-1] if existing and ScreenRound(study, existing[-1]).promoted is None else (
                 existing[-1] + 1 if existing else 0)

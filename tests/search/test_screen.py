@@ -157,6 +157,12 @@ def test_a_resumed_round_continues_without_rescoring_what_it_scored(results_root
     assert screen_round(reloaded, pipe, space, config, number=0, slots=2, progress=False, log=lambda _: None) \
         == promoted and not calls
     assert rounds_of(reloaded) == [0] and f"{ROUND_ATTR}0" in reloaded.user_attrs
+    # a round cut by the time budget is left unfinished (nothing promoted), for a resume to continue
+    import time
+
+    assert screen_round(reloaded, pipe, space, config, number=1, slots=2, deadline=time.monotonic() - 1,
+                        progress=False, log=lambda _: None) == []
+    assert ScreenRound(reloaded, 1).promoted is None
     # the promoted candidates keep their history through a retry (a trial killed while it ran)
     from autoprune.search.study import retry_attrs
 
