@@ -135,6 +135,10 @@ def test_killed_dashboard_child_is_adopted_and_stops_cleanly(tiny_dense, results
         assert f"adopted the running resume 200 trials of control trial {w['number']} (pid {pid})" in dash.text()
         wait_for(lambda: n_complete(dash.study("adopt")) > kept, 60, "a trial after the adoption", 0.25)
         w2 = dash.waiting_trial("adopt", newer_than=w["number"])
+        # Stop it with a trial in flight, read from the storage (the dashboard's answers may be 2 s old): the
+        # child is then inside its trial loop, its SIGINT/SIGTERM handlers installed, and the stop exercises
+        # the bookkeeping of an interrupted trial. (Stopped between two trials, it has none to do.)
+        inflight = wait_for(lambda: _running(study), 60, "a trial in flight after the adoption", 0.05).number
         assert post_form(dash.base, w2["trial_id"], {"action": 2.0, "trials": "", "timeout_s": "",
                                                       "trial": ""})[0] == 200
         job = wait_for(lambda: _finished(dash, "adopt", w["number"]), 90, "the adopted child to stop")
@@ -147,10 +151,29 @@ def test_killed_dashboard_child_is_adopted_and_stops_cleanly(tiny_dense, results
         assert stopper["state"] == "Complete" and "SIGINT sent" in attrs(stopper)["result"]
     finally:
         dash.stop()
-    # nothing lost: every finished trial is kept, none is left RUNNING, the interrupted one waits to be retried
+    # Nothing lost: every finished trial is kept and none is left RUNNING. The trial in flight when the stop
+    # was sent either finished before the SIGINT reached the child (COMPLETE, or PRUNED when stopped early),
+    # or it is FAIL "interrupted" with its parameters enqueued again; so is any trial the stop interrupted.
+    from optuna.trial import TrialState
+
     trials = optuna.load_study(study_name="adopt", storage=make_storage(url)).get_trials()
-    states = [t.state for t in trials]
-    assert optuna.trial.TrialState.RUNNING not in states
-    assert states.count(optuna.trial.TrialState.COMPLETE) > kept
-    assert any(t.state == optuna.trial.TrialState.FAIL and "interrupted" in t.user_attrs.get("fail_reason", "")
-               for t in trials)
+    by_number = {t.number: t for t in trials}
+    assert [t.number for t in trials if t.state == TrialState.RUNNING] == []
+    assert sum(t.state == TrialState.COMPLETE for t in trials) > kept
+    interrupted = {t.number for t in trials if t.state == TrialState.FAIL
+                   and "interrupted" in t.user_attrs.get("fail_reason", "")}
+    retried = {t.user_attrs.get("retry_of"): t for t in trials if t.user_attrs.get("retry_of") is not None}
+    for n in interrupted:  # enqueued again: a WAITING trial carries the parameters as fixed ones until it runs
+        again = retried.get(n)
+        assert again is not None and (again.params or again.system_attrs.get("fixed_params")) == \
+            by_number[n].params, (n, by_number[n].params, again)
+    assert by_number[inflight].state in (TrialState.COMPLETE, TrialState.PRUNED) or inflight in interrupted, (
+        inflight, by_number[inflight].state, by_number[inflight].user_attrs)
+
+
+def _running(study):
+    """A RUNNING trial of the Optuna ``study`` (a ``FrozenTrial``), read from its storage; else ``None``."""
+    import optuna
+
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    return running[-1] if running else None
