@@ -109,8 +109,10 @@ class TrialBook:
             self.study.tell(trial, values, state=state)
 
 
-class _InterruptedError(Exception):
-    pass
+class _InterruptedError(KeyboardInterrupt):
+    """SIGINT/SIGTERM inside the loop. A KeyboardInterrupt, not an Exception: a signal that lands inside a
+    library's ``except Exception`` (SQLAlchemy wraps it as a StatementError, a pipeline guard as a failed
+    candidate) must still reach the loop's clean stop, not be recorded as a storage error or a failure."""
 
 
 def _raise_interrupt(signum, frame):
@@ -174,7 +176,12 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[floa
                 continue
             if enqueued_only and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
                 break
-            trial = study.ask()
+            # No stop between the trial's row being created and ``trial`` being set: it would be left RUNNING.
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                trial = study.ask()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             if _is_surplus(study, trial, config.trials):
                 book.surplus(trial, "surplus: the budget was taken by other workers")
                 continue

@@ -51,3 +51,26 @@ def test_a_stop_during_a_trial_fails_it_and_enqueues_it_again():
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert "interrupted" in trials[0].user_attrs["fail_reason"] and trials[1].user_attrs["retry_of"] == 0
     assert trials[1].system_attrs["fixed_params"] == trials[0].params  # the same plan, drawn again on resume
+
+
+def test_a_stop_inside_a_librarys_except_exception_still_stops_cleanly():
+    """A signal that lands inside a broad ``except Exception`` (SQLAlchemy's statement wrapper, a pipeline
+    guard) is not swallowed: the trial is failed and enqueued again, and the loop stops."""
+    import time
+
+    study = _study()
+
+    def guarded(trial):
+        trial.suggest_float("r", 0.0, 0.9)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the handler runs here, inside the try
+        except Exception:  # noqa: BLE001 - what a library does
+            pass
+        return [0.9, 1.0]
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trials(study, SearchConfig(trials=3), guarded, progress=False)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert "interrupted" in trials[0].user_attrs["fail_reason"] and trials[1].user_attrs["retry_of"] == 0
