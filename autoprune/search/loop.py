@@ -115,6 +115,18 @@ class _InterruptedError(KeyboardInterrupt):
     candidate) must still reach the loop's clean stop, not be recorded as a storage error or a failure."""
 
 
+@contextmanager
+def stop_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise a KeyboardInterrupt inside the block (work outside a trial, e.g. a
+    screening round, stops as Ctrl-C does: what was stored stays, the command says how to resume)."""
+    old = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def _raise_interrupt(signum, frame):
     raise _InterruptedError(signal.Signals(signum).name)
 

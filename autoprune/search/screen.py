@@ -287,12 +287,13 @@ def run_screened(study, config: SearchConfig, storage, pipeline, space: SearchSp
 
     Trials already enqueued (the dense anchor, a retried trial) run before a round is screened, so the
     dense reference is there first. Only a process that holds the study alone screens; a shared-study
-    worker runs what is enqueued, then the sampler's trials. The backend runs only enqueued trials while screening goes on, so a promoted
-    trial stopped early hands its slot to the next round, not to an unscreened draw of the sampler.
+    worker runs what is enqueued, then the sampler's trials. The backend runs only enqueued trials while
+    screening goes on, so a promoted trial stopped early hands its slot to the next round, not to an
+    unscreened draw of the sampler.
     """
     from optuna.trial import TrialState
 
-    from autoprune.search.loop import COUNT_KEYS
+    from autoprune.search.loop import COUNT_KEYS, stop_signals
 
     counts = dict.fromkeys(COUNT_KEYS, 0)
     t0 = time.monotonic()
@@ -309,9 +310,10 @@ def run_screened(study, config: SearchConfig, storage, pipeline, space: SearchSp
             existing = rounds_of(study)
             number = existing[-1] if existing and ScreenRound(study, existing[-1]).promoted is None else (
                 existing[-1] + 1 if existing else 0)
-            promoted = screen_round(study, pipeline, space, config, number=number,
-                                    slots=config.trials - done - waiting - running, deadline=deadline,
-                                    progress=progress, log=log)
+            with stop_signals():  # SIGTERM too stops a round as Ctrl-C does (it resumes where it stopped)
+                promoted = screen_round(study, pipeline, space, config, number=number,
+                                        slots=config.trials - done - waiting - running, deadline=deadline,
+                                        progress=progress, log=log)
             waiting += len(promoted)
         enqueued_only = exclusive and bool(promoted or waiting)
         target = min(config.trials, done + waiting + running) if enqueued_only else config.trials
