@@ -31,7 +31,8 @@ def _onnx(path, width: int = 1) -> None:
     export_onnx(model.eval(), path, torch.randn(1, 3, SIZE, SIZE))
 
 
-def make_export(folder, *, target: str = "jetson-nano", measured: dict | None = None) -> dict:
+def make_export(folder, *, target: str = "jetson-nano", measured: dict | None = None,
+                subset: dict | None = None) -> dict:
     """An export folder as `autoprune export` writes it (model, reference batch, report)."""
     from autoprune.data import load_data
     from autoprune.deploy.reference import (
@@ -46,7 +47,7 @@ def make_export(folder, *, target: str = "jetson-nano", measured: dict | None = 
     folder.mkdir()
     model = folder / "model.onnx"
     _onnx(model)
-    data = load_data("digits", size=SIZE, seed=0)
+    data = load_data("digits", size=SIZE, seed=0, **(subset or {}))
     x, y = reference_batch(data)
     save_reference(folder / "reference.npz", x, y, onnx_outputs(model, x))
     acc, n = onnx_accuracy(model, data)
@@ -55,7 +56,7 @@ def make_export(folder, *, target: str = "jetson-nano", measured: dict | None = 
     report = {
         "format": REPORT_FORMAT, "version": REPORT_VERSION, "target": target,
         "test": {"accuracy": acc, "samples": n},
-        "data": {"ref": "digits", "input_size": SIZE, "seed": 0, "key": data.key},
+        "data": {"ref": "digits", "input_size": SIZE, "seed": 0, "key": data.key, **(subset or {})},
         "reference": {"file": "reference.npz", "samples": len(x)},
         "checksums": {name: file_sha256(folder / name) for name in ("model.onnx", "reference.npz")},
         "tvm": {"built": False, "reason": "skipped (--no-tvm)"},
@@ -83,6 +84,16 @@ def test_a_fresh_export_passes(tmp_path, capsys):
     for needle in ("model.onnx sha256", "outputs on 32 reference inputs", "test accuracy (ONNX)",
                    "not this machine"):
         assert needle in out, needle
+
+
+def test_an_export_of_a_data_subset_is_verified_on_that_subset(tmp_path, capsys):
+    """A study on --max-train-samples/--max-eval-samples exports a report naming the subset; verify loads the
+    same test subset (before, it loaded the whole split and refused the key)."""
+    report = make_export(tmp_path / "e", subset={"max_train_samples": 300, "max_eval_samples": 120})
+    assert report["test"]["samples"] == 120
+    code, out, err = _run(capsys, tmp_path / "e", "--quiet")
+    assert code == 0, out + err
+    assert "test accuracy (ONNX), 120 samples" in out
 
 
 def test_an_accuracy_drop_is_a_regression(tmp_path, capsys):

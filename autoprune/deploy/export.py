@@ -345,7 +345,8 @@ def _data_ref(config: SearchConfig, data: Any, test_samples: int) -> DataRef:
         ref = str(path.resolve())
     return DataRef(ref=ref, input_size=int(data.input_shape[-1]), input_shape=tuple(data.input_shape),
                    seed=int(config.data_seed), key=data.key, num_classes=int(data.num_classes),
-                   test_samples=test_samples)
+                   test_samples=test_samples, max_train_samples=config.max_train_samples,
+                   max_eval_samples=config.max_eval_samples)
 
 
 def _report(run: _ExportRun, result: CandidateResult, repeated: Repeats, files: _OnnxFiles, predicted: Predicted,

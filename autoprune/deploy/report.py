@@ -43,6 +43,8 @@ class DataRef(ReportPart):
         key: The data's identity (:attr:`autoprune.data.Dataset.key`): ``verify`` refuses other data.
         num_classes: Classes.
         test_samples: Samples in the test split.
+        max_train_samples, max_eval_samples: The stratified subset the study used (``--max-train-samples``,
+            ``--max-eval-samples``), written only where one was: ``verify`` loads the same subset.
     """
 
     ref: str
@@ -52,6 +54,11 @@ class DataRef(ReportPart):
     key: str
     num_classes: int
     test_samples: int
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+
+    def _written(self) -> Iterator[str]:
+        return self._present("ref", "input_size", "input_shape", "seed", "key", "num_classes", "test_samples")
 
 
 @dataclass(frozen=True)

@@ -221,7 +221,8 @@ def _accuracy_check(report: ExportReport, model: Path, max_drop: float, say: Cal
                           "re-run `autoprune export`")
     ref, key = d.ref, d.key
     say(f"re-evaluating test accuracy on {ref} ({size}px, split seed {seed})")
-    data = load_data(ref, size=size, seed=seed)
+    data = load_data(ref, size=size, seed=seed, max_train_samples=d.max_train_samples,
+                     max_eval_samples=d.max_eval_samples)
     if data.key != key:
         raise ConfigError(f"the data {ref!r} is not the data of the export (key {data.key!r}, report has {key!r}); "
                           "the test split would differ")
