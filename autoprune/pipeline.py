@@ -160,6 +160,7 @@ class Pipeline:
         self.dense = dense.eval()
         self.compute = compute or Compute()
         self._teacher: nn.Module | None = None
+        self._scores: dict = {}  # the dense model's channel scores, per criterion and group (prune_model)
         self.data = data
         self.profile = profile
         self.target = profile.name
@@ -192,6 +193,7 @@ class Pipeline:
         groups and cost model (nothing is rebuilt; ``self`` is unchanged)."""
         other = copy.copy(self)
         other.seed = int(seed)
+        other._scores = {}  # other calibration batches: other scores
         return other
 
     # -- stages ----------------------------------------------------------------------------------
@@ -216,7 +218,7 @@ class Pipeline:
                 finally:
                     self.compute.to_cpu(model)
         return prune_model(self.dense, plan, self.example, calib_loader=calib, finetune_fn=between,
-                           compute=self.compute)
+                           compute=self.compute, score_cache=self._scores)
 
     def teacher(self) -> nn.Module:
         """The dense model on the compute device, for distillation (a copy made once; ``dense`` stays on the CPU)."""

@@ -161,9 +161,11 @@ class _Engine:
             out.append((batch[0], batch[1]))
         return out
 
-    def _criteria(self, structure: str) -> dict[str, Criterion]:
-        """One prepared criterion per name used by groups of ``structure``."""
-        names = sorted({gp.criterion for gp in self.gplans.values() if gp.structure == structure})
+    def _criteria(self, structure: str, skip: Iterable[str] = ()) -> dict[str, Criterion]:
+        """One prepared criterion per name used by groups of ``structure`` (but the groups in ``skip``)."""
+        skip = set(skip)
+        names = sorted({gp.criterion for name, gp in self.gplans.items() if gp.structure == structure
+                        and name not in skip})
         crits = {}
         for name in names:
             c = get_criterion(name, seed=self.settings.seed)
@@ -178,21 +180,35 @@ class _Engine:
         return [(n, self.index.modules[n]) for n in group.members]
 
     # ------------------------------------------------------------- channels
-    def channel_step(self, frac: float) -> None:
+    def channel_step(self, frac: float, cache: dict | None = None) -> None:
+        """Prune channels toward ``frac`` of each group's target. ``cache`` (the first step of a run only, on the
+        dense model) holds the channel scores by ``(criterion, group, seed, calib batches)``: they depend on the
+        dense model, the criterion and the calibration batches alone, so the same pipeline's next plan reuses
+        them instead of computing a data-driven criterion's gradients again."""
         groups = [g for g in self.index.groups if self.gplans[g.name].structure == "channel"]
         if not groups:
             return
         s = self.settings
-        crits = self._criteria("channel")
+
+        def key(g):
+            return (self.gplans[g.name].criterion, g.name, s.seed, s.calib_batches)
+
+        cached = {g.name for g in groups if cache is not None and key(g) in cache}
+        crits = self._criteria("channel", skip=cached)
         scores, current, units = {}, {}, {}
         for g in groups:
             current[g.name] = self.index.current_channels(g.name)
             units[g.name] = self.index.units(g.name)
             if isinstance(units[g.name], str):
                 raise PlanError(f"group {g.name!r} cannot be channel-pruned: {units[g.name]}")
+            if g.name in cached:
+                scores[g.name] = cache[key(g)]
+                continue
             crit = crits[self.gplans[g.name].criterion]
             tp_group = self.index.tp_group(g.name)
             scores[g.name] = crit.channel_scores(tp_group, self._members(g), current[g.name])
+            if cache is not None:
+                cache[key(g)] = scores[g.name].detach().clone()
         if s.allocation == "global":
             targets = self._global_channel_targets(groups, scores, current, s.global_ratio * frac)
         else:
@@ -348,6 +364,7 @@ def prune_model(
     calib_loader: Iterable | None = None,
     finetune_fn: Callable[[nn.Module, int], None] | None = None,
     compute: Compute | None = None,
+    score_cache: dict | None = None,
 ) -> PrunedModel:
     """Apply ``plan`` to a deep copy of ``model``.
 
@@ -363,6 +380,9 @@ def prune_model(
             is on the CPU and must be there again when it returns.
         compute: Where data-driven criteria compute their gradients (default: the CPU). The
             surgery itself, and the returned model, stay on the CPU.
+        score_cache: A dict kept by the caller across plans of the same dense ``model`` and calibration
+            batches: the first step's channel scores are read from and written to it (one criterion's
+            gradients computed once, not once per plan). Pass a new dict for another model or batches.
 
     Returns:
         A :class:`PrunedModel`.
@@ -378,7 +398,7 @@ def prune_model(
     for step in range(1, steps + 1):
         frac = step / steps
         _remove_masks(work)  # bake: zeros from earlier steps stay zeros and are sliced with channels
-        engine.channel_step(frac)
+        engine.channel_step(frac, cache=score_cache if step == 1 else None)
         engine.weight_step(frac, last=step == steps)
         if step < steps and finetune_fn is not None:
             finetune_fn(work, step)

@@ -243,3 +243,28 @@ def test_criteria_are_callables_on_torch_pruning_groups(criterion, resnet20, cal
     scores = crit(index.tp_group("conv1"))
     assert scores.shape == (16,) and torch.isfinite(scores).all()
     assert abs(scores.mean().item() - 1) < 1e-4  # normalised to mean 1
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "l1", "fpgm"])
+def test_a_score_cache_gives_the_same_pruning_and_skips_a_criterions_gradients(criterion, resnet20, calib,
+                                                                               monkeypatch):
+    """prune_model's score_cache: the second plan of the same dense model reads the first's channel scores;
+    masks and kept channels are the ones computed without it, and a data-driven criterion is not prepared."""
+    from autoprune.pruning.criteria import get_criterion
+
+    model, x, groups = resnet20
+    cache: dict = {}
+    first = PruningPlan.uniform(groups, "channel", 0.3, criterion)
+    second = PruningPlan.uniform(groups, "channel", 0.6, criterion, settings=PlanSettings(allocation="global",
+                                                                                         global_ratio=0.6))
+    prune_model(model, first, x, calib_loader=calib, score_cache=cache)
+    assert cache and all(k[0] == criterion for k in cache)
+    prepared = []
+    real_prepare = type(get_criterion(criterion)).prepare
+    monkeypatch.setattr(type(get_criterion(criterion)), "prepare",
+                        lambda self, m, b: (prepared.append(1), real_prepare(self, m, b))[1])
+    cached = prune_model(model, second, x, calib_loader=calib, score_cache=cache)
+    assert not prepared  # every group's scores came from the cache
+    plain = prune_model(model, second, x, calib_loader=calib)
+    assert cached.kept_channels == plain.kept_channels
+    assert all(torch.equal(cached.masks[n], plain.masks[n]) for n in plain.masks)
