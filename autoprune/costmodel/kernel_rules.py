@@ -279,9 +279,10 @@ def _reshape(graph: FusionGraph, k: KernelDraft) -> None:
 
 @rule("Concat")
 def _concat(graph: FusionGraph, k: KernelDraft) -> None:
-    """``Concat``: ``cin`` is the sum of its data inputs' channels."""
+    """``Concat``: ``cin`` is the sum of its data inputs' channels (1 for an input of rank < 2: a ViT's
+    concatenated shape vectors, a class token)."""
     k.op = "concat"
-    k.cin = sum(int((graph.shapes.get(i) or (1, 1))[1]) for i in k.data_inputs)
+    k.cin = sum(_channels(graph.shapes.get(i)) for i in k.data_inputs)
 
 
 def elementwise(graph: FusionGraph, k: KernelDraft) -> None:

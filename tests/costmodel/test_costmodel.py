@@ -251,3 +251,20 @@ def test_few_points_fit_a_scale_not_an_offset(tiny_template):
     model.fit_correction(shapes, 0.5 * sums)
     assert model.alpha == pytest.approx(0.5) and model.power == 1.0 and model.overhead_ms == 0.0
     assert model.predict(shapes[1]).latency_ms == pytest.approx(0.5 * sums[1])
+
+
+def test_a_concat_of_rank_1_tensors_is_a_kernel_not_an_index_error():
+    """A ViT-style graph concatenates 1-D tensors (shape vectors): the Concat rule read their dimension 1."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from autoprune.costmodel.kernels import detect_kernels
+
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [3])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [5])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [8])
+    graph = helper.make_graph([helper.make_node("Concat", ["a", "b"], ["y"], axis=0)], "g", [a, b], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    kernels = detect_kernels(model)
+    assert [k.features.op for k in kernels] == ["concat"] and kernels[0].features.cin == 2
