@@ -1,13 +1,13 @@
-"""Screening at equal wall time: the default search against the one-line baselines, where pruning hurts.
+"""Screening at equal wall time: the screened search against the default one and the one-line baselines.
 
 Four methods get the same wall-clock budget on the same machine, interleaved in slices (each method runs a
 third of its budget in turn, so a drift of the host's speed hits all alike; a study resumes, a sweep goes on),
 with the host load reported; every candidate is really pruned, fine-tuned (the default space's budget) and
 evaluated by the same :class:`~autoprune.pipeline.Pipeline`:
 
-1. ``autoprune``: the default search (``--space default``: screening, then fully fine-tuned promoted
+1. ``autoprune``: the screened search (``--space screened``: screening rounds, then fully fine-tuned promoted
    candidates with early stopping);
-2. ``tpe``: the same space without screening (the previous default: TPE with anchors and early stopping);
+2. ``tpe``: the same space without screening (``--space default``: TPE with anchors and early stopping);
 3. ``global-l1``: one L1 threshold across all layers, swept coarse to fine (0.5, 0.3, 0.7, 0.2, ...) until
    the budget is spent;
 4. ``uniform-l1``: the same ratio on every layer, swept the same way.
@@ -66,19 +66,6 @@ def config(args: argparse.Namespace, seed: int, space: str, trials: int = 1000):
                         max_eval_samples=args.max_eval_samples)
 
 
-def unscreened_space(root: Path) -> str:
-    """The default space without screening (the previous default search)."""
-    import yaml
-
-    from autoprune.search.space import SearchSpace
-
-    raw, _ = SearchSpace.read("default")
-    raw = {k: v for k, v in raw.items() if k != "screening"}
-    path = root / "space-default-unscreened.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return str(path)
-
-
 def sample_passes(rec: dict[str, Any], batch: int, kd: bool, n_val: int) -> float:
     """Sample passes of one fully fine-tuned (or stopped) candidate: forward 1, backward 2, teacher 1."""
     steps = rec.get("steps_done", 0)
@@ -90,7 +77,7 @@ def study_slice(args, root: Path, seed: int, method: str, slice_s: float, first:
     """Run (the first slice) or resume a method's study for ``slice_s`` seconds."""
     from autoprune.search.runner import run_search
 
-    space = "default" if method == "autoprune" else unscreened_space(root)
+    space = "screened" if method == "autoprune" else "default"
     url = f"sqlite:///{root / f'studies-s{seed}.db'}"
     run_search(config(args, seed, space) if first else None, study_name=f"{method}-s{seed}", storage=url, given={},
                progress=False, timeout_s=slice_s)
