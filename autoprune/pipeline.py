@@ -226,21 +226,19 @@ class Pipeline:
             self._teacher = self.compute.copy(self.dense).eval()
         return self._teacher
 
-    def full_steps(self, epochs: int | None = None) -> int:
-        """Optimiser steps of one candidate's full fine-tune (the study's budget, or ``epochs``)."""
+    def full_steps(self, epochs: int | None = None, scale: float = 1.0) -> int:
+        """Optimiser steps of one candidate's full fine-tune: the study's step budget, else ``scale`` of
+        ``epochs`` (default: the study's) over the training split."""
         if self.finetune_steps is not None:
             return self.finetune_steps
         ep = self.finetune_epochs if epochs is None else epochs
-        return max(1, round(ep * len(self.data.loader("train", self.batch_size))))
+        return max(1, round(ep * scale * len(self.data.loader("train", self.batch_size))))
 
     def _finetune(self, model: nn.Module, plan, *, epochs_scale: float = 1.0, kd: bool = False,
                   epochs: int | None = None, on_checkpoint=None, steps: int | None = None):
         from autoprune.pruning import FinetuneConfig, finetune
 
-        ep = self.finetune_epochs if epochs is None else epochs
-        steps = steps if steps is not None else self.finetune_steps
-        if steps is None:
-            steps = max(1, round(ep * epochs_scale * len(self.data.loader("train", self.batch_size))))
+        steps = steps if steps is not None else self.full_steps(epochs, epochs_scale)
         cfg = FinetuneConfig(
             steps=steps, lr=self.lr, lr_schedule=self.lr_schedule,
             kd_temperature=self.kd_temperature, kd_weight=self.kd_weight if kd else 0.0,

@@ -75,11 +75,7 @@ def sweep_candidates(space: SearchSpace, groups, start: int = 0) -> list[Candida
         in_space = uniform if uniform is not None else space._anchor(groups, ratio, space.allocation[0],
                                                                      budget=space.budget.snap((1 - ratio) ** 2)
                                                                      if "knapsack" in space.allocation else None)
-        fixed_common = {"criterion": "l1"}
-        for g in groups:
-            channel = "channel" in space.structures_for(g)
-            fixed_common[f"s:{g.name}"] = "channel" if channel else space.structures_for(g)[0]
-            fixed_common[f"r:{g.name}"] = space.range_for(g).snap(ratio) if channel else 0.0
+        fixed_common = {"criterion": "l1", **space.channel_params(groups, ratio)}
         if uniform is not None and (uniform.get("criterion", "l1") == "l1"):
             out.append(Candidate(start + len(out), f"uniform-l1-{ratio:g}", uniform))
         else:
@@ -129,11 +125,10 @@ def refine_candidates(space: SearchSpace, groups, parent: Mapping[str, Any], rng
         if allocation == "local":
             ratios = {g.name: float(parent.get(f"r:{g.name}", 0.0)) + rng.normal(0.0, sigma) for g in groups}
             params = _ratio_params(space, groups, ratios, criterion)
-            for key in ("kd",):
-                if key in parent:
-                    params[key] = parent[key]
+            if "kd" in parent:
+                params["kd"] = parent["kd"]
         else:  # knapsack
-            params = {k: v for k, v in parent.items()}
+            params = dict(parent)
             params["budget"] = space.budget.snap(min(max(float(parent["budget"]) * math.exp(rng.normal(0.0, sigma)),
                                                          space.budget.low), space.budget.high))
             for key in [k for k in params if k.startswith("p:")]:

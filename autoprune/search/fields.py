@@ -1,4 +1,5 @@
-"""The fields of a search space file: ratio and priority ranges, and the checks that read each key.
+"""The fields of a search space file: ratio and priority ranges, the screening settings, and the checks
+that read each key.
 
 Every check raises :class:`~autoprune.errors.ConfigError` with one line that names the file, the key
 and what it must be.
@@ -7,7 +8,7 @@ and what it must be.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from autoprune.errors import ConfigError
@@ -152,3 +153,45 @@ def _range(raw: Any, key: str, where: str) -> RatioRange:
     if step <= 0:
         raise ConfigError(f"{where}: {key}.step must be above 0, got {step}")
     return RatioRange(low, high, step)
+
+
+@dataclass(frozen=True)
+class ScreeningSpec:
+    """How a study screens candidates before it fine-tunes any (:mod:`autoprune.search.screen`).
+
+    Each round scores plans at rung 0 (pruned, BatchNorm re-estimated on ``bn_batches`` batches, evaluated on
+    ``val_samples`` validation samples, latency predicted): in the first round the sweeps and ``random`` draws,
+    in later rounds ``random // 4`` draws; then ``refine_children`` per-layer deviations (standard deviation
+    ``refine_sigma`` in ratio) of the best ``refine_parents`` of each of ``bands`` latency bands. The best
+    ``rung1_per_band`` of each band are fine-tuned for ``rung1_fraction`` of a full fine-tune (rung 1; 0 skips
+    it), and the best ``promote_per_band`` of each band become the study's next fully fine-tuned trials.
+    """
+
+    random: int = 24
+    bands: int = 5
+    refine_parents: int = 1
+    refine_children: int = 4
+    refine_sigma: float = 0.1
+    rung1_fraction: float = 0.25
+    rung1_per_band: int = 2
+    promote_per_band: int = 2
+    val_samples: int = 512
+    bn_batches: int = 4
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str) -> ScreeningSpec | None:
+        """Validate the ``screening`` mapping (``None`` or ``false``: no screening)."""
+        if raw is None or raw is False:
+            return None
+        if raw is True:
+            return cls()
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: 'screening' must be a mapping, true or false")
+        _no_unknown(raw, {f.name for f in fields(cls)}, f"{where}: screening")
+        d = cls()
+        ints = {k: _int(raw.get(k, getattr(d, k)), f"screening.{k}", where, 0 if k == "random" else 1)
+                for k in ("random", "bands", "refine_parents", "refine_children", "rung1_per_band",
+                          "promote_per_band", "val_samples", "bn_batches")}
+        return cls(**ints, refine_sigma=_unit(raw.get("refine_sigma", d.refine_sigma), "screening.refine_sigma", where),
+                   rung1_fraction=_unit(raw.get("rung1_fraction", d.rung1_fraction), "screening.rung1_fraction",
+                                        where))

@@ -115,16 +115,29 @@ class _InterruptedError(KeyboardInterrupt):
     candidate) must still reach the loop's clean stop, not be recorded as a storage error or a failure."""
 
 
+#: The signals that stop a search cleanly.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _catch_stops() -> dict[signal.Signals, Any]:
+    """Make :data:`STOP_SIGNALS` raise :class:`_InterruptedError`; return the handlers they had."""
+    return {s: signal.signal(s, _raise_interrupt) for s in STOP_SIGNALS}
+
+
+def _restore(old: Mapping[signal.Signals, Any]) -> None:
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
 @contextmanager
 def stop_signals() -> Iterator[None]:
     """SIGINT and SIGTERM raise a KeyboardInterrupt inside the block (work outside a trial, e.g. a
     screening round, stops as Ctrl-C does: what was stored stays, the command says how to resume)."""
-    old = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = _catch_stops()
     try:
         yield
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        _restore(old)
 
 
 def _raise_interrupt(signum, frame):
@@ -164,7 +177,7 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[floa
     done0 = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     bar = tqdm(total=config.trials, initial=min(done0, config.trials), desc="search", unit="trial",
                disable=not progress)
-    old = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = _catch_stops()
     consecutive = 0
     trial = None
     try:
@@ -189,7 +202,7 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[floa
             if enqueued_only and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
                 break
             # No stop between the trial's row being created and ``trial`` being set: it would be left RUNNING.
-            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
             try:
                 trial = study.ask()
             finally:
@@ -219,14 +232,13 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[floa
     except (_InterruptedError, KeyboardInterrupt) as exc:
         # A stop may land anywhere in the loop, also after the trial was told: record it only if it is
         # still RUNNING, with no further signal interrupting the bookkeeping.
-        for s in old:
+        for s in STOP_SIGNALS:
             signal.signal(s, signal.SIG_IGN)
         if trial is not None and study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
             book.failed(trial, f"interrupted ({exc or 'SIGINT'}); retried on resume", retry=True)
         raise KeyboardInterrupt from None
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        _restore(old)
         bar.close()
     return book.counts
 

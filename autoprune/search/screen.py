@@ -33,7 +33,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -48,9 +48,7 @@ from autoprune.search.candidates import (
 from autoprune.search.config import ACCURACY, OBJECTIVES, SearchConfig
 from autoprune.search.objective import CANDIDATE_ERRORS, candidate_plan, failure_reason
 from autoprune.search.promotion import Scored, band_edges, band_of, plan_digest, promote
-
-if TYPE_CHECKING:
-    from autoprune.search.space import SearchSpace
+from autoprune.search.space import SearchSpace, run_params
 
 #: Study user attribute of round N: ``f"{ROUND_ATTR}{N}"``.
 ROUND_ATTR = "autoprune.screen.round"
@@ -72,7 +70,10 @@ class ScreenRound:
     Attributes:
         study: The Optuna study.
         number: The round's number.
-        state: ``edges``, ``rung0`` (index → record), ``rung1`` (index → record), ``promoted``, ``seconds``.
+        edges: The latency bands' edges (ms), once known.
+        rung0, rung1: Candidate index → its record at that rung.
+        promoted: The indices enqueued as trials (``None`` while the round is unfinished).
+        seconds: Wall time per phase of the round.
     """
 
     def __init__(self, study, number: int) -> None:
@@ -96,11 +97,9 @@ class ScreenRound:
 
     def scored(self, rung: int) -> list[Scored]:
         """The rung's successful scores (rung 1 keeps rung 0's latency and plan)."""
-        rows = self.rung0 if rung == 0 else self.rung1
-        first = self.rung0
+        rows, first = (self.rung0 if rung == 0 else self.rung1), self.rung0
         return [Scored(i, float(r["val_accuracy"]), float(first[i]["predicted_ms"]), first[i].get("plan_key", ""))
-                for i, r in sorted(rows.items())
-                if "val_accuracy" in r and i in self.rung0 and "predicted_ms" in self.rung0[i]]
+                for i, r in sorted(rows.items()) if "val_accuracy" in r and "predicted_ms" in first.get(i, {})]
 
 
 def screening_summary(study) -> str | None:
@@ -137,20 +136,18 @@ def _trial_plan_keys(study) -> set[str]:
     return keys
 
 
-def _best_trials_per_band(study, config: SearchConfig, edges: Sequence[float], per_band: int) -> list[tuple[int, dict]]:
-    """``(trial number, merged params)`` of the best fine-tuned trials of each band (:func:`rank`) that can be
-    refined (not the dense anchor, not a global threshold)."""
+def _best_trials_per_band(study, edges: Sequence[float], per_band: int) -> list[tuple[int, dict]]:
+    """``(trial number, the params it ran with)`` of the best fine-tuned trials of each band (:func:`rank`) that
+    can be refined (not the dense anchor, not a global threshold)."""
     from optuna.trial import TrialState
 
-    rows = []
+    scored, params = [], {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        a = t.user_attrs
-        fixed = a.get("anchor_params") or {}
-        if ACC in a and LAT in a and a.get("anchor") != "dense" and fixed.get("allocation") != "global":
-            rows.append((t, Scored(t.number, float(a[ACC]), float(a[LAT]))))
-    picks = promote([s for _, s in rows], edges, per_band)
-    params = {t.number: {**t.params, **(t.user_attrs.get("anchor_params") or {})} for t, _ in rows}
-    return [(n, params[n]) for n in picks]
+        a, ran = t.user_attrs, run_params(t)
+        if ACC in a and LAT in a and a.get("anchor") != "dense" and ran.get("allocation") != "global":
+            scored.append(Scored(t.number, float(a[ACC]), float(a[LAT])))
+            params[t.number] = ran
+    return [(n, params[n]) for n in promote(scored, edges, per_band)]
 
 
 def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, number: int, slots: int,
@@ -243,7 +240,7 @@ def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, n
         parents = [(f"r0#{i}", {**rnd.rung0[i]["params"], **rnd.rung0[i]["fixed"]})
                    for i in promote(refinable, edges, spec.refine_parents)]
     else:
-        parents = [(f"trial{n}", p) for n, p in _best_trials_per_band(study, config, edges, spec.refine_parents)]
+        parents = [(f"trial{n}", p) for n, p in _best_trials_per_band(study, edges, spec.refine_parents)]
     children: list[Candidate] = []
     for name, params in parents:
         children += refine_candidates(space, groups, params, rng, spec.refine_children, spec.refine_sigma,

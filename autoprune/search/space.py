@@ -21,6 +21,7 @@ from autoprune.io import read_yaml
 from autoprune.search.fields import (
     PriorityRange,
     RatioRange,
+    ScreeningSpec,
     _budget,
     _check_criteria,
     _int,
@@ -45,8 +46,6 @@ _TOP_KEYS = {
 ALLOCATIONS = ("local", "global", "knapsack")
 _FT_KEYS = {"epochs", "steps", "lr", "lr_schedule", "batch_size"}
 _KD_KEYS = {"enabled", "temperature", "weight"}
-_SCREEN_KEYS = {"candidates", "random", "bands", "refine_parents", "refine_children", "refine_sigma",
-                "rung1_fraction", "rung1_per_band", "promote_per_band", "val_samples", "bn_batches"}
 
 
 @dataclass(frozen=True)
@@ -58,50 +57,6 @@ class FinetuneBudget:
     lr: float = 0.02
     lr_schedule: str = "cosine"
     batch_size: int = 64
-
-
-@dataclass(frozen=True)
-class ScreeningSpec:
-    """How a study screens candidates before it fine-tunes any (:mod:`autoprune.search.screen`).
-
-    Each round scores ``candidates`` plans at rung 0 (pruned, BatchNorm re-estimated on ``bn_batches``
-    batches, evaluated on ``val_samples`` validation samples, latency predicted): the sweeps and
-    ``random`` draws (in the first round), then ``refine_children`` per-layer deviations (standard
-    deviation ``refine_sigma`` in ratio) of the best ``refine_parents`` of each of ``bands`` latency bands.
-    The best ``rung1_per_band`` of each band are fine-tuned for ``rung1_fraction`` of a full fine-tune
-    (rung 1; 0 skips it), and the best ``promote_per_band`` of each band become the study's next
-    fully fine-tuned trials.
-    """
-
-    candidates: int = 48
-    random: int = 24
-    bands: int = 5
-    refine_parents: int = 1
-    refine_children: int = 4
-    refine_sigma: float = 0.1
-    rung1_fraction: float = 0.25
-    rung1_per_band: int = 2
-    promote_per_band: int = 2
-    val_samples: int = 512
-    bn_batches: int = 4
-
-    @classmethod
-    def from_dict(cls, raw: Any, where: str) -> ScreeningSpec | None:
-        """Validate the ``screening`` mapping (``None`` or ``false``: no screening)."""
-        if raw is None or raw is False:
-            return None
-        if raw is True:
-            return cls()
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{where}: 'screening' must be a mapping, true or false")
-        _no_unknown(raw, _SCREEN_KEYS, f"{where}: screening")
-        d = cls()
-        ints = {k: _int(raw.get(k, getattr(d, k)), f"screening.{k}", where, 0 if k in ("random",) else 1)
-                for k in ("candidates", "random", "bands", "refine_parents", "refine_children", "rung1_per_band",
-                          "promote_per_band", "val_samples", "bn_batches")}
-        return cls(**ints, refine_sigma=_unit(raw.get("refine_sigma", d.refine_sigma), "screening.refine_sigma", where),
-                   rung1_fraction=_unit(raw.get("rung1_fraction", d.rung1_fraction), "screening.rung1_fraction",
-                                        where))
 
 
 @dataclass(frozen=True)
@@ -259,7 +214,7 @@ class SearchSpace:
             trial.suggest_float("global_ratio", self.ratio.low, self.ratio.high, step=self.ratio.step)
         if len(self.distillation) > 1:
             trial.suggest_categorical("kd", list(self.distillation))
-        return {**trial.params, **(trial.user_attrs.get("anchor_params") or {})}
+        return run_params(trial)
 
     def _searches_ratio(self, structs: tuple[str, ...]) -> bool:
         return bool({"local", "global"} & set(self.allocation)) or "unstructured" in structs
@@ -307,15 +262,22 @@ class SearchSpace:
         if self.allocation == ("knapsack",) and "channel" in self.structures:
             in_space = self._anchor(groups, 0.5, "knapsack", budget=self.budget.snap((1 - mid) ** 2))
             for allocation in ("local", "global"):
-                fixed = {"allocation": allocation, "global_ratio": mid}
-                for g in groups:
-                    channel = "channel" in self.structures_for(g)
-                    fixed[f"s:{g.name}"] = "channel" if channel else self.structures_for(g)[0]
-                    fixed[f"r:{g.name}"] = self.range_for(g).snap(mid) if channel else 0.0
+                fixed = {"allocation": allocation, "global_ratio": mid, **self.channel_params(groups, mid)}
                 out.append((f"{'uniform' if allocation == 'local' else 'global'}-{mid}", in_space, fixed))
             # A short study runs the knapsack's middle budget, then the two baselines, then the others.
             middle = len(budgets) // 2
             out = [out[0], out[1 + middle], out[-2], out[-1]] + [a for i, a in enumerate(out[1:-2]) if i != middle]
+        return out
+
+    def channel_params(self, groups, ratio: float) -> dict[str, Any]:
+        """``s:``/``r:`` parameters of a one-line channel baseline at ``ratio``: ``channel`` at the ratio (snapped
+        to each group's range) where a group may take it, else its first structure at 0. Outside the space's
+        own parameters when it has no ``local`` allocation: the baselines' fixed ``anchor_params``."""
+        out: dict[str, Any] = {}
+        for g in groups:
+            channel = "channel" in self.structures_for(g)
+            out[f"s:{g.name}"] = "channel" if channel else self.structures_for(g)[0]
+            out[f"r:{g.name}"] = self.range_for(g).snap(ratio) if channel else 0.0
         return out
 
     def _anchor(self, groups, ratio: float, allocation: str, budget: float | None = None) -> dict[str, Any]:
@@ -358,6 +320,12 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable form (stored with the study)."""
         return asdict(self)
+
+
+def run_params(trial) -> dict[str, Any]:
+    """The parameters a trial runs with: its own, overridden by its fixed ``anchor_params`` (an anchor's, or a
+    screened candidate's, from another allocation than the space's)."""
+    return {**trial.params, **(trial.user_attrs.get("anchor_params") or {})}
 
 
 def needs_pipeline(space: SearchSpace, params: dict[str, Any]) -> bool:
