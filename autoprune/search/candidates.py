@@ -76,7 +76,7 @@ def sweep_candidates(space: SearchSpace, groups, start: int = 0) -> list[Candida
                                                                      budget=space.budget.snap((1 - ratio) ** 2)
                                                                      if "knapsack" in space.allocation else None)
         fixed_common = {"criterion": "l1", **space.channel_params(groups, ratio)}
-        if uniform is not None and (uniform.get("criterion", "l1") == "l1"):
+        if uniform is not None and uniform.get("criterion", space.criteria[0]) == "l1":  # in-space only if L1
             out.append(Candidate(start + len(out), f"uniform-l1-{ratio:g}", uniform))
         else:
             out.append(Candidate(start + len(out), f"uniform-l1-{ratio:g}", in_space,

@@ -47,6 +47,19 @@ def test_promotion_takes_each_bands_best_round_robin_and_is_deterministic():
     assert promote(s, edges, 2, skip_plans=["a", "e"], limit=4) == [1, 3, 2, 5]
 
 
+def test_the_uniform_l1_sweep_runs_l1_in_a_space_whose_only_criterion_is_another(tiny_dense):
+    """A space searching only Taylor has no criterion parameter: the uniform-L1 sweep must fix it to L1."""
+    from autoprune.pruning import discover_groups
+    from autoprune.search.candidates import sweep_candidates
+
+    model, data, _ = tiny_dense
+    raw, _ = SearchSpace.read("default")
+    space = SearchSpace.from_dict({**raw, "criteria": ["taylor"]})
+    groups = discover_groups(model, data.example_input(1))
+    uniform = [c for c in sweep_candidates(space, groups) if c.source.startswith("uniform-l1-")]
+    assert uniform and all(c.merged()["criterion"] == "l1" for c in uniform)
+
+
 # -- a screened study --------------------------------------------------------------------------------
 @pytest.fixture
 def screened_space(tmp_path):
