@@ -24,9 +24,12 @@ def _app(environ, start_response):
     return [body]
 
 
-@pytest.fixture
-def server():
-    srv = ThreadingWSGIServer(("127.0.0.1", 0), _Quick)
+class _OneSlot(ThreadingWSGIServer):
+    max_connections = 1
+
+
+def _serve(cls: type[ThreadingWSGIServer]):
+    srv = cls(("127.0.0.1", 0), _Quick)
     srv.set_app(_app)
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -35,6 +38,16 @@ def server():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+@pytest.fixture
+def server():
+    yield from _serve(ThreadingWSGIServer)
+
+
+@pytest.fixture
+def one_slot_server():
+    yield from _serve(_OneSlot)
 
 
 def _get(port: int, timeout_s: float = 2) -> bytes:
@@ -83,9 +96,8 @@ def test_a_byte_now_and_then_does_not_stretch_the_header_deadline(server):
     s.close()
 
 
-def test_past_the_connection_cap_a_new_connection_is_closed_at_once(server, monkeypatch):
-    monkeypatch.setattr(server, "_slots", threading.BoundedSemaphore(1))
-    port = server.server_address[1]
+def test_past_the_connection_cap_a_new_connection_is_closed_at_once(one_slot_server):
+    port = one_slot_server.server_address[1]
     hog = socket.create_connection(("127.0.0.1", port))
     time.sleep(0.1)
     extra = socket.create_connection(("127.0.0.1", port))
