@@ -64,6 +64,9 @@ class ProfileCommand(Command):
         parser.add_argument("--max-cv", type=float, default=None,
                             help="noise bound of each isolated kernel measurement as a robust CV (default: 0.2); "
                                  "a noisier point is re-measured, then rejected and never stored")
+        parser.add_argument("--strict", action="store_true",
+                            help="refuse to save a calibration measured on a busy host (1-min load average of "
+                            "other work above half the cores, or CPU steal above 5 %%; not judged over --rpc)")
 
     def run(self, args: argparse.Namespace) -> int:
         from autoprune.costmodel.builder import ProfileJob, profile_target
@@ -88,7 +91,8 @@ class ProfileCommand(Command):
                          rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, energy_sensor=args.energy_sensor,
                          threads=args.threads, plans=args.plans, grid=grid, round_to=args.round_to,
                          max_cv=args.max_cv, tvm_tune_trials=args.tvm_tune_trials or 0,
-                         tvm_tune_timeout_s=args.tvm_tune_timeout, allow_untuned=args.allow_untuned)
+                         tvm_tune_timeout_s=args.tvm_tune_timeout, allow_untuned=args.allow_untuned,
+                         strict=args.strict)
         _print_outcome(profile_target(profile, job, progress=_progress_bar))
         return 0
 
@@ -112,10 +116,14 @@ def _progress_bar(name: str, size_px: int, target: str) -> Iterator[Callable[[in
 
 
 def _print_outcome(r: ProfileOutcome) -> None:
-    """The calibration's summary: the file, what was measured, the fit and its held-out error."""
+    """The calibration's summary: the file, what was measured, the fit, its held-out error and the host's load
+    (with a ``warning:`` line when the host was busy)."""
 
     def fmt(v: float | None, spec: str) -> str:
         return "n/a" if v is None else format(v, spec)
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f} %"
 
     print(f"calibration written: {r.path}")
     print(f"  target {r.target}, runtime {r.runtime}, status measured, cost model lut")
@@ -145,3 +153,10 @@ def _print_outcome(r: ProfileOutcome) -> None:
     print(f"  held-out error on {r.heldout_plans} plans: MAPE {fmt(r.heldout_mape, '.1%')}, "
           f"within 10% {fmt(r.heldout_within_10pct, '.0%')}, "
           f"Spearman {fmt(r.heldout_spearman, '.3f')}")
+    h = r.host_state
+    if h is not None:
+        print(f"  host{'' if r.host_is_target else ' (this machine, the RPC client, not the device)'}: load average "
+              f"{fmt(h.load_avg_1min, '.2f')} on {h.cpu_count or 'n/a'} cores, steal {pct(h.steal_share)}, "
+              f"busy {pct(h.busy_share)} during calibration")
+    if r.host_warning is not None:
+        print(f"warning: {r.host_warning} (--strict refuses to save such a calibration)")

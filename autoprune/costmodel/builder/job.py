@@ -9,8 +9,11 @@ passed down as an object) and a :class:`ProfileJob` record of what to measure, a
    any work (a remote target without ``--rpc``, a GPU target whose onnxruntime lacks the GPU
    providers, an energy sensor where none can be read) and the energy sensor read here;
 2. builds the model exactly as ``search`` does (its data's classes, channels and input size);
-3. calibrates (:func:`~autoprune.costmodel.builder.calibrate.calibrate`), saves the calibration
-   and loads it back (the checksum round trip);
+3. calibrates (:func:`~autoprune.costmodel.builder.calibrate.calibrate`) inside a
+   :class:`~autoprune.hardware.host_state.HostMonitor` window (this machine's load average, CPU
+   steal and busy share, stored in the calibration's ``error.host_state``; a busy host is a warning,
+   or with ``strict`` a refusal that saves nothing), saves the calibration and loads it back (the
+   checksum round trip);
 4. returns a :class:`ProfileOutcome` record, which the command prints.
 
 torch, onnxruntime and TVM are imported inside the functions, never at import time.
@@ -29,6 +32,7 @@ from autoprune.errors import ConfigError
 from autoprune.hardware.records import GPU_PROVIDERS
 
 if TYPE_CHECKING:
+    from autoprune.hardware.host_state import HostState
     from autoprune.hardware.records import HardwareProfile
     from autoprune.profiling import Runtime
 
@@ -70,6 +74,9 @@ class ProfileJob:
             many trials per model, into ``results/tvm-tuning/<target>/<model>`` (0: untuned).
         tvm_tune_timeout_s: Bound on each model's tuning, s.
         allow_untuned: Calibrate on untuned TVM kernels (refused without it: nobody deploys them).
+        strict: Refuse to save a calibration measured on a busy host
+            (:func:`~autoprune.hardware.host_state.host_busy_reason`; never on an RPC target, whose
+            device this machine's numbers do not describe).
     """
 
     model_ref: str = "vgg11"
@@ -90,6 +97,7 @@ class ProfileJob:
     tvm_tune_trials: int = 0
     tvm_tune_timeout_s: float = 600.0
     allow_untuned: bool = False
+    strict: bool = False
 
     @property
     def remote(self) -> bool:
@@ -141,6 +149,11 @@ class ProfileOutcome:
         heldout_mape: Their mean absolute percentage error, as a fraction (``None``: none held out).
         heldout_within_10pct: Share of them predicted within 10 %, as a fraction.
         heldout_spearman: Spearman rank correlation on them (``None`` under three).
+        host_state: This machine's load over the calibration (``None``: not recorded).
+        host_is_target: Whether ``host_state`` describes the target (``False`` over RPC: it is the
+            client's, this machine's, not the device's).
+        host_warning: Why the target's host was busy (:func:`~autoprune.hardware.host_state.host_busy_reason`;
+            ``None``: quiet, or measured over RPC).
     """
 
     path: Path
@@ -163,6 +176,9 @@ class ProfileOutcome:
     heldout_mape: float | None
     heldout_within_10pct: float | None
     heldout_spearman: float | None
+    host_state: HostState | None = None
+    host_is_target: bool = True
+    host_warning: str | None = None
 
 
 def profile_target(profile: HardwareProfile, job: ProfileJob, *, progress: ProgressFactory | None = None,
@@ -182,7 +198,8 @@ def profile_target(profile: HardwareProfile, job: ProfileJob, *, progress: Progr
     Raises:
         ConfigError: A remote target without ``job.rpc``, an energy sensor with TVM or over RPC, a GPU
             target whose onnxruntime lacks the GPU providers, or a model that does not fit its data.
-        ProfilingError: A device that cannot be reached, or a measurement that fails.
+        ProfilingError: A device that cannot be reached, a measurement that fails, or with ``job.strict``
+            a host busy during the calibration (nothing saved).
         NoisyMeasurementError: Too many isolated measurements too noisy to store.
     """
     from types import MappingProxyType
@@ -194,6 +211,8 @@ def profile_target(profile: HardwareProfile, job: ProfileJob, *, progress: Progr
         save_calibration,
     )
     from autoprune.data import load_data_for
+    from autoprune.errors import ProfilingError
+    from autoprune.hardware.host_state import HostMonitor, host_busy_reason
     from autoprune.models import build_model, load_checkpoint
     from autoprune.train import check_model_fits
 
@@ -212,11 +231,19 @@ def profile_target(profile: HardwareProfile, job: ProfileJob, *, progress: Progr
                                  max_cv=job.max_cv, num_classes=data.num_classes, input_size_px=size,
                                  in_channels=data.input_shape[0])
     bar = progress(name, size, profile.name) if progress is not None else contextlib.nullcontext(None)
-    with bar as tick:
+    monitor = HostMonitor()
+    with bar as tick, monitor:
         result = calibrate(name, options, target=profile, runtime=runtime, model=dense, progress=tick)
+    host = monitor.state
+    # Over RPC this machine is only the client: its numbers are recorded as its own, never judged.
+    warning = None if job.remote else host_busy_reason(host, own_threads=job.threads)
+    if warning is not None and job.strict:
+        raise ProfilingError(f"calibration not saved (--strict): {warning}")
     path = calibration_path(profile.name, name, size)
+    error = {**result.error, "host_state": {"describes": "rpc-client" if job.remote else "target",
+                                            **host.to_dict(), "busy_reason": warning}}
     save_calibration(result.model, path, model_name=name, input_shape=tuple(data.input_shape),
-                     runtime=result.runtime, status="measured", error=result.error,
+                     runtime=result.runtime, status="measured", error=error,
                      extra={"grid": list(job.grid), "plans": job.plans, "seed": job.seed, "round_to": job.round_to,
                             "kernel_points": result.kernel_points, "calibration_seconds": result.seconds,
                             "model_ref": job.model_ref, "data": job.data_ref,
@@ -238,7 +265,8 @@ def profile_target(profile: HardwareProfile, job: ProfileJob, *, progress: Progr
             heldout_mape=energy.get("heldout_mape")),
         dense_reference_ms=e["dense_reference_ms"], dense_reference_range_ms=(lo, hi),
         heldout_plans=e["n_heldout"], heldout_mape=e["heldout_mape"],
-        heldout_within_10pct=e.get("heldout_within_10pct"), heldout_spearman=e["heldout_spearman"])
+        heldout_within_10pct=e.get("heldout_within_10pct"), heldout_spearman=e["heldout_spearman"],
+        host_state=host, host_is_target=not job.remote, host_warning=warning)
 
 
 def runtime_for_job(profile: HardwareProfile, job: ProfileJob, *, echo: Callable[[str], None] = print) -> Runtime:
