@@ -59,8 +59,15 @@ class ProfileCommand(Command):
                             "fit the per-kernel in-context scales, the rest are held out (default: 96)")
         parser.add_argument("--grid", default="0.125,0.25,0.5,0.75,1.0",
                             help="kept-channel fractions per layer (default: 0.125,0.25,0.5,0.75,1.0)")
-        parser.add_argument("--round-to", type=int, default=8,
-                            help="channel alignment of the grid and random plans (default: 8; match the search's)")
+        parser.add_argument("--round-to", type=int, default=1,
+                            help="channel alignment of the grid and random plans (default: 1, none, as the default "
+                                 "search spaces; match the space's round_to)")
+        parser.add_argument("--min-channels", type=int, default=4,
+                            help="fewest channels a plan keeps per group, measured in every layer's grid "
+                                 "(default: 4; match the space's min_channels)")
+        parser.add_argument("--max-ratio", type=float, default=0.95,
+                            help="largest channel ratio of the random and uniform plans (default: 0.95; match the "
+                                 "space's largest ratio)")
         parser.add_argument("--max-cv", type=float, default=None,
                             help="noise bound of each isolated kernel measurement as a robust CV (default: 0.2); "
                                  "a noisier point is re-measured, then rejected and never stored")
@@ -90,6 +97,7 @@ class ProfileCommand(Command):
                          checkpoint=args.checkpoint, seed=args.seed, runtime=args.runtime, rpc=args.rpc,
                          rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, energy_sensor=args.energy_sensor,
                          threads=args.threads, plans=args.plans, grid=grid, round_to=args.round_to,
+                         min_channels=args.min_channels, max_ratio=args.max_ratio,
                          max_cv=args.max_cv, tvm_tune_trials=args.tvm_tune_trials or 0,
                          tvm_tune_timeout_s=args.tvm_tune_timeout, allow_untuned=args.allow_untuned,
                          strict=args.strict)
@@ -153,6 +161,11 @@ def _print_outcome(r: ProfileOutcome) -> None:
     print(f"  held-out error on {r.heldout_plans} plans: MAPE {fmt(r.heldout_mape, '.1%')}, "
           f"within 10% {fmt(r.heldout_within_10pct, '.0%')}, "
           f"Spearman {fmt(r.heldout_spearman, '.3f')}")
+    if len(r.heldout_by_decile) > 1:
+        d, rest = r.heldout_by_decile[0], r.heldout_by_decile[1:]
+        print(f"    fastest tenth ({d['n']} plan(s), {d['low_ms']:.3f}-{d['high_ms']:.3f} ms): MAPE {d['mape']:.1%}, "
+              f"mean {d['mean_signed_pct']:+.1f} %; the other deciles: MAPE "
+              + ", ".join(f"{x['mape']:.0%}" for x in rest))
     h = r.host_state
     if h is not None:
         print(f"  host{'' if r.host_is_target else ' (this machine, the RPC client, not the device)'}: load average "

@@ -147,6 +147,11 @@ def test_kernel_scales_recover_per_kernel_in_context_factors():
     fresh = tpl.shape_from_channels({"conv1": (3, 40), "conv2": (40, 24), "fc": (24, 10)})
     fresh_tab = cm._table_ms(tpl.arrays, np.asarray(fresh.cin, float), np.asarray(fresh.cout, float), tpl.keys)
     assert cm.predict(fresh).latency_ms == pytest.approx(float(fresh_tab @ true) + 0.05, rel=0.02)
+    # The smallest plan, where the known fixed overhead is a large share, is predicted too (the overhead
+    # itself shares its value with the kernels no plan varies: only their sum is identified).
+    tiny = tpl.shape_from_channels({"conv1": (3, 8), "conv2": (8, 8), "fc": (8, 10)})
+    tiny_tab = cm._table_ms(tpl.arrays, np.asarray(tiny.cin, float), np.asarray(tiny.cout, float), tpl.keys)
+    assert cm.predict(tiny).latency_ms == pytest.approx(float(tiny_tab @ true) + 0.05, rel=0.03)
 
 
 def test_weight_streaming_fit_recovers_known_costs_and_is_deterministic():
@@ -216,6 +221,9 @@ def test_profile_command_writes_a_checked_calibration(tmp_path, monkeypatch, cap
     assert rc == 0 and f"calibration written: {path}" in out and "held-out error on 1 plans" in out
     data = json.loads(path.read_text())
     assert data["status"] == "measured" and data["error"]["kernel_protocol"]["max_cv"] == 2.0
+    # the sample the default search space produces: unaligned, 4 channels at least, ratios up to 0.95
+    assert (data["round_to"], data["min_channels"], data["max_ratio"]) == (1, 4, 0.95)
+    assert data["error"]["heldout_by_decile"][0]["n"] == 1
     model = load_calibration(path)
     assert model.provenance.status == "measured" and model.tables
     assert 0.3 <= model.alpha <= 3.0 and model.overhead_ms == 0.0  # few fit points: a scale only

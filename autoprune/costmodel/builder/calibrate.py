@@ -51,7 +51,8 @@ if TYPE_CHECKING:
     from autoprune.hardware.records import HardwareProfile
 
 __all__ = [
-    "DEFAULT_GRID", "CalibrationOptions", "CalibrationResult", "calibrate", "error_metrics", "kernel_grid",
+    "DEFAULT_GRID", "CalibrationOptions", "CalibrationResult", "calibrate", "error_by_decile", "error_metrics",
+    "kernel_grid",
     "prune_random", "random_plan",
 ]
 
@@ -76,8 +77,14 @@ class CalibrationOptions:
         plans: Random plans measured end to end (three quarters fit, the rest are held out).
         grid: Kept-channel fractions per layer, each in (0, 1].
         seed: Seed of the random plans (and of the isolated kernels' random weights).
-        round_to: Channel alignment of the grid and of the random plans (8 = AVX2 NCHWc
-            block of ONNX Runtime's CPU kernels; unaligned counts take slower paths; 1 = none).
+        round_to: Channel alignment of the grid and of the random plans (1 = none, as the default search
+            spaces prune; 8 = AVX2 NCHWc block of ONNX Runtime's CPU kernels, for a space with
+            ``round_to: 8``).
+        min_channels: The fewest channels a plan keeps per group, as the search space's ``min_channels``:
+            every layer's grid measures that count too, so the tables reach the smallest plans a
+            search exports instead of extrapolating below them.
+        max_ratio: The largest channel ratio of the random plans and the top of the uniform ladder, as
+            the search space's largest ratio.
         max_cv: Noise bound of the isolated measurements as a robust CV (``None``: ``KERNEL_PROTOCOL``'s
             0.2; a noisy point is measured again under three times the bound, then rejected).
         threads: Intra-op threads of the default runtime (when :func:`calibrate` gets none).
@@ -92,7 +99,9 @@ class CalibrationOptions:
     plans: int = 8
     grid: tuple[float, ...] = DEFAULT_GRID
     seed: int = 0
-    round_to: int = 8
+    round_to: int = 1
+    min_channels: int = 4
+    max_ratio: float = 0.95
     max_cv: float | None = None
     threads: int | None = 1
     num_classes: int = 10
@@ -105,6 +114,15 @@ class CalibrationOptions:
         object.__setattr__(self, "grid", tuple(float(g) for g in self.grid))
         if not self.grid or not all(0 < g <= 1 for g in self.grid):  # NaN fails both comparisons
             raise ConfigError(f"grid fractions must lie in (0, 1], got {self.grid!r}")
+        if not 0 < self.max_ratio < 1:
+            raise ConfigError(f"max_ratio must lie in (0, 1), got {self.max_ratio!r}")
+        if self.min_channels < 1 or self.round_to < 1:
+            raise ConfigError(f"min_channels and round_to must be >= 1, got {self.min_channels} and {self.round_to}")
+
+    @property
+    def ladder(self) -> tuple[float, ...]:
+        """The uniform channel ratios measured end to end: :data:`UNIFORM_LADDER` up to ``max_ratio``."""
+        return tuple(sorted({r for r in UNIFORM_LADDER if r <= self.max_ratio} | {self.max_ratio}))
 
 
 @dataclass(frozen=True)
@@ -139,6 +157,28 @@ def error_metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict
     return out
 
 
+def error_by_decile(predicted: Sequence[float], measured: Sequence[float], bins: int = 10) -> list[dict[str, Any]]:
+    """The error per latency decile of the measured plans, fastest first (the front's end, where users pick).
+
+    Plans are sorted by measured latency and split into ``min(bins, n)`` near-equal groups, so with fewer
+    than ten plans each "decile" is one plan.
+
+    Returns:
+        One ``{"decile", "n", "low_ms", "high_ms", "mape", "within_10pct", "mean_signed_pct"}`` per group.
+    """
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    if len(m) == 0:
+        return []
+    order = np.argsort(m)
+    out = []
+    for i, idx in enumerate(np.array_split(order, min(bins, len(m)))):
+        rel = p[idx] / m[idx] - 1.0
+        out.append({"decile": i + 1, "n": int(len(idx)), "low_ms": float(m[idx].min()), "high_ms": float(m[idx].max()),
+                    "mape": float(np.mean(np.abs(rel))), "within_10pct": float(np.mean(np.abs(rel) <= 0.10)),
+                    "mean_signed_pct": float(100.0 * rel.mean())})
+    return out
+
+
 def _fixed_dims(template: ModelTemplate) -> tuple[set[int], set[int]]:
     """Kernels whose cin is the graph input, and kernels whose cout is the graph output."""
     consumers: dict[int, int] = {}
@@ -151,12 +191,13 @@ def _fixed_dims(template: ModelTemplate) -> tuple[set[int], set[int]]:
     return fixed_in, fixed_out
 
 
-def kernel_grid(template: ModelTemplate, grid: Sequence[float] = DEFAULT_GRID, round_to: int = 1
-                ) -> dict[str, list[tuple[Any, int, int]]]:
+def kernel_grid(template: ModelTemplate, grid: Sequence[float] = DEFAULT_GRID, round_to: int = 1,
+                min_channels: int = 1) -> dict[str, list[tuple[Any, int, int]]]:
     """Return ``{config key: [(features, cin, cout), ...]}`` to measure (shared configs once).
 
     Counts are ``fraction × dense`` rounded to a multiple of ``round_to`` (the same
-    alignment the pruning plans use), never below ``round_to`` or above dense.
+    alignment the pruning plans use), never below ``max(round_to, min_channels)`` or above dense,
+    and that smallest count is measured too: the fewest channels a plan keeps.
     """
     fixed_in, fixed_out = _fixed_dims(template)
     plan: dict[str, list[tuple[Any, int, int]]] = {}
@@ -171,7 +212,8 @@ def kernel_grid(template: ModelTemplate, grid: Sequence[float] = DEFAULT_GRID, r
         def counts(c: int, fixed: bool, r: int = step, grouped: bool = grouped) -> list[int]:
             if fixed or (grouped and c % r):
                 return [c]
-            return sorted({min(c, max(r, round(c * g / r) * r)) for g in grid})
+            low = min(c, max(r, math.ceil(min_channels / r) * r))
+            return sorted({min(c, max(low, round(c * g / r) * r)) for g in grid} | {low})
 
         if one_dimensional(key):
             cs = counts(f.cout, i in fixed_out and i in fixed_in)
@@ -182,7 +224,8 @@ def kernel_grid(template: ModelTemplate, grid: Sequence[float] = DEFAULT_GRID, r
 
 
 def random_plan(groups: Sequence[Any], rng: np.random.Generator, *, max_ratio: float = 0.9,
-                p_unstructured: float = 0.15, p_keep: float = 0.15, round_to: int | None = None):
+                p_unstructured: float = 0.15, p_keep: float = 0.15, round_to: int | None = None,
+                min_channels: int = 1):
     """A random pruning plan: per-group channel ratios, a few unstructured groups."""
     from autoprune.pruning import GroupPlan, PlanSettings, PruningPlan
 
@@ -196,7 +239,8 @@ def random_plan(groups: Sequence[Any], rng: np.random.Generator, *, max_ratio: f
         else:
             gp = GroupPlan("keep", 0.0, "l1")
         pairs.append((g.name, gp))
-    return PruningPlan(tuple(pairs), PlanSettings(round_to=round_to if round_to and round_to > 1 else None))
+    return PruningPlan(tuple(pairs), PlanSettings(round_to=round_to if round_to and round_to > 1 else None,
+                                                  min_channels=max(1, int(min_channels))))
 
 
 def prune_random(model: Any, example: Any, groups: Sequence[Any], rng: np.random.Generator, **kw: Any) -> Any:
@@ -238,8 +282,8 @@ def calibrate(model_name: str, options: CalibrationOptions = CalibrationOptions(
                                                          in_channels=o.in_channels)).eval()
     example = torch.zeros(1, o.in_channels, size, size)
     template = ModelTemplate.from_model(dense, example, model_name)
-    todo = kernel_grid(template, o.grid, o.round_to)
-    total = sum(len(v) for v in todo.values()) + 1 + 1 + len(UNIFORM_LADDER) + o.plans
+    todo = kernel_grid(template, o.grid, o.round_to, o.min_channels)
+    total = sum(len(v) for v in todo.values()) + 1 + 1 + len(o.ladder) + o.plans
     done = 0
 
     def tick(what: str) -> None:
@@ -282,7 +326,7 @@ def calibrate(model_name: str, options: CalibrationOptions = CalibrationOptions(
     rng = np.random.default_rng(o.seed)
     # The groups a search would use: each test-pruned at the largest ratio the random plans draw, so a
     # user's model with shuffles or grouped convs never breaks a calibration plan.
-    groups = list(check_groups(dense, example, discover_groups(dense, example), max_ratio=0.9,
+    groups = list(check_groups(dense, example, discover_groups(dense, example), max_ratio=o.max_ratio,
                                structures=("keep", "channel", "unstructured")).groups)
     shapes: list[CandidateShape] = []
     relative: list[RelativeMeasurement] = []
@@ -298,18 +342,19 @@ def calibrate(model_name: str, options: CalibrationOptions = CalibrationOptions(
     measure_model(dense, "dense model", dense_graph)
     # The correction must span what a search explores (down to a few % of the channels):
     # uniform plans anchor the small end, random plans the mixtures.
-    aligned = PlanSettings(round_to=o.round_to if o.round_to > 1 else None, min_channels=4)
-    for ratio in UNIFORM_LADDER:
+    aligned = PlanSettings(round_to=o.round_to if o.round_to > 1 else None, min_channels=o.min_channels)
+    for ratio in o.ladder:
         measure_model(prune_model(dense, PruningPlan.uniform(groups, "channel", ratio, "l1", settings=aligned),
                                   example).make_permanent(), "uniform plan")
     for _ in range(o.plans):
-        measure_model(prune_random(dense, example, groups, rng, round_to=o.round_to), "random plan")
+        measure_model(prune_random(dense, example, groups, rng, round_to=o.round_to, max_ratio=o.max_ratio,
+                                   min_channels=o.min_channels), "random plan")
     # The host's speed drifts; each model's time is its ratio to the dense model in the same window,
     # times the dense model's median time over the whole calibration.
     dense_ms = float(np.median([m.reference_ms for m in relative]))
     measured = [m.ratio * dense_ms for m in relative]
     fit_plans = min(o.plans - 1, int(np.ceil(FIT_SHARE * o.plans))) if o.plans > 1 else o.plans  # >= 1 held out
-    n_fit = 1 + len(UNIFORM_LADDER) + fit_plans
+    n_fit = 1 + len(o.ladder) + fit_plans
     if n_fit >= MIN_SCALE_FIT:
         whole_fit = {"method": "per-kernel in-context scales + weight streaming "
                                "(c + sum a_k x table_k + beta x streamed weight MB)",
@@ -323,6 +368,7 @@ def calibrate(model_name: str, options: CalibrationOptions = CalibrationOptions(
     error = {
         "heldout_mape": err.get("mape"), "heldout_spearman": err.get("spearman"),
         "heldout_within_10pct": err.get("within_10pct"), "n_heldout": err.get("n", 0),
+        "heldout_by_decile": error_by_decile(held, measured[n_fit:]),
         "note": f"{err.get('n', 0)} held-out random plans measured end to end on {runtime.describe()}, each "
                 f"against the dense model in the same window ({whole_fit['method']} fitted on the dense model + "
                 f"{n_fit - 1} uniform and random plans)",

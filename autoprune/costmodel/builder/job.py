@@ -68,7 +68,9 @@ class ProfileJob:
         threads: Intra-op threads of the runtime.
         plans: Random plans measured end to end (some are held out).
         grid: Kept-channel fractions per layer, each in (0, 1].
-        round_to: Channel alignment of the grid and the random plans.
+        round_to: Channel alignment of the grid and the random plans (1: none, as the default spaces).
+        min_channels: The fewest channels a plan keeps per group (the space's ``min_channels``).
+        max_ratio: The largest channel ratio measured (the space's largest ratio).
         max_cv: Noise bound of each isolated kernel measurement as a robust CV (``None``: 0.2).
         tvm_tune_trials: With ``runtime="tvm"``: tune each measured model with MetaSchedule first, about this
             many trials per model, into ``results/tvm-tuning/<target>/<model>`` (0: untuned).
@@ -92,7 +94,9 @@ class ProfileJob:
     threads: int = 1
     plans: int = 96
     grid: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75, 1.0)
-    round_to: int = 8
+    round_to: int = 1
+    min_channels: int = 4
+    max_ratio: float = 0.95
     max_cv: float | None = None
     tvm_tune_trials: int = 0
     tvm_tune_timeout_s: float = 600.0
@@ -149,6 +153,8 @@ class ProfileOutcome:
         heldout_mape: Their mean absolute percentage error, as a fraction (``None``: none held out).
         heldout_within_10pct: Share of them predicted within 10 %, as a fraction.
         heldout_spearman: Spearman rank correlation on them (``None`` under three).
+        heldout_by_decile: The held-out error per latency decile, fastest first
+            (:func:`~autoprune.costmodel.builder.calibrate.error_by_decile`).
         host_state: This machine's load over the calibration (``None``: not recorded).
         host_is_target: Whether ``host_state`` describes the target (``False`` over RPC: it is the
             client's, this machine's, not the device's).
@@ -176,6 +182,7 @@ class ProfileOutcome:
     heldout_mape: float | None
     heldout_within_10pct: float | None
     heldout_spearman: float | None
+    heldout_by_decile: tuple[dict[str, Any], ...] = ()
     host_state: HostState | None = None
     host_is_target: bool = True
     host_warning: str | None = None
@@ -228,7 +235,8 @@ def profile_target(profile: HardwareProfile, job: ProfileJob, *, progress: Progr
     check_model_fits(dense, data)
     name = calibration_name(job.model_ref)
     options = CalibrationOptions(plans=job.plans, grid=job.grid, seed=job.seed, round_to=job.round_to,
-                                 max_cv=job.max_cv, num_classes=data.num_classes, input_size_px=size,
+                                 min_channels=job.min_channels, max_ratio=job.max_ratio, max_cv=job.max_cv,
+                                 num_classes=data.num_classes, input_size_px=size,
                                  in_channels=data.input_shape[0])
     bar = progress(name, size, profile.name) if progress is not None else contextlib.nullcontext(None)
     monitor = HostMonitor()
@@ -245,6 +253,7 @@ def profile_target(profile: HardwareProfile, job: ProfileJob, *, progress: Progr
     save_calibration(result.model, path, model_name=name, input_shape=tuple(data.input_shape),
                      runtime=result.runtime, status="measured", error=error,
                      extra={"grid": list(job.grid), "plans": job.plans, "seed": job.seed, "round_to": job.round_to,
+                            "min_channels": job.min_channels, "max_ratio": job.max_ratio,
                             "kernel_points": result.kernel_points, "calibration_seconds": result.seconds,
                             "model_ref": job.model_ref, "data": job.data_ref,
                             "template": result.model.template.to_dict()})
@@ -266,6 +275,7 @@ def profile_target(profile: HardwareProfile, job: ProfileJob, *, progress: Progr
         dense_reference_ms=e["dense_reference_ms"], dense_reference_range_ms=(lo, hi),
         heldout_plans=e["n_heldout"], heldout_mape=e["heldout_mape"],
         heldout_within_10pct=e.get("heldout_within_10pct"), heldout_spearman=e["heldout_spearman"],
+        heldout_by_decile=tuple(e.get("heldout_by_decile") or ()),
         host_state=host, host_is_target=not job.remote, host_warning=warning)
 
 
