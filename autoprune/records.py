@@ -35,6 +35,10 @@ class TrialRecord:
         size_mb: ``sparse_size_bytes`` in MB (the size objective).
         latency_ms: PREDICTED latency on the target (the cost model's, see ``latency_provenance``).
         energy_mj: PREDICTED energy on the target (``energy_method`` says measured-fit or modelled).
+        latency_band_ms: Half-width of the predicted latency's uncertainty band (``latency_ms ± latency_band_ms``,
+            from the calibration's error); ``None`` where there is none (a prior, or a study from before bands).
+        latency_outside_range: Why the prediction lies outside what its calibration covers (its band is widened),
+            else ``None``.
         latency_provenance: The cost model's provenance (calibration, status, error).
         energy_method: How the energy figure was obtained.
         per_layer_ms: ``[module, predicted ms]`` per kernel.
@@ -64,6 +68,8 @@ class TrialRecord:
     sparse_size_bytes: int = 0
     size_mb: float | None = None
     latency_provenance: Mapping[str, Any] = field(default_factory=dict)
+    latency_band_ms: float | None = None
+    latency_outside_range: str | None = None
     energy_method: str | None = None
     per_layer_ms: list[Any] = field(default_factory=list)
     measured_latency_ms: float | None = None

@@ -32,6 +32,7 @@ from autoprune.structures import STRUCTURES
 from .features import OP_CLASSES, KernelFeatures
 from .targets import TargetSpec, energy_mj
 from .template import CandidateShape, KernelArrays, ModelTemplate
+from .uncertainty import Uncertainty
 
 __all__ = ["COST_MODELS", "CostEstimate", "CostModel", "FitSample", "Provenance", "finite_latencies",
            "get_cost_model_class"]
@@ -63,6 +64,8 @@ class Provenance:
         note: One line on how the error was measured.
         energy: Whether ``energy_mj`` is ``measured`` (fitted to a sensor's readings, naming it) or
             ``modelled`` (the profile's power figures); see :mod:`autoprune.costmodel.energy`.
+        band_basis: How the latency band of each estimate (``CostEstimate.band_ms``) was obtained
+            (:attr:`~autoprune.costmodel.uncertainty.Uncertainty.basis`); ``""`` where there is no band.
     """
 
     method: str = "predicted"
@@ -78,6 +81,7 @@ class Provenance:
     n_heldout: int = 0
     note: str = ""
     energy: str = "modelled: the profile's active power x predicted latency (no sensor was read)"
+    band_basis: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,11 @@ class CostEstimate:
         macs: Multiply-accumulates of the dense-equivalent kernels.
         dram_bytes: Bytes moved (compressed weights only where the target reads them).
         provenance: Where the figures come from.
+        band_ms: Half-width of the latency's uncertainty band (``latency_ms ± band_ms``), from the
+            calibration's error (:mod:`autoprune.costmodel.uncertainty`); ``None`` where it was never
+            checked (a prior, or a calibration held in memory).
+        outside_range: One line saying why the prediction lies outside what the calibration covers
+            (its band is widened), else ``None``.
     """
 
     latency_ms: float
@@ -101,6 +110,8 @@ class CostEstimate:
     macs: int
     dram_bytes: int
     provenance: Provenance = field(default_factory=Provenance)
+    band_ms: float | None = None
+    outside_range: str | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +194,8 @@ class CostModel(ABC):
         #: Exponent of the whole-model correction ``alpha × Σ^power + overhead`` (1 = linear).
         self.power = 1.0
         self.provenance = Provenance(cost_model=self.name, target=target.name)
+        #: How far its predictions may be off (set from a calibration file's error; ``None``: never checked).
+        self.uncertainty: Uncertainty | None = None
         self._split: Any = None  # a Regressor used for the compute/memory split
 
     # -- to implement -------------------------------------------------------------------
@@ -324,6 +337,9 @@ class CostModel(ABC):
         Raises:
             ConfigError: If the candidate cannot be described, or its shape holds NaN or ±inf.
             CalibrationError: If the fitted parameters give a non-finite latency (never returned).
+
+        The estimate carries the latency's band (``band_ms``, ``outside_range``) where the model has an
+        :attr:`uncertainty`, at the template's input size.
         """
         arrays, shape, modules, keys = self._arrays_for(candidate)
         ms, extra = self._kernel_ms(shape, arrays, keys)
@@ -336,6 +352,10 @@ class CostModel(ABC):
                                    "parameters are not finite; profile the model again")
         latency = max(latency, 1e-6)
         dram = float(extra[1].sum())
+        band = None
+        if self.uncertainty is not None:
+            band = self.uncertainty.band(latency, input_size_px=self.template.input_size
+                                         if self.template is not None else None)
         return CostEstimate(
             latency_ms=latency,
             energy_mj=energy_mj(self.target, latency, dram),
@@ -344,6 +364,8 @@ class CostModel(ABC):
             macs=int(extra[0].sum()),
             dram_bytes=int(dram),
             provenance=self.provenance,
+            band_ms=band.half_width_ms if band is not None else None,
+            outside_range=band.outside if band is not None else None,
         )
 
     def predict_onnx(self, path: Any) -> CostEstimate:

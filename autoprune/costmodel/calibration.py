@@ -9,6 +9,7 @@ published ones ship with the package (``autoprune/costmodel/calibrations/<target
 from __future__ import annotations
 
 import platform
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from .base import CostModel, Provenance, get_cost_model_class
 from .energy import apply_energy_fit
 from .regressor import Regressor
 from .targets import TargetSpec, spec_from_profile, target_spec
+from .uncertainty import from_calibration
 
 if TYPE_CHECKING:
     from autoprune.hardware import HardwareProfile
@@ -178,11 +180,14 @@ def load_calibration(path: str | Path, template: ModelTemplate | None = None, *,
     except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise CalibrationError(f"calibration {path} is malformed ({exc.__class__.__name__}: {exc}); {fix}") from None
     err = data.get("error") or {}
+    shape = data.get("input_shape") or [None]
+    model.uncertainty = from_calibration(err, input_size_px=shape[-1], status=data.get("status", ""))
     model.provenance = Provenance(
         cost_model=model.name, target=spec.name, runtime=data.get("runtime", ""), status=data.get("status", ""),
         calibration_id=data.get("id", ""), calibration_path=str(path), calibration_sha256=data.get("sha256", ""),
         heldout_mape=err.get("heldout_mape"), heldout_spearman=err.get("heldout_spearman"),
         n_heldout=int(err.get("n_heldout", 0)), note=err.get("note", ""),
+        band_basis=model.uncertainty.basis if model.uncertainty is not None else "",
     )
     return apply_energy_fit(model, err.get("energy"))  # measured energy where the calibration read a sensor
 
@@ -247,8 +252,14 @@ def _published(profile: HardwareProfile, base: HardwareProfile | None, template:
         derived_model.a *= c_scale
         derived_model.b *= c_scale
         derived_model.o *= o_scale
+        u = model.uncertainty
+        if u is not None:  # the base's band, over the base's latencies clock-scaled alike
+            rng = (u.range_ms[0] * c_scale, u.range_ms[1] * c_scale) if u.range_ms is not None else None
+            u = replace(u, range_ms=rng, basis=f"{u.basis} (of {base.name}, clock-scaled; unchecked on a device)")
+        derived_model.uncertainty = u
         derived_model.provenance = Provenance(**{**model.provenance.__dict__, "target": profile.name,
-                                                 "note": f"{why}; base error: {model.provenance.note}"})
+                                                 "note": f"{why}; base error: {model.provenance.note}",
+                                                 "band_basis": u.basis if u is not None else ""})
         return derived_model
     return model
 

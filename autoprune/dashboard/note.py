@@ -1,8 +1,8 @@
 """The Markdown note of an autoprune study, shown on its optuna-dashboard page.
 
 :func:`update_study_note` rebuilds the part of the note that autoprune owns — the
-configuration, the Pareto front (trial, accuracy, latency predicted and measured
-where there is a measurement, speedup, size), the exports, and the CLI command
+configuration, the Pareto front (trial, accuracy, latency predicted with its uncertainty
+band and measured where there is a measurement, speedup, size), the exports, and the CLI command
 equivalent to each dashboard action — and saves it with ``optuna_dashboard.save_note``.
 Text a user writes in the dashboard *above* the marker line is kept.
 """
@@ -127,8 +127,8 @@ def build_study_note(study, storage_url: str, *, control_link: str | None = None
     if not front:
         lines.append("No feasible completed trial yet.")
     else:
-        lines += ["| trial | accuracy | latency ms (predicted) | latency ms (measured) | speedup | size MB | plan |",
-                  "|---:|---:|---:|---:|---:|---:|---|"]
+        lines += ["| trial | accuracy | latency ms (predicted) | ± ms | latency ms (measured) | speedup | size MB | "
+                  "plan |", "|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in front:
             measured = r.measured_latency_ms
             rep = exports[r.number].report if r.number in exports else None
@@ -136,14 +136,23 @@ def build_study_note(study, storage_url: str, *, control_link: str | None = None
                 measured = rep.measured.latency_ms
             speed = f"{base / r.latency_ms:.2f}x" if base and r.latency_ms else "–"
             mark = " (dense)" if r.is_dense else ""
-            lines.append(f"| {r.number}{mark} | {_fmt(r.accuracy, '.4f')} | {_fmt(r.latency_ms, '.4g')} | "
+            outside = r.latency_band_ms is not None and r.latency_outside_range
+            band = _fmt(r.latency_band_ms, '.2g') + ("\\*" if outside else "")
+            lines.append(f"| {r.number}{mark} | {_fmt(r.accuracy, '.4f')} | {_fmt(r.latency_ms, '.4g')} | {band} | "
                          f"{_fmt(measured, '.4g')} | {speed} | {_fmt(r.size_mb, '.3f')} | "
                          f"{plan_summary(r.plan)} |")
-        lines += ["", "Predicted latency comes from the target's cost model; *measured* is filled in where "
-                  "a trial or its export was measured."]
+        lines += ["", "Predicted latency comes from the target's cost model, ± its uncertainty band (from the "
+                  "calibration's error; – where it has none); *measured* is filled in where a trial or its export "
+                  "was measured."]
+        basis = front[0].latency_provenance.get("band_basis")
+        if basis:
+            lines.append(f"Band: {basis}.")
+        widened = [f"- trial {r.number} (\\*): {r.latency_outside_range}, so its band is widened" for r in front
+                   if r.latency_band_ms is not None and r.latency_outside_range]
+        lines += ["", *widened] if widened else []
     if exports:
-        lines += ["", "### Exports", "", "| trial | test accuracy | latency ms (predicted) | latency ms (measured) | "
-                  "TVM module | folder |", "|---:|---:|---:|---:|---|---|"]
+        lines += ["", "### Exports", "", "| trial | test accuracy | latency ms (predicted) | ± ms | "
+                  "latency ms (measured) | TVM module | folder |", "|---:|---:|---:|---:|---:|---|---|"]
         for number, rec in exports.items():
             lines.append(_export_row(number, rec))
     lines += ["", "### The same from a terminal", "", "| action | command |", "|---|---|"]
@@ -157,10 +166,11 @@ def _export_row(number: int, export: StudyExport) -> str:
     rep = export.report
     test = rep.test.accuracy if rep is not None and rep.test is not None else None
     pred = rep.predicted.latency_ms if rep is not None and rep.predicted is not None else None
+    band = rep.predicted.band_ms if rep is not None and rep.predicted is not None else None
     meas = rep.measured.latency_ms if rep is not None and rep.measured is not None else None
     tvm_s = "–" if rep is None else ("built" if rep.tvm is not None and rep.tvm.built else "not built")
-    return (f"| {number} | {_fmt(test, '.4f')} | {_fmt(pred, '.4g')} | {_fmt(meas, '.4g')} | {tvm_s} | "
-            f"`{export.dir}` |")
+    return (f"| {number} | {_fmt(test, '.4f')} | {_fmt(pred, '.4g')} | {_fmt(band, '.2g')} | {_fmt(meas, '.4g')} | "
+            f"{tvm_s} | `{export.dir}` |")
 
 
 def update_study_note(study, storage_url: str, *, control_link: str | None = None) -> str:

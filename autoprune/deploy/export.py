@@ -322,7 +322,8 @@ def _predicted(run: _ExportRun, result: CandidateResult) -> Predicted:
     provenance = asdict(result.cost.provenance)
     return Predicted(latency_ms=result.latency_ms, energy_mj=result.energy_mj, dense_latency_ms=dense_ms,
                      speedup=dense_ms / result.latency_ms, provenance=provenance,
-                     energy=result.cost.provenance.energy, calibration=CalibrationSummary.of(provenance))
+                     energy=result.cost.provenance.energy, calibration=CalibrationSummary.of(provenance),
+                     band_ms=result.cost.band_ms, outside_range=result.cost.outside_range)
 
 
 def _measure(run: _ExportRun, predicted: Predicted, dense: DenseOnnx, tvm: TvmModule) -> Measured | None:

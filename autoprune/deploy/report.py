@@ -143,6 +143,11 @@ class Predicted(ReportPart):
         provenance: The cost model's provenance (:class:`~autoprune.costmodel.base.CostProvenance` as a dict).
         energy: How the energy figure was obtained.
         calibration: The calibration's figures, from ``provenance``.
+        band_ms: Half-width of ``latency_ms``'s uncertainty band (``CostEstimate.band_ms``; how it was
+            obtained: ``provenance["band_basis"]``); ``None`` where there is none (a prior, or a report
+            written before bands).
+        outside_range: Why the prediction lies outside what its calibration covers (its band widened),
+            else ``None``.
     """
 
     latency_ms: float
@@ -152,6 +157,8 @@ class Predicted(ReportPart):
     provenance: Mapping[str, Any]
     energy: str
     calibration: CalibrationSummary
+    band_ms: float | None = None
+    outside_range: str | None = None
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,8 @@ def evaluate_candidate(pipeline, space: SearchSpace, config: SearchConfig, param
 
     Knapsack parameters are resolved against the pipeline first
     (:func:`~autoprune.search.knapsack.knapsack_from_params`); the record then also holds
-    ``allocation``: the budget, priorities, criterion and the resolved per-group kept channels.
+    ``allocation``: the budget, priorities, criterion and the resolved per-group kept channels. It holds the
+    predicted latency's uncertainty band (``latency_band_ms``, ``latency_outside_range``).
 
     Raises:
         AutopruneError, RuntimeError, ValueError, FloatingPointError: The candidate failed (a bad plan,
@@ -81,7 +82,9 @@ def evaluate_candidate(pipeline, space: SearchSpace, config: SearchConfig, param
             backend tells the trial PRUNED with the reason.
     """
     plan, info = candidate_plan(pipeline, space, config, params)
-    record = pipeline.run(plan, kd=bool(params.get("kd", space.distillation[0])), stopper=stopper).trial_record()
+    result = pipeline.run(plan, kd=bool(params.get("kd", space.distillation[0])), stopper=stopper)
+    record = replace(result.trial_record(), latency_band_ms=result.cost.band_ms,
+                     latency_outside_range=result.cost.outside_range)  # the prediction's band, as stored
     if info is not None:
         record = replace(record, allocation=info)
     return record.with_constraints(constraint_values(config, record))

@@ -20,12 +20,14 @@ from autoprune.search.study import completed_rows
 @dataclass(frozen=True)
 class FrontPoint:
     """One row of ``pareto.csv`` / ``pareto.json``'s front: a front trial's figures (latency and energy
-    PREDICTED, ``measured_latency_ms`` MEASURED where it was), ``speedup`` over the dense anchor's
-    predicted latency, and the plan in short."""
+    PREDICTED, ``latency_band_ms`` the half-width of the latency's uncertainty band, ``None`` for a trial
+    from before bands or a prior; ``measured_latency_ms`` MEASURED where it was), ``speedup`` over the
+    dense anchor's predicted latency, and the plan in short."""
 
     trial: int
     accuracy: float
     latency_ms: float
+    latency_band_ms: float | None
     speedup: float | None
     energy_mj: float
     size_mb: float
@@ -38,6 +40,7 @@ class FrontPoint:
     def of(cls, row: TrialRecord, dense_latency_ms: float | None) -> FrontPoint:
         """The front point of ``row``."""
         return cls(trial=row.number, accuracy=row.accuracy, latency_ms=row.latency_ms,
+                   latency_band_ms=row.latency_band_ms,
                    speedup=(dense_latency_ms / row.latency_ms) if dense_latency_ms else None,
                    energy_mj=row.energy_mj, size_mb=row.size_mb, params=row.params, macs=row.macs,
                    measured_latency_ms=row.measured_latency_ms, plan=plan_summary(row.plan))
@@ -88,19 +91,32 @@ def front_rows(study, config: SearchConfig) -> tuple[list[TrialRecord], list[Tri
     return rows, front, dense
 
 
+def band_text(row: TrialRecord) -> str:
+    """The ``± ms`` cell of a row: its latency band's half-width (``*`` where the prediction lies outside
+    its calibration's range), ``-`` for a trial without a band (a prior, or a study from before bands)."""
+    if row.latency_band_ms is None:
+        return "-"
+    return f"{row.latency_band_ms:.2g}{'*' if row.latency_outside_range else ''}"
+
+
 def table(front: list[TrialRecord], dense: TrialRecord | None) -> str:
-    """A fixed-width terminal table of the front."""
+    """A fixed-width terminal table of the front; ``± ms`` is each predicted latency's uncertainty band
+    (a footnote says where a prediction lies outside its calibration's range)."""
     base = dense.latency_ms if dense else None
-    head = f"{'trial':>5}  {'acc':>6}  {'latency ms':>10}  {'speedup':>7}  {'energy mJ':>9}  {'size MB':>7}  " \
-           f"{'MACs M':>7}  {'meas. ms':>8}  plan"
+    head = f"{'trial':>5}  {'acc':>6}  {'latency ms':>10}  {'± ms':>6}  {'speedup':>7}  {'energy mJ':>9}  " \
+           f"{'size MB':>7}  {'MACs M':>7}  {'meas. ms':>8}  plan"
     lines = [head, "-" * len(head)]
     for r in front:
         sp = f"{base / r.latency_ms:.2f}x" if base else "-"
         meas = f"{r.measured_latency_ms:.3f}" if r.measured_latency_ms else "-"
         mark = " (dense)" if r.is_dense else ""
-        lines.append(f"{r.number:>5}  {r.accuracy:>6.4f}  {r.latency_ms:>10.3f}  {sp:>7}  "
+        lines.append(f"{r.number:>5}  {r.accuracy:>6.4f}  {r.latency_ms:>10.3f}  {band_text(r):>6}  {sp:>7}  "
                      f"{r.energy_mj:>9.3f}  {r.size_mb:>7.3f}  {r.macs / 1e6:>7.2f}  {meas:>8}  "
                      f"{plan_summary(r.plan)}{mark}")
+    outside = next((r for r in front if r.latency_band_ms is not None and r.latency_outside_range), None)
+    if outside is not None:
+        lines.append(f"* outside the calibrated range, band widened (trial {outside.number}: "
+                     f"{outside.latency_outside_range})")
     return "\n".join(lines)
 
 
@@ -113,6 +129,8 @@ def provenance_line(rows: list[TrialRecord]) -> str:
     for key in ("calibration", "status", "runtime", "error"):
         if p.get(key) not in (None, ""):
             bits.append(f"{key}: {p[key]}")
+    if p.get("band_basis"):
+        bits.append(f"'± ms' band: {p['band_basis']}")
     measured = [r for r in rows if r.measured_latency_ms]
     if measured:
         bits.append(f"'meas. ms' is MEASURED with {measured[0].measured_runtime}")
@@ -196,4 +214,4 @@ def _plot_html(rows, front, dense, path: Path) -> None:
     atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
 
-__all__ = ["COLUMNS", "OBJECTIVES", "FrontPoint", "front_rows", "plan_summary", "table", "write_front"]
+__all__ = ["COLUMNS", "OBJECTIVES", "FrontPoint", "band_text", "front_rows", "plan_summary", "table", "write_front"]
