@@ -256,9 +256,11 @@ class Pipeline:
         is the check beside it, so a batch too noisy to trust is dropped (and said so).
         """
         from autoprune.errors import NoisyMeasurementError
+        from autoprune.profiling.base import threads_of
 
         try:
-            m = measure_onnx_local(path, tuple(self.example.shape))
+            m = measure_onnx_local(path, tuple(self.example.shape),  # the calibration's threads: like for like
+                                   threads=threads_of(self.cost_model.provenance.runtime))
         except NoisyMeasurementError as exc:
             return None, f"not measured: {exc}"
         return m.latency_ms, f"{m.runtime} on {m.device}"

@@ -139,15 +139,24 @@ def _tvm_lines(r: ExportReport) -> list[str]:
 
 
 def _predicted_line(r: ExportReport) -> str:
-    """The prediction on the target, with what its calibration is worth."""
+    """The prediction on the target, ± its uncertainty band (and how the band was obtained), with what its
+    calibration is worth; a second line (in the same string) where the prediction lies outside the
+    calibration's range."""
     p, c = r.predicted, r.predicted.calibration
     err = "error never measured against a device"
     if c.heldout_mape is not None:
         rho = f", Spearman {c.heldout_spearman:.2f}" if c.heldout_spearman is not None else ""
         err = f"held-out MAPE {_pct(c.heldout_mape)}{rho} (n={c.n_heldout})"
-    return (f"  PREDICTED on {r.target}: {p.latency_ms:.4g} ms ({p.speedup:.2f}x vs dense "
+    band = ""
+    if p.band_ms is not None:
+        basis = (p.provenance or {}).get("band_basis")
+        band = f" ±{p.band_ms:.2g} ms" + (f" ({basis})" if basis else "")
+    line = (f"  PREDICTED on {r.target}: {p.latency_ms:.4g} ms{band} ({p.speedup:.2f}x vs dense "
             f"{p.dense_latency_ms:.4g} ms), {p.energy_mj:.4g} mJ [{c.status} calibration "
             f"{c.calibration_id}, {err}]")
+    if p.band_ms is not None and p.outside_range:
+        line += f"\n    outside the calibrated range, band widened: {p.outside_range}"
+    return line
 
 
 def _measured_lines(m: Measured, p: Predicted) -> list[str]:
@@ -175,6 +184,9 @@ def _measured_lines(m: Measured, p: Predicted) -> list[str]:
         lines.append(f"    prediction error: {m.prediction_error_pct:+.1f} % on latency "
                      f"({p.latency_ms:.4g} ms predicted), {m.speedup_prediction_error_pct:+.1f} % on "
                      f"speedup, against {m.compared_runtime}")
+        if m.reanchored_ms is not None and m.host_scale is not None:
+            lines.append(f"    re-anchored to the dense model timed in this run ({m.host_scale:.2f}x its time at "
+                         f"calibration): {m.reanchored_ms:.4g} ms predicted, error {m.reanchored_error_pct:+.1f} %")
     elif m.reason:
         lines.append(f"    {m.reason}")
     return lines

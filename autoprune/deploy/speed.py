@@ -9,7 +9,6 @@ means nothing); it is timed against ONNX Runtime instead, in one interleaved run
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from autoprune.deploy import ReportPart, optional_step, report_object
 from autoprune.deploy.tvm import DENSE_TVM, TvmModule
+from autoprune.profiling.base import threads_of
 
 #: An interleaved run whose per-round ratios spread more than this (IQR / median) is re-measured.
 MAX_RATIO_SPREAD = 0.25
@@ -119,6 +119,11 @@ class Measured(ReportPart):
         compared_runtime: Its name in ``runtimes``.
         prediction_error_pct: The predicted latency's error against ``latency_ms``, in %.
         speedup_prediction_error_pct: The predicted speedup's error against the measured one, in %.
+        host_scale: The dense model's time measured in the same run over its predicted time (the
+            calibration's): how much slower (> 1) or faster the host is now than while it was calibrated.
+        reanchored_ms: The prediction re-anchored to now: its share of the predicted dense time (the
+            calibration's relative cost) times the dense time measured in the same run (the host's scale now).
+        reanchored_error_pct: ``reanchored_ms``'s error against ``latency_ms``, in %.
         reason: Why nothing was measured.
         malformed: ``runtimes`` in the file was not an object of objects (read as empty): ``verify`` says
             the report is corrupt when it needs them. Not written.
@@ -133,6 +138,9 @@ class Measured(ReportPart):
     compared_runtime: str | None = None
     prediction_error_pct: float | None = None
     speedup_prediction_error_pct: float | None = None
+    host_scale: float | None = None
+    reanchored_ms: float | None = None
+    reanchored_error_pct: float | None = None
     reason: str | None = None
     malformed: bool = field(default=False, compare=False)
 
@@ -158,12 +166,6 @@ class _Prepared:
     @staticmethod
     def runner(model: Callable[[], object]) -> Callable[[], object]:
         return model
-
-
-def threads_of(runtime_text: str | None) -> int | None:
-    """The ``threads=N`` a runtime description names (a calibration's runtime), if any."""
-    m = re.search(r"threads=(\d+)", runtime_text or "")
-    return int(m.group(1)) if m else None
 
 
 def measure_speedup(runtime: Any, model: Any, dense: Any, input_shape: tuple[int, ...], *,
@@ -282,9 +284,15 @@ def measure_local(out_dir: Path, profile: Any, provenance: Mapping[str, Any], pr
     rec = runs.get(name)
     if rec is None or rec.pruned_ms is None or rec.speedup is None:
         return measured
+    # The calibration's milliseconds are the host's speed while it ran; the dense model timed in this run
+    # gives the scale now (the relative cost still comes from the calibration).
+    scale = rec.dense_ms / (predicted_speedup * predicted_ms) if rec.dense_ms and predicted_ms > 0 else None
+    again = predicted_ms * scale if scale is not None else None
     return replace(measured, latency_ms=rec.pruned_ms, runtime=f"{rec.runtime} on {rec.host}",
                    compared_runtime=name, prediction_error_pct=100.0 * (predicted_ms / rec.pruned_ms - 1.0),
-                   speedup_prediction_error_pct=100.0 * (predicted_speedup / rec.speedup - 1.0))
+                   speedup_prediction_error_pct=100.0 * (predicted_speedup / rec.speedup - 1.0),
+                   host_scale=scale, reanchored_ms=again,
+                   reanchored_error_pct=100.0 * (again / rec.pruned_ms - 1.0) if again is not None else None)
 
 
 def _timed(name: str, runtime: Any, model: Path, dense: Path, input_shape: tuple[int, ...],

@@ -16,6 +16,7 @@ Contract for implementers:
 from __future__ import annotations
 
 import os
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from autoprune.profiling.protocol import DEFAULT_PROTOCOL, Measurement, Protocol
 from autoprune.registry import Registry, lazy_import
 
 __all__ = ["RUNTIMES", "Runtime", "get_runtime", "graph_inputs", "load_onnx", "make_inputs", "model_bytes",
-           "normalise_shapes", "runtime_for_profile"]
+           "normalise_shapes", "runtime_for_profile", "threads_of"]
 
 #: Runtime name → class. Populated by :mod:`autoprune.profiling`'s submodules.
 RUNTIMES: Registry[type[Runtime]] = Registry("runtime")
@@ -216,3 +217,9 @@ def make_inputs(
         else:
             feeds[name] = rng.integers(0, 2, size=shape).astype(dtype)
     return feeds
+
+
+def threads_of(runtime_text: str | None) -> int | None:
+    """The ``threads=N`` a runtime description names (a calibration's runtime), if any."""
+    m = re.search(r"threads=(\d+)", runtime_text or "")
+    return int(m.group(1)) if m else None

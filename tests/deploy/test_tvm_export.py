@@ -60,6 +60,11 @@ def test_an_untuned_module_is_timed_against_onnxruntime_and_gets_no_speedup(fold
     assert "untuned" in tvm.reason and "no speedup against an untuned dense" in tvm.reason
     assert "--tvm-tune-trials" in tvm.reason
     assert m.runtimes["onnxruntime"].speedup > 0 and m.runtimes["onnxruntime"].tuned is None
+    # re-anchored: the predicted share of the dense time (0.1 ms of a 0.2 ms dense) times the dense time now
+    ort = m.runtimes["onnxruntime"]
+    assert m.host_scale == pytest.approx(ort.dense_ms / 0.2)
+    assert m.reanchored_ms == pytest.approx(0.5 * ort.dense_ms)
+    assert m.reanchored_error_pct == pytest.approx(100 * (0.5 * ort.dense_ms / ort.pruned_ms - 1))
     written = tvm.to_dict()
     assert written["tuned"] is False and written["speedup"] is None and written["vs_onnxruntime"] > 0
     assert RuntimeSpeed.from_dict(written) == tvm
