@@ -46,6 +46,28 @@ class FrontPoint:
                    measured_latency_ms=row.measured_latency_ms, plan=plan_summary(row.plan))
 
 
+#: Study attribute ``<prefix><trial>``: a front trial's figures timed here by ``autoprune pareto --measure``
+#: (:class:`~autoprune.deploy.front_measure.FrontMeasurement`; on the study, as a finished trial's own
+#: attributes cannot change).
+FRONT_MEASURED_PREFIX = "autoprune.front_measured."
+
+
+def front_measured_key(trial: int) -> str:
+    """The study attribute that holds trial ``trial``'s ``front_measured`` figures."""
+    return f"{FRONT_MEASURED_PREFIX}{trial}"
+
+
+def stored_front_measured(study) -> dict[int, dict[str, Any]]:
+    """Trial number → its stored ``front_measured`` figures (none for a study never measured)."""
+    out: dict[int, dict[str, Any]] = {}
+    for key, value in study.user_attrs.items():
+        if key.startswith(FRONT_MEASURED_PREFIX) and isinstance(value, dict):
+            number = key[len(FRONT_MEASURED_PREFIX):]
+            if number.isdigit():
+                out[int(number)] = value
+    return out
+
+
 #: The columns of ``pareto.csv``.
 COLUMNS = tuple(f.name for f in fields(FrontPoint))
 
@@ -99,12 +121,21 @@ def band_text(row: TrialRecord) -> str:
     return f"{row.latency_band_ms:.2g}{'*' if row.latency_outside_range else ''}"
 
 
-def table(front: list[TrialRecord], dense: TrialRecord | None) -> str:
+def _now_text(measured: dict[int, dict[str, Any]], number: int | None) -> str:
+    """The ``now ms`` cell: the trial's latency timed by ``pareto --measure``, ``-`` where never timed."""
+    ms = measured.get(number, {}).get("pruned_ms") if number is not None else None
+    return f"{ms:.3f}" if isinstance(ms, (int, float)) else "-"
+
+
+def table(front: list[TrialRecord], dense: TrialRecord | None,
+          measured: dict[int, dict[str, Any]] | None = None) -> str:
     """A fixed-width terminal table of the front; ``± ms`` is each predicted latency's uncertainty band
-    (a footnote says where a prediction lies outside its calibration's range)."""
+    (a footnote says where a prediction lies outside its calibration's range); ``now ms`` the latency
+    timed here by ``pareto --measure`` (``measured``: :func:`stored_front_measured`), ``-`` where not."""
+    measured = measured or {}
     base = dense.latency_ms if dense else None
     head = f"{'trial':>5}  {'acc':>6}  {'latency ms':>10}  {'± ms':>6}  {'speedup':>7}  {'energy mJ':>9}  " \
-           f"{'size MB':>7}  {'MACs M':>7}  {'meas. ms':>8}  plan"
+           f"{'size MB':>7}  {'MACs M':>7}  {'meas. ms':>8}  {'now ms':>8}  plan"
     lines = [head, "-" * len(head)]
     for r in front:
         sp = f"{base / r.latency_ms:.2f}x" if base else "-"
@@ -112,6 +143,7 @@ def table(front: list[TrialRecord], dense: TrialRecord | None) -> str:
         mark = " (dense)" if r.is_dense else ""
         lines.append(f"{r.number:>5}  {r.accuracy:>6.4f}  {r.latency_ms:>10.3f}  {band_text(r):>6}  {sp:>7}  "
                      f"{r.energy_mj:>9.3f}  {r.size_mb:>7.3f}  {r.macs / 1e6:>7.2f}  {meas:>8}  "
+                     f"{_now_text(measured, r.number):>8}  "
                      f"{plan_summary(r.plan)}{mark}")
     outside = next((r for r in front if r.latency_band_ms is not None and r.latency_outside_range), None)
     if outside is not None:
@@ -145,6 +177,7 @@ def write_front(study, config: SearchConfig, out_dir: Path | None = None) -> dic
     """
     out_dir = Path(out_dir or study_dir(study.study_name))
     rows, front, dense = front_rows(study, config)
+    measured = stored_front_measured(study)
     base = dense.latency_ms if dense else None
     records = [asdict(FrontPoint.of(r, base)) for r in front]
     buf = io.StringIO()
@@ -163,6 +196,7 @@ def write_front(study, config: SearchConfig, out_dir: Path | None = None) -> dic
         "front_plans": {str(r.number): r.plan for r in front},
         "dense": dict(trial=dense.number, accuracy=dense.accuracy, latency_ms=dense.latency_ms) if dense else None,
         "hypervolume": hv, "provenance": provenance_line(rows),
+        "front_measured": {str(r.number): measured[r.number] for r in front if r.number in measured},
     }
     write_json(out_dir / "pareto.json", summary)
     if rows:
@@ -214,4 +248,5 @@ def _plot_html(rows, front, dense, path: Path) -> None:
     atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
 
-__all__ = ["COLUMNS", "OBJECTIVES", "FrontPoint", "band_text", "front_rows", "plan_summary", "table", "write_front"]
+__all__ = ["COLUMNS", "FRONT_MEASURED_PREFIX", "OBJECTIVES", "FrontPoint", "band_text", "front_measured_key",
+           "front_rows", "plan_summary", "stored_front_measured", "table", "write_front"]
