@@ -17,7 +17,9 @@ predict the same measurements, so the comparison is fair whatever the host's spe
 * ``latency error``: predicted ms against the measured ratio × the dense model's time measured in the same
   rounds, i.e. against milliseconds now;
 * ``floor``: the measurement's own noise, the median over plans of the spread of one plan's repeated ratios
-  (median absolute deviation from its median, relative).
+  (median absolute deviation from its median, relative);
+* ``in band``: whether the measured ms lie inside the prediction's uncertainty band
+  (:mod:`autoprune.costmodel.uncertainty`, from the calibration's held-out residuals, as ``search`` shows it).
 
 Usage::
 
@@ -42,7 +44,7 @@ VARIANTS = {
     "search-matched": {"round_to": 1, "min_channels": 4, "max_ratio": 0.95},
 }
 COLUMNS = ("model", "calibration", "plan", "measured_ratio", "floor", "predicted_ratio", "speedup_error_pct",
-           "measured_ms", "predicted_ms", "latency_error_pct", "heldout_mape", "calibration_s")
+           "measured_ms", "predicted_ms", "latency_error_pct", "band_ms", "in_band", "heldout_mape", "calibration_s")
 
 
 def _front_plans(groups, n: int, rng: np.random.Generator):
@@ -66,6 +68,7 @@ def run_model(ref: str, args: argparse.Namespace) -> list[dict]:
     from autoprune.costmodel.builder.calibrate import CalibrationOptions, calibrate
     from autoprune.costmodel.builder.measure import measure_vs_reference
     from autoprune.costmodel.template import export_onnx_bytes
+    from autoprune.costmodel.uncertainty import from_calibration
     from autoprune.models import build_model
     from autoprune.profiling import get_runtime
     from autoprune.pruning import check_groups, discover_groups, prune_model
@@ -97,16 +100,20 @@ def run_model(ref: str, args: argparse.Namespace) -> list[dict]:
     rows = []
     for name, (model, error, seconds) in fits.items():
         pred_dense = model.predict(dense).latency_ms
+        uncertainty = from_calibration(error, input_size_px=32, status="measured")
         for (label, module), rs, ds in zip(modules, ratios, dense_ms):
             r = float(np.median(rs))
             floor = float(np.median(np.abs(np.asarray(rs) / r - 1.0)))
             pred = model.predict(module).latency_ms
             meas_ms = r * float(np.median(ds))
+            band = uncertainty.band(pred, input_size_px=32) if uncertainty is not None else None
             rows.append({"model": ref, "calibration": name, "plan": label, "measured_ratio": r, "floor": floor,
                          "predicted_ratio": pred / pred_dense,
                          "speedup_error_pct": 100.0 * ((pred_dense / pred) / (1.0 / r) - 1.0),
                          "measured_ms": meas_ms, "predicted_ms": pred,
                          "latency_error_pct": 100.0 * (pred / meas_ms - 1.0),
+                         "band_ms": band.half_width_ms if band else None,
+                         "in_band": bool(band and band.low_ms <= meas_ms <= band.high_ms),
                          "heldout_mape": error.get("heldout_mape"), "calibration_s": seconds})
     return rows
 
@@ -114,15 +121,17 @@ def run_model(ref: str, args: argparse.Namespace) -> list[dict]:
 def summarise(rows: list[dict]) -> list[str]:
     """One line per model and calibration: mean |error|, share within ±10 %, the floor."""
     out = ["| model | calibration | plans | mean abs speedup error | within ±10 % | mean signed latency error | "
-           "within ±10 % | floor (median) |", "|---|---|---|---|---|---|---|---|"]
+           "within ±10 % | in band | floor (median) |", "|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["model"], r["calibration"]) for r in rows}, key=lambda k: (k[0], k[1]))
     for model, cal in keys:
         sub = [r for r in rows if r["model"] == model and r["calibration"] == cal]
         se = np.array([r["speedup_error_pct"] for r in sub])
         le = np.array([r["latency_error_pct"] for r in sub])
         fl = np.median([r["floor"] for r in sub])
+        inside = np.mean([r["in_band"] for r in sub])
         out.append(f"| {model} | {cal} | {len(sub)} | {np.mean(np.abs(se)):.1f} % | {np.mean(np.abs(se) <= 10):.0%} "
-                   f"| {np.mean(le):+.1f} % | {np.mean(np.abs(le) <= 10):.0%} | {100 * fl:.1f} % |")
+                   f"| {np.mean(le):+.1f} % | {np.mean(np.abs(le) <= 10):.0%} | {inside:.0%} "
+                   f"| {100 * fl:.1f} % |")
     return out
 
 
