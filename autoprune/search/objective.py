@@ -72,8 +72,7 @@ def evaluate_candidate(pipeline, space: SearchSpace, config: SearchConfig, param
 
     Knapsack parameters are resolved against the pipeline first
     (:func:`~autoprune.search.knapsack.knapsack_from_params`); the record then also holds
-    ``allocation``: the budget, priorities, criterion and the resolved per-group kept channels. It holds the
-    predicted latency's uncertainty band (``latency_band_ms``, ``latency_outside_range``).
+    ``allocation``: the budget, priorities, criterion and the resolved per-group kept channels.
 
     Raises:
         AutopruneError, RuntimeError, ValueError, FloatingPointError: The candidate failed (a bad plan,
@@ -82,9 +81,7 @@ def evaluate_candidate(pipeline, space: SearchSpace, config: SearchConfig, param
             backend tells the trial PRUNED with the reason.
     """
     plan, info = candidate_plan(pipeline, space, config, params)
-    result = pipeline.run(plan, kd=bool(params.get("kd", space.distillation[0])), stopper=stopper)
-    record = replace(result.trial_record(), latency_band_ms=result.cost.band_ms,
-                     latency_outside_range=result.cost.outside_range)  # the prediction's band, as stored
+    record = pipeline.run(plan, kd=bool(params.get("kd", space.distillation[0])), stopper=stopper).trial_record()
     if info is not None:
         record = replace(record, allocation=info)
     return record.with_constraints(constraint_values(config, record))

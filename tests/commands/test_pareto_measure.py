@@ -66,6 +66,9 @@ def test_measure_times_every_front_point_and_a_plain_pareto_shows_the_stored_fig
     for number in front:
         assert f"{stored[number]['pruned_ms']:.3f}" in rows[number]
     assert stored_front_measured(optuna.load_study(study_name="front-measure", storage=local_study)) == stored
+    # each trial of a real search stores its prediction's band, from the measured calibration
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert all(trials[n].user_attrs.get("latency_band_ms", 0) > 0 for n in front)
 
 
 def test_measure_on_another_target_is_refused_in_one_line(tiny_dense, results_root, capsys):
