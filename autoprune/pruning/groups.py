@@ -221,18 +221,39 @@ class GroupIndex:
 
 
 def build_index(model: nn.Module, example_input: torch.Tensor) -> GroupIndex:
-    """Trace ``model`` and return its groups with the live dependency graph."""
+    """Trace ``model`` and return its groups with the live dependency graph.
+
+    Raises:
+        PlanError: If Torch-Pruning cannot trace the model at all (one line: its error and the fix).
+    """
+    from autoprune.errors import PlanError
+    from autoprune.pruning import tp_compat
+
+    tp_compat.install()
+
     was_training = model.training
     model.eval()
     try:
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+    except Exception as exc:  # noqa: BLE001 - Torch-Pruning's errors on a model it cannot trace vary
+        text = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise PlanError(f"Torch-Pruning cannot trace this model's channel dependencies "
+                        f"({type(exc).__name__}: {text}); check that the model runs on the example input, "
+                        "or report the architecture") from None
     finally:
         model.train(was_training)
+    faults = tp_compat.faults_of(dg)
     order = {m: i for i, (_, m) in enumerate(model.named_modules())}
     names = {m: n for n, m in model.named_modules()}
     outputs = _output_layers(dg)
     entries = []
-    for g in dg.get_all_groups(root_module_types=list(PRUNABLE_TYPES)):
+    lone: dict[nn.Module, str] = {}
+    for g in _all_groups(dg):
+        if isinstance(g, tuple):
+            root, why = g
+            lone[root] = why
+            entries.append((root, None, [root]))
+            continue
         root = g[0].dep.target.module
         members = []
         for dep, _ in g:
@@ -249,10 +270,17 @@ def build_index(model: nn.Module, example_input: torch.Tensor) -> GroupIndex:
         entries.append((root, g[0].dep.handler, members))
     entries.sort(key=lambda e: order[e[2][0]])
     groups, roots, handlers, modules, unsafe = [], {}, {}, {}, {}
+    taken: dict[str, int] = {}
     for root, handler, members in entries:
-        name = names[members[0]]
-        units = channel_units(dg, dg.get_pruning_group(root, handler, list(range(dg.get_out_channels(root)))),
-                              names)
+        name = _unique_name(names[members[0]], names[root], taken)
+        if root in lone:
+            units: list[list[int]] | str = lone[root]
+        else:
+            tp_group = dg.get_pruning_group(root, handler, list(range(dg.get_out_channels(root))))
+            units = channel_units(dg, tp_group, names)
+            fault = faults.reason_for(tp_group)
+            if fault and not isinstance(units, str):
+                units = fault
         if any(_is_depthwise(m) for m in members):
             kind = "depthwise"
         elif all(isinstance(m, nn.Linear) for m in members):
@@ -282,6 +310,54 @@ def build_index(model: nn.Module, example_input: torch.Tensor) -> GroupIndex:
         roots[name], handlers[name] = root, handler
         modules.update({names[m]: m for m in members})
     return GroupIndex(groups, dg, roots, handlers, modules, unsafe)
+
+
+def _all_groups(dg: tp.DependencyGraph):
+    """``dg.get_all_groups`` over conv/linear roots, going on past a root whose group Torch-Pruning cannot build.
+
+    Torch-Pruning's generator stops at the first group whose index mapping crashes (ShuffleNetV2's channel
+    shuffle). Here such a root is skipped; a later group that includes it covers it, and one that none
+    covers is yielded last as ``(module, reason)``: a group of its own that is never channel-pruned.
+    """
+    visited: set[int] = set()
+    failed: list[tuple[nn.Module, str]] = []
+    for m in list(dg.module2node.keys()):
+        if not isinstance(m, PRUNABLE_TYPES) or id(m) in visited:
+            continue
+        pruner = dg.get_pruner_of_module(m)
+        if pruner is None or pruner.get_out_channels(m) is None:
+            continue
+        try:
+            group = dg.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+        except Exception as exc:  # noqa: BLE001 - Torch-Pruning's mapping errors vary
+            text = (str(exc).strip().splitlines() or [""])[0][:80]
+            failed.append((m, f"Torch-Pruning cannot build its dependency group ({type(exc).__name__}: {text})"))
+            continue
+        for dep, _ in group:
+            if dg.is_out_channel_pruning_fn(dep.handler):
+                visited.add(id(dep.target.module))
+        yield group
+    # A root whose group cannot be built, and that no other group covers, stays a group of its own (its
+    # weights can still be sparsified); its channels are never pruned.
+    for m, why in failed:
+        if id(m) not in visited:
+            visited.add(id(m))
+            yield m, why
+
+
+def _unique_name(first_member: str, root: str, taken: dict[str, int]) -> str:
+    """A group's name: its first member's, made unique when two groups share that member.
+
+    A layer can root two groups: a CSP stage's ``conv_exp`` output is split in halves that go to different
+    layers, so Torch-Pruning returns one group per half, both starting at ``conv_exp``. The second is named
+    after its own root, or numbered (``name#2``).
+    """
+    name = first_member
+    if name in taken:
+        name = root if root not in taken else f"{first_member}#{taken[first_member] + 1}"
+    taken[first_member] = taken.get(first_member, 0) + 1
+    taken.setdefault(name, 1)
+    return name
 
 
 def discover_groups(model: nn.Module, example_input: torch.Tensor) -> list[PrunableGroup]:

@@ -1,0 +1,167 @@
+"""Where Torch-Pruning's dependency graph crashes on a real model, and how discovery goes on without it.
+
+Torch-Pruning 1.6 maps channel indices through concatenations, splits and reshapes by inferring channel counts
+from the traced graph. On some real models that inference returns ``None`` or 0, and the mapping crashes:
+
+* torchvision's ShuffleNetV2: the channel shuffle's 5-D ``view`` gives 0 channels, ``ZeroDivisionError``
+  in ``update_reshape_index_mapping``;
+* timm's DPN: a concat input of unknown width, ``TypeError`` (``int + None``) in ``update_concat_index_mapping``.
+
+:func:`install` guards each node's mapping: a node whose mapping
+crashes keeps Torch-Pruning's default (identity) mapping and is recorded, and every group whose channels pass
+through it is kept whole (:func:`autoprune.pruning.groups.build_index`), with the node and the error as the
+reason. The rest of the model stays prunable.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+#: The per-node mapping functions of ``torch_pruning.dependency.index_mapping`` that are guarded.
+_MAPPERS = ("update_concat_index_mapping", "update_split_index_mapping", "update_reshape_index_mapping",
+            "update_unbind_index_mapping", "update_expand_index_mapping", "update_slice_index_mapping")
+_ERRORS = (ZeroDivisionError, TypeError, IndexError, ValueError, KeyError, AttributeError)
+
+
+@dataclass
+class MappingFaults:
+    """Nodes whose index mapping Torch-Pruning could not build: ``id(node) -> one line``."""
+
+    by_node: dict[int, str] = field(default_factory=dict)
+
+    def reason_for(self, tp_group) -> str | None:
+        """Why a Torch-Pruning group cannot be pruned, if its channels pass through a faulty node."""
+        for item in tp_group:
+            for node in (item.dep.source, item.dep.target):
+                why = self.by_node.get(id(node))
+                if why:
+                    return why
+        return None
+
+
+_INSTALLED: list[bool] = []
+
+
+def install() -> None:
+    """Guard Torch-Pruning's per-node index mapping, once per process (idempotent).
+
+    ``DependencyGraph.get_pruning_group`` re-runs the mapping on every call, so the guard has to stay for the
+    graph's lifetime, not only while it is built. A guarded node that crashes is recorded on its graph
+    (:func:`faults_of`) and keeps the default mapping; a node that does not crash behaves exactly as before.
+    """
+    if _INSTALLED:
+        return
+    from torch_pruning.dependency import index_mapping as im
+
+    def guard(fn):
+        @functools.wraps(fn)
+        def wrapper(graph, node, *args, **kwargs):
+            try:
+                return fn(graph, node, *args, **kwargs)
+            except _ERRORS as exc:
+                label = getattr(node, "name", None) or type(getattr(node, "module", node)).__name__
+                text = str(exc).splitlines()[0][:80] if str(exc) else ""
+                faults_of(graph).by_node.setdefault(
+                    id(node), f"Torch-Pruning cannot map channels through {label} ({type(exc).__name__}: {text})")
+                return None
+
+        wrapper.__autoprune_guard__ = True  # type: ignore[attr-defined]
+        return wrapper
+
+    for name in _MAPPERS:
+        fn = getattr(im, name, None)
+        if fn is not None and not getattr(fn, "__autoprune_guard__", False):
+            setattr(im, name, guard(_with_view_sizes(fn) if name == "update_reshape_index_mapping" else fn))
+    if not getattr(im.update_index_mapping, "__autoprune_guard__", False):
+        im.update_index_mapping = _cached_update(im.update_index_mapping)
+    _INSTALLED.append(True)
+
+
+def _channel_signature(graph) -> tuple:
+    """Everything Torch-Pruning's index mapping reads that pruning changes: weight shapes, concat/split sizes,
+    slice bounds, and the unwrapped parameters' shapes."""
+    sig = []
+    for module in graph.module2node:
+        w = getattr(module, "weight", None)
+        if w is not None and hasattr(w, "shape"):
+            sig.append(tuple(w.shape))
+        for attr in ("concat_sizes", "split_sizes", "offsets", "start", "end", "step"):
+            v = module.__dict__.get(attr) if hasattr(module, "__dict__") else None
+            if v is not None:
+                sig.append((attr, tuple(v) if isinstance(v, list) else v))
+    for u in getattr(graph, "unwrapped_parameters", None) or ():
+        sig.append(tuple(u.parameters.shape))
+    return tuple(sig)
+
+
+def _cached_update(fn):
+    """``update_index_mapping(graph)``, skipped while nothing it reads has changed since its last run.
+
+    ``DependencyGraph.get_pruning_group`` re-runs the whole graph's index mapping on every call. On
+    DenseNet-121 (58 concatenations) that was 150 of the 300 s its check took: 1,566 calls, each
+    re-mapping every concatenation, though the channel counts change only when something is pruned.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(graph, *args, **kwargs):
+        sig = _channel_signature(graph)
+        if getattr(graph, "_autoprune_mapping_sig", None) == sig:
+            return None
+        out = fn(graph, *args, **kwargs)
+        graph._autoprune_mapping_sig = _channel_signature(graph)
+        return out
+
+    wrapper.__autoprune_guard__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+class _SizedGradFn:
+    """A view's ``grad_fn`` with ``_saved_self_sizes`` read from the ``_saved_self_sym_sizes`` newer torch saves."""
+
+    def __init__(self, grad_fn, sizes: tuple[int, ...]) -> None:
+        self._grad_fn, self._saved_self_sizes = grad_fn, sizes
+
+    def __getattr__(self, name: str):
+        return getattr(self._grad_fn, name)
+
+
+def _with_view_sizes(fn):
+    """Give Torch-Pruning's reshape mapping the input sizes it checks, under torch >= 2.x's attribute name.
+
+    ``update_reshape_index_mapping`` maps a reshape only when its input is 1-D or a 4-D ``(N, C, H, W)`` whose
+    ``C*H*W`` is the output's channels (a flatten before a classifier), reading ``grad_fn._saved_self_sizes``.
+    torch 2.13's ``ViewBackward0`` saves ``_saved_self_sym_sizes`` instead, so Torch-Pruning falls back to a
+    legacy path with no check and maps every reshape as a flatten: on Swin-T's window partitions that builds
+    index lists 32 times longer at each pass and runs out of memory (over 10 GB at 64x64 px).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(graph, node, *args, **kwargs):
+        grad_fn = getattr(node, "grad_fn", None)
+        sym = getattr(grad_fn, "_saved_self_sym_sizes", None) if grad_fn is not None else None
+        if sym is None or hasattr(grad_fn, "_saved_self_sizes"):
+            return fn(graph, node, *args, **kwargs)
+        try:
+            sizes = tuple(int(v) for v in sym)
+        except (TypeError, ValueError):
+            return fn(graph, node, *args, **kwargs)
+        node.grad_fn = _SizedGradFn(grad_fn, sizes)
+        try:
+            return fn(graph, node, *args, **kwargs)
+        finally:
+            node.grad_fn = grad_fn
+
+    return wrapper
+
+
+def faults_of(graph) -> MappingFaults:
+    """The mapping faults recorded on a Torch-Pruning ``DependencyGraph`` (empty when none)."""
+    faults = getattr(graph, "_autoprune_mapping_faults", None)
+    if faults is None:
+        faults = MappingFaults()
+        graph._autoprune_mapping_faults = faults
+    return faults
+
+
+__all__ = ["MappingFaults", "faults_of", "install"]
