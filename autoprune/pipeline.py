@@ -13,8 +13,8 @@ CPU. Gradient criteria, fine-tuning (with the dense teacher) and evaluation run 
 pipeline's :class:`~autoprune.compute.Compute`; :meth:`Pipeline.run` places the candidate
 there after surgery and brings it back before it is exported.
 
-Costs are known before accuracy: the candidate is costed right after surgery (fine-tuning changes no
-channel count and no mask), and its validation accuracy is checked at a few fine-tuning checkpoints
+Costs are known before accuracy: the candidate is costed right after surgery (fine-tuning changes no channel
+count and no mask), and its validation accuracy is checked at a few fine-tuning checkpoints
 (:attr:`Pipeline.checkpoints`), where a stopper (:class:`~autoprune.search.stopping.Stopper`) may stop it.
 """
 
@@ -161,14 +161,12 @@ class Pipeline:
         self.compute = compute or Compute()
         self._teacher: nn.Module | None = None
         self._scores: dict = {}  # the dense model's channel scores, per criterion and group (prune_model)
-        self.data = data
-        self.profile = profile
-        self.target = profile.name
-        self.model_ref = model_ref
+        self.data, self.profile, self.target, self.model_ref = data, profile, profile.name, model_ref
         self.example = data.example_input(1)
-        # Discovered once, then test-pruned once: what cannot be pruned safely is kept whole.
+        # Discovered, then test-pruned once: what cannot be pruned safely is kept whole; no export, refused.
         check = check_groups(self.dense, self.example, discover_groups(self.dense, self.example),
                              **check_options(space, max_ratio))
+        check.refuse_unexportable(self.dense, tuple(data.input_shape))
         self.groups = list(check.groups)
         self.excluded_groups: dict[str, str] = dict(check.excluded)
         self.finetune_epochs = finetune_epochs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,7 +30,8 @@ class ExportResult:
         opset: ONNX opset.
         max_abs_diff: Largest absolute difference between ONNX Runtime (CPU) and
             PyTorch outputs on the example input.
-        atol: The tolerance ``max_abs_diff`` was checked against.
+        atol: The tolerance ``max_abs_diff`` was checked against (absolute: the given
+            ``atol`` scaled by ``max(1, max |output|)``).
     """
 
     path: str
@@ -56,7 +58,10 @@ def export_onnx(
     A copy is made, masks are baked into it, it is put in eval mode and traced
     with ``torch.onnx.export(..., dynamo=False)``. The graph must pass
     ``onnx.checker.check_model`` and ONNX Runtime's output must match PyTorch's
-    within ``atol`` (absolute). Only then is the file written (atomically).
+    within ``atol`` relative to the output's scale: ``atol * max(1, max |output|)``
+    (absolute for outputs up to 1, as a trained classifier's logits are; an untrained
+    Inception-v3's outputs near 2e8 are checked to about 1e-6 of their size, not to
+    1e-4 absolute, which float32 cannot hold). Only then is the file written (atomically).
 
     Raises:
         ExportError: If tracing fails (naming torch's reason), the checker
@@ -123,6 +128,8 @@ def _export_checked(
     sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     out = sess.run(None, {sess.get_inputs()[0].name: example_input.detach().cpu().numpy()})[0]
     ref_np = ref.detach().cpu().numpy()
+    if ref_np.size:
+        atol = atol * max(1.0, float(np.max(np.abs(ref_np.astype(np.float64)))))
     if out.shape != ref_np.shape:
         raise ExportError(f"ONNX output shape {out.shape} differs from PyTorch's {ref_np.shape}")
     diff = float(np.max(np.abs(out.astype(np.float64) - ref_np.astype(np.float64)))) if out.size else 0.0
@@ -140,3 +147,35 @@ def _export_checked(
         max_abs_diff=diff,
         atol=atol,
     )
+
+
+#: Input sides tried when the dense model does not export at the data's size (one export each, on failure only).
+EXPORT_SIDES_PX = (32, 64, 96, 128, 160, 192, 224, 256, 299)
+
+
+def exportable_side(dense: nn.Module, input_shape: tuple[int, ...]) -> int | None:
+    """The smallest side in :data:`EXPORT_SIDES_PX` above ``input_shape``'s at which ``dense`` exports, or None."""
+    c, h = int(input_shape[0]), int(input_shape[-1])
+    for side in (s for s in EXPORT_SIDES_PX if s > h):
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                export_onnx(dense, Path(tmp) / "m.onnx", torch.zeros(1, c, side, side))
+        except Exception:  # noqa: BLE001 - a side that does not export: try the next
+            continue
+        return side
+    return None
+
+
+def dense_export_message(dense: nn.Module, input_shape: tuple[int, ...], error: str) -> str:
+    """One line: the dense model does not export to ONNX at this input size, and the size that does.
+
+    A model whose every candidate would fail to export is refused before the study starts. The usual cause
+    is an adaptive pooling to a size its input does not divide (torchvision's VGG and AlexNet pool to 7x7,
+    so a 64 px input's 2x2 map cannot be exported with the TorchScript exporter); the sides in
+    :data:`EXPORT_SIDES_PX` above the data's are tried in turn and the first that exports is named.
+    """
+    h = int(input_shape[-1])
+    works = exportable_side(dense, input_shape)
+    fix = (f"use --input-size {works} (the smallest tried that exports)" if works else
+           f"no input side up to {EXPORT_SIDES_PX[-1]} px exports either; simplify the model's forward")
+    return f"the dense model does not export to ONNX at {h}x{h} px, so no candidate could: {error[:200]}; {fix}"

@@ -214,12 +214,25 @@ class _ParamSwap:
             self.param.copy_(self.saved)
 
 
+def _channels_first(module: nn.Module) -> bool:
+    """A ``nn.LayerNorm`` subclass that normalises an NCHW tensor over its channels (dim 1).
+
+    torchvision's ``LayerNorm2d`` (ConvNeXt) and timm's ``LayerNorm2d`` (ConvNeXtV2, EdgeNeXt...) subclass
+    ``nn.LayerNorm`` but permute an NCHW input around it; some custom norms say so with
+    ``data_format="channels_first"``.
+    """
+    if not isinstance(module, nn.LayerNorm):
+        return False
+    name = type(module).__name__.lower()
+    return "2d" in name or "channelsfirst" in name or getattr(module, "data_format", "") == "channels_first"
+
+
 def _role(dg: tp.DependencyGraph, module: nn.Module, handler) -> tuple[str | None, int]:
     """How a coupled module holds the group's channels: read (in), written (out) or both (through)."""
     if isinstance(module, nn.modules.conv._ConvNd) and tp.ops.module2type(module) == tp.ops.OPTYPE.DEPTHWISE_CONV:
         return "through", 1
     if isinstance(module, _PASS_THROUGH):
-        return "through", -1 if isinstance(module, _LAST_DIM) else 1
+        return "through", -1 if isinstance(module, _LAST_DIM) and not _channels_first(module) else 1
     if isinstance(module, nn.Embedding):
         return "out", -1
     if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
