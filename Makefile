@@ -10,11 +10,14 @@ BIN := $(VENV)/bin
 setup: $(VENV)/.installed
 
 # torch is installed first, pinned to this machine's CPU build, so no requirement can pull a CUDA build.
+# torchvision and timm (for `--model torchvision.models:NAME` / `timm:NAME` and their tests) come with --no-deps,
+# so neither can replace it; their own small dependencies are in the dev extra.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps torchvision==0.28.0 timm==1.0.31
 	touch $@
 
 demo: setup

@@ -208,7 +208,8 @@ def template_for(model: Any, input_shape: tuple[int, ...] | None = None, *, name
             input_shape = (3, size, size)
         key = (f"{model}/{num_classes}", tuple(input_shape))
         if key not in _TEMPLATES:
-            module = build_model(model, num_classes=num_classes, in_channels=input_shape[0]).eval()
+            module = build_model(model, num_classes=num_classes, in_channels=input_shape[0],
+                                 input_size=int(input_shape[-1])).eval()
             _TEMPLATES[key] = ModelTemplate.from_model(module, torch.zeros(1, *input_shape), name)
         return _TEMPLATES[key]
     if input_shape is None:

@@ -119,13 +119,17 @@ def resolve_callable(spec: str, what: str) -> Callable:
     return func
 
 
-def build_model(spec: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """Build a zoo model by name, or a user model from a reference.
+def build_model(spec: str, num_classes: int = 10, in_channels: int = 3, input_size: int | None = None) -> nn.Module:
+    """Build a zoo model by name, a torchvision or timm model, or a user model from a reference.
 
     Args:
-        spec: A zoo name, ``package.module:function`` or ``file.py:function``.
-        num_classes: Classifier outputs (zoo models; passed to user functions that accept it).
-        in_channels: Input channels (zoo models; passed to user functions that accept it).
+        spec: A zoo name, ``torchvision.models:NAME``, ``timm:NAME``, ``package.module:function`` or
+            ``file.py:function``.
+        num_classes: Classifier outputs (zoo, torchvision and timm models; passed to user functions that
+            accept it).
+        in_channels: Input channels (likewise).
+        input_size: The square input side, for torchvision and timm models that fix one (ViT, Swin, MaxViT):
+            they are built for it.
 
     Raises:
         UnknownNameError: For an unknown zoo name (lists the valid ones).
@@ -133,6 +137,10 @@ def build_model(spec: str, num_classes: int = 10, in_channels: int = 3) -> nn.Mo
     """
     if ":" not in spec:
         return ZOO.get(spec).factory(num_classes=num_classes, in_channels=in_channels)
+    from .external import build_external, is_external
+
+    if is_external(spec):
+        return build_external(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
     func = resolve_callable(spec, "model")
     params = inspect.signature(func).parameters
     kwargs = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels)) if k in params}

@@ -279,7 +279,7 @@ def calibrate(model_name: str, options: CalibrationOptions = CalibrationOptions(
         runtime = get_runtime("onnxruntime", threads=o.threads)
     size = o.input_size_px or (natural_input_size(model_name) if model is None else DEFAULT_INPUT_SIZE)
     dense = (model if model is not None else build_model(model_name, num_classes=o.num_classes,
-                                                         in_channels=o.in_channels)).eval()
+                                                         in_channels=o.in_channels, input_size=size)).eval()
     example = torch.zeros(1, o.in_channels, size, size)
     template = ModelTemplate.from_model(dense, example, model_name)
     todo = kernel_grid(template, o.grid, o.round_to, o.min_channels)

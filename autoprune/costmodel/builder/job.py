@@ -229,7 +229,7 @@ def profile_target(profile: HardwareProfile, job: ProfileJob, *, progress: Progr
     # The model exactly as `search` builds it: its data's classes, channels and input size.
     data = load_data_for(job.model_ref, job.data_ref, input_size=job.input_size_px, seed=job.seed)
     size = int(data.input_shape[-1])
-    dense = build_model(job.model_ref, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    dense = build_model(job.model_ref, num_classes=data.num_classes, in_channels=data.input_shape[0], input_size=size)
     if job.checkpoint is not None:
         load_checkpoint(dense, job.checkpoint)
     check_model_fits(dense, data)
