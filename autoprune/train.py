@@ -7,11 +7,18 @@ by what differs from :class:`TrainConfig`'s defaults, so ``train --epochs 3`` ne
 A caller that names no recipe (``search``) takes the cached one (:func:`checkpoint_path`). Training runs on the
 :class:`~autoprune.compute.Compute` it is given; the checkpoint holds CPU tensors and
 loads anywhere.
+
+The model is traced for its prunable groups before any training (:func:`check_model_traces`); a trained or
+loaded model has its BatchNorm statistics re-estimated where that evaluates better (:func:`reestimate_batchnorm`),
+and one still at chance is refused before a search (:func:`check_above_chance`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
+import itertools
 import json
 import math
 import re
@@ -52,6 +59,9 @@ class DenseCheckpoint:
         train_seconds: Wall time of training (0 when loaded from cache).
         trained_on: The compute that trained it (e.g. ``cuda:0 (NVIDIA H100, bf16 autocast)``;
             empty for a user's checkpoint or a cache entry from before this was recorded).
+        bn_reestimated: Its BatchNorm statistics are the re-estimated ones (:func:`reestimate_batchnorm`).
+        bn_val_accuracy_before, bn_val_accuracy_after: Validation accuracy with the statistics as trained (or
+            loaded) and as re-estimated; ``None`` without BatchNorm or unchecked (a cache entry from before).
     """
 
     path: str
@@ -62,6 +72,15 @@ class DenseCheckpoint:
     test_accuracy: float
     train_seconds: float
     trained_on: str = ""
+    bn_reestimated: bool = False
+    bn_val_accuracy_before: float | None = None
+    bn_val_accuracy_after: float | None = None
+
+
+#: Training samples whose batch statistics re-estimate a model's BatchNorm running statistics.
+BN_SAMPLES = 320
+#: A dense model whose validation accuracy is below this many times chance (1 / classes) is refused.
+CHANCE_FACTOR = 1.5
 
 
 #: TrainConfig field -> its tag in a checkpoint's name, where it differs from the default (the seed is named apart).
@@ -122,14 +141,59 @@ def accuracy(model: nn.Module, loader, compute: Compute | None = None) -> float:
     return correct / max(total, 1)
 
 
-def _dense_accuracies(model: nn.Module, data: DataSplits, compute: Compute) -> tuple[float, float]:
-    """Validation and test accuracy, evaluated on ``compute``; the model is back on the CPU afterwards."""
+def _accuracy_on(model: nn.Module, data: DataSplits, split: str, compute: Compute) -> float:
+    """The accuracy on ``split``, evaluated on ``compute``; the model is back on the CPU afterwards."""
     compute.place(model)
     try:
-        return (accuracy(model, data.loader("val", pin_memory=compute.pin_memory), compute),
-                accuracy(model, data.loader("test", pin_memory=compute.pin_memory), compute))
+        return accuracy(model, data.loader(split, pin_memory=compute.pin_memory), compute)
     finally:
         compute.to_cpu(model)
+
+
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+def reestimate_batchnorm(model: nn.Module, data: DataSplits, samples: int = BN_SAMPLES, seed: int = 0) -> int:
+    """Re-estimate the BatchNorm running statistics of ``model`` (on the CPU) in place from ``samples`` train samples.
+
+    Reset, then averaged (``momentum=None``) over the batches in train mode without gradients, by
+    ``torch.optim.swa_utils.update_bn``: a short training with a small momentum (0.01 in torchvision's
+    MobileNetV3) leaves them near their initial values, which can put the model at chance.
+
+    Returns:
+        How many BatchNorm layers were re-estimated (0: nothing changed).
+    """
+    from torch.optim.swa_utils import update_bn
+
+    batches = itertools.islice(data.loader("train", 64, seed=seed), math.ceil(samples / 64))
+    update_bn((b[0] for b in batches if len(b[0]) > 1), model)  # a batch of one has no batch variance
+    return len(_batchnorms(model))
+
+
+def _dense_record(module: nn.Module, splits: DataSplits, compute: Compute, **fields) -> DenseCheckpoint:
+    """The record of ``module`` (left on the CPU, in eval mode) with ``fields``, its BatchNorm statistics
+    re-estimated where that raises its validation accuracy."""
+    before = after = _accuracy_on(module, splits, "val", compute)
+    if bn := bool(_batchnorms(module)):
+        saved = {k: v.clone() for k, v in module.state_dict().items()}
+        reestimate_batchnorm(module, splits, seed=fields["seed"])
+        if (after := _accuracy_on(module, splits, "val", compute)) <= before:
+            module.load_state_dict(saved)
+    return DenseCheckpoint(**fields, val_accuracy=max(before, after),  # accuracy() left it in eval mode
+                           test_accuracy=_accuracy_on(module, splits, "test", compute), bn_reestimated=after > before,
+                           bn_val_accuracy_before=before if bn else None, bn_val_accuracy_after=after if bn else None)
+
+
+def check_above_chance(rec: DenseCheckpoint, num_classes: int) -> None:
+    """Refuse (ConfigError, one line with the fixes) a dense model below :data:`CHANCE_FACTOR` times chance."""
+    chance = 1.0 / max(num_classes, 1)
+    if rec.val_accuracy < CHANCE_FACTOR * chance:
+        raise ConfigError(
+            f"the dense model {rec.path} is at chance: val accuracy {rec.val_accuracy:.4f}, chance "
+            f"{chance:.4f} for {num_classes} classes (a search needs {CHANCE_FACTOR * chance:.4f} or more); "
+            "train longer with `autoprune train --epochs N` and pass the checkpoint it prints with --checkpoint, "
+            "check the data and its labels, or pass a trained --checkpoint")
 
 
 def _shift(x: torch.Tensor, max_px: int, gen: torch.Generator) -> torch.Tensor:
@@ -186,67 +250,100 @@ def train_dense(model: nn.Module, data: DataSplits, config: TrainConfig | None =
 
 def ensure_dense(model_ref: str, data: DataSplits, seed: int = 0, *, checkpoint: str | None = None,
                  config: TrainConfig | None = None, retrain: bool = False, progress: bool = True,
-                 compute: Compute | None = None) -> tuple[nn.Module, DenseCheckpoint]:
-    """Return the dense model (on the CPU) and its checkpoint record, training it if needed.
+                 compute: Compute | None = None, strict: bool = True) -> tuple[nn.Module, DenseCheckpoint]:
+    """Return the dense model (on the CPU) and its checkpoint record, training it (and caching it with its
+    BatchNorm statistics as :func:`_dense_record` keeps them) if needed; a cache entry: :func:`_load_cached`.
 
     Args:
         model_ref: Zoo name or user model reference.
         data: The data splits.
         seed: Training seed (part of the cache key).
-        checkpoint: A user checkpoint to load instead of the cache.
+        checkpoint: A user checkpoint to load instead of the cache (the file is never rewritten).
         config: Training recipe, part of the cache key where it differs from the defaults (:func:`recipe_tag`);
             ``None``: the one cached of any recipe (:func:`checkpoint_path`), else :class:`TrainConfig` with ``seed``.
         retrain: Train again even if a cached checkpoint exists.
         progress: Show a progress bar while training.
         compute: Where to train and evaluate (default: the CPU); the model comes back on the CPU.
+        strict: Refuse a model at chance (:func:`check_above_chance`), as a search must; ``train`` passes
+            ``False`` (it caches and reports the model, with a warning).
+
+    Raises:
+        ConfigError: The model does not fit the data, cannot be traced, or (``strict``) is at chance.
     """
     compute = compute or Compute()
-    model = build_model(model_ref, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    model = build_model(model_ref, num_classes=data.num_classes, in_channels=data.input_shape[0],
+                        input_size=int(data.input_shape[-1]))
     check_model_fits(model, data)
+    check_model_traces(model, model_ref, data)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
-        model.eval()
-        rec = DenseCheckpoint(str(checkpoint), model_ref, data.key, seed, *_dense_accuracies(model, data, compute),
-                              0.0)
-        return model, rec
-    path = checkpoint_path(model_ref, data, seed, config)
-    if _cached(path) and not retrain:
-        load_checkpoint(model, path)
-        meta = json.loads(path.with_suffix(".json").read_text())
-        known = {k: meta[k] for k in DenseCheckpoint.__dataclass_fields__ if k in meta}
-        return model.eval(), DenseCheckpoint(**{**known, "train_seconds": 0.0})
-    config = config or TrainConfig(seed=seed)
-    path = checkpoint_path(model_ref, data, seed, config)
-    meta_path = path.with_suffix(".json")
-    ensure_writable(path.parent)  # a folder the checkpoint cannot go to is refused now, not after training
-    t0 = time.perf_counter()
-    compute.place(model)
-    try:
-        train_dense(model, data, config, progress, compute)
-    finally:
-        compute.to_cpu(model)
-    seconds = time.perf_counter() - t0
-    rec = DenseCheckpoint(str(path), model_ref, data.key, seed, *_dense_accuracies(model, data, compute),
-                          round(seconds, 2), compute.describe())
-    import io
-
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    atomic_write_bytes(path, buf.getvalue())
-    write_json(meta_path, {**asdict(rec), "config": asdict(config)})
+        rec = _dense_record(model, data, compute, path=str(checkpoint), model=model_ref, data=data.key, seed=seed,
+                            train_seconds=0.0)
+    elif _cached(path := checkpoint_path(model_ref, data, seed, config)) and not retrain:
+        rec = _load_cached(model, data, path, compute)
+    else:
+        config = config or TrainConfig(seed=seed)
+        path = checkpoint_path(model_ref, data, seed, config)
+        ensure_writable(path.parent)  # a folder the checkpoint cannot go to is refused now, not after training
+        t0 = time.perf_counter()
+        compute.place(model)
+        try:
+            train_dense(model, data, config, progress, compute)
+        finally:
+            compute.to_cpu(model)
+        seconds = round(time.perf_counter() - t0, 2)
+        rec = _dense_record(model, data, compute, path=str(path), model=model_ref, data=data.key, seed=seed,
+                            train_seconds=seconds, trained_on=compute.describe())
+        _save(model, path, {**asdict(rec), "config": asdict(config)})  # with the statistics kept
+    if strict:
+        check_above_chance(rec, data.num_classes)
     return model, rec
 
 
-def load_model_and_data(model_ref: str, data_ref: str = "digits", *, input_size: int | None = None,
-                        checkpoint: str | None = None, seed: int = 0,
-                        progress: bool = True,
-                        compute: Compute | None = None) -> tuple[nn.Module, DataSplits, DenseCheckpoint]:
-    """The dense model (trained and cached when missing), its data and its checkpoint record."""
-    from autoprune.data import load_data_for
+def _save(model: nn.Module, path: Path, meta: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    atomic_write_bytes(path, buf.getvalue())
+    write_json(path.with_suffix(".json"), meta)
 
-    data = load_data_for(model_ref, data_ref, input_size=input_size, seed=seed)
-    model, rec = ensure_dense(model_ref, data, seed, checkpoint=checkpoint, progress=progress, compute=compute)
-    return model, data, rec
+
+def _load_cached(model: nn.Module, data: DataSplits, path: Path, compute: Compute) -> DenseCheckpoint:
+    """Load the cache entry ``path`` into ``model`` and return its record (unknown or missing keys tolerated);
+    one recorded at chance before BatchNorm statistics were re-estimated is checked now, and rewritten if kept."""
+    load_checkpoint(model, path)
+    model.eval()
+    meta = json.loads(path.with_suffix(".json").read_text())
+    known = {k: meta[k] for k in DenseCheckpoint.__dataclass_fields__ if k in meta}
+    rec = DenseCheckpoint(**{**known, "train_seconds": 0.0})
+    if "bn_reestimated" in meta or rec.val_accuracy >= CHANCE_FACTOR / max(data.num_classes, 1):
+        return rec
+    rec = _dense_record(model, data, compute, path=rec.path, model=rec.model, data=rec.data, seed=rec.seed,
+                        train_seconds=0.0, trained_on=rec.trained_on)
+    if rec.bn_reestimated:
+        with contextlib.suppress(OSError):  # a read-only cache: they are re-estimated on every load instead
+            _save(model, path, {**meta, **{k: v for k, v in asdict(rec).items() if k != "train_seconds"}})
+    return rec
+
+
+def check_model_traces(model: nn.Module, model_ref: str, data: DataSplits) -> None:
+    """Trace ``model`` (in eval mode) for its prunable groups, in seconds, before minutes of training.
+
+    Raises:
+        ConfigError: One line naming the model (a :class:`~autoprune.errors.PlanError` where Torch-Pruning
+            cannot trace it), else naming the error's type and first line.
+    """
+    from autoprune.pruning import discover_groups
+
+    model.eval()
+    try:
+        discover_groups(model, data.example_input(1))
+    except AutopruneError as exc:  # PlanError: Torch-Pruning cannot trace it
+        raise type(exc)(f"model {model_ref}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any error of a user's model under tracing
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"model {model_ref}: finding its prunable groups failed ({type(exc).__name__}: "
+                          f"{first}) before any training; check that the model runs on its example input "
+                          "with gradients on, or report the architecture") from None
 
 
 def check_model_fits(model: nn.Module, data: DataSplits) -> None:
@@ -255,8 +352,6 @@ def check_model_fits(model: nn.Module, data: DataSplits) -> None:
     Raises:
         ConfigError: Naming the shape and the model's error.
     """
-    from autoprune.errors import ConfigError
-
     model.eval()
     try:
         with torch.no_grad():
@@ -292,8 +387,6 @@ def check_input_size(model: nn.Module, input_shape: tuple[int, ...]) -> None:
     Raises:
         ConfigError: Naming the input side, the model's downsampling and the ``--input-size`` to use.
     """
-    from autoprune.errors import ConfigError
-
     if len(input_shape) != 3 or min(input_shape[1:]) >= PROBE_SIZE_PX:
         return
     sides: list[tuple[int, int]] = []

@@ -63,6 +63,9 @@ def test_train_cli_subset_and_epochs_name_their_checkpoint(tmp_path):
                           capture_output=True, text=True, env=cli_env(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "checkpoint: " in proc.stdout and proc.stdout.strip().endswith("-digits32-s0-t60-e30-train0-ep1.pt")
+    # One step of training is about chance: `train` keeps and reports it, with a warning where a search would refuse it.
+    val = float(proc.stdout.split("val accuracy ", 1)[1].split(",", 1)[0])
+    assert (val < 0.15) == ("warning: the dense model " in proc.stdout), proc.stdout
 
 
 def test_old_studies_load_without_the_subset_fields_and_a_new_subset_conflicts():

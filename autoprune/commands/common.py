@@ -101,3 +101,11 @@ def compute_of(args: argparse.Namespace):
     from autoprune.compute import Compute
 
     return Compute.resolve(args.device, amp=not getattr(args, "no_amp", False))
+
+
+def print_batchnorm_line(rec) -> None:
+    """Say so where the dense model's BatchNorm statistics were re-estimated after training or loading
+    (``rec``: its :class:`~autoprune.train.DenseCheckpoint`)."""
+    if rec.bn_reestimated:
+        print(f"BatchNorm running statistics re-estimated on a few hundred training samples: val accuracy "
+              f"{rec.bn_val_accuracy_before:.4f} -> {rec.bn_val_accuracy_after:.4f}")

@@ -14,6 +14,7 @@ from autoprune.commands.common import (
     non_negative_float,
     positive_float,
     positive_int,
+    print_batchnorm_line,
 )
 
 
@@ -123,6 +124,7 @@ class SearchCommand(Command):
         if screened:
             print(screened)
         print(f"target {out.config.target}; dense accuracy {out.dense_checkpoint.val_accuracy:.4f} (val)")
+        print_batchnorm_line(out.dense_checkpoint)
         _print_excluded(out.excluded_groups)
         if not out.front:
             print("no feasible point: no completed trial meets the constraints "

@@ -13,6 +13,7 @@ from autoprune.commands.common import (
     load_data_for,
     positive_float,
     positive_int,
+    print_batchnorm_line,
 )
 
 
@@ -33,18 +34,28 @@ class TrainCommand(Command):
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(self, args: argparse.Namespace) -> int:
-        from autoprune.train import TrainConfig, ensure_dense
+        """Train (or load) the dense model and report it; one at chance is kept, with a ``warning:`` line
+        (a search refuses it: :func:`autoprune.train.check_above_chance`), and the exit code is 0."""
+        from autoprune.errors import ConfigError
+        from autoprune.train import TrainConfig, check_above_chance, ensure_dense
 
         compute = compute_of(args)
         data = load_data_for(args)
         cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
         _, rec = ensure_dense(args.model, data, args.seed, checkpoint=args.checkpoint, config=cfg,
-                              retrain=args.retrain, progress=not args.no_progress, compute=compute)
-        if rec.train_seconds:
+                              retrain=args.retrain, progress=not args.no_progress, compute=compute, strict=False)
+        if args.checkpoint is not None:
+            how = "loaded from --checkpoint"
+        elif rec.train_seconds:
             how = f"trained in {rec.train_seconds:.0f} s on {rec.trained_on}"
         else:
             how = "loaded from cache" + (f", trained on {rec.trained_on}" if rec.trained_on else "")
         print(f"dense {args.model} on {args.data}: val accuracy {rec.val_accuracy:.4f}, "
               f"test accuracy {rec.test_accuracy:.4f} ({how})")
+        print_batchnorm_line(rec)
+        try:
+            check_above_chance(rec, data.num_classes)
+        except ConfigError as exc:
+            print(f"warning: {exc}")
         print(f"checkpoint: {rec.path}")
         return 0
