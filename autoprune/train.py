@@ -391,8 +391,9 @@ def check_input_size(model: nn.Module, input_shape: tuple[int, ...]) -> None:
         return
     sides: list[tuple[int, int]] = []
 
-    def record(module: nn.Module, _inputs, output) -> None:
-        if isinstance(output, torch.Tensor) and output.ndim == 4:
+    def record(module: nn.Module, inputs, output) -> None:  # not on a pooled 1x1 map (an SE block's convs)
+        pooled = bool(inputs) and isinstance(x := inputs[0], torch.Tensor) and x.ndim == 4 and x[0, 0].numel() == 1
+        if isinstance(output, torch.Tensor) and output.ndim == 4 and not pooled:
             sides.append((int(output.shape[2]), int(output.shape[3])))
 
     fixed = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)

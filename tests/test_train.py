@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from autoprune.data import load_data
 from autoprune.errors import ConfigError
@@ -75,3 +76,28 @@ def test_old_studies_load_without_the_subset_fields_and_a_new_subset_conflicts()
     cfg = SearchConfig.from_dict(old)
     assert cfg.max_train_samples is None and cfg.max_eval_samples is None
     assert SearchConfig(max_train_samples=500).conflicts({"max_train_samples": 1000}) == ["max_train_samples"]
+
+
+class _SqueezeExcite(torch.nn.Module):
+    """A squeeze-excite block as torchvision's MobileNetV3 has: convs on a functionally pooled 1x1 map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        self.fc1, self.fc2 = torch.nn.Conv2d(8, 4, 1), torch.nn.Conv2d(4, 8, 1)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        s = torch.nn.functional.adaptive_avg_pool2d(x, 1)
+        x = x * torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_convs_on_a_pooled_1x1_map_are_not_taken_for_downsampling():
+    from autoprune.errors import ConfigError
+    from autoprune.train import check_input_size
+
+    check_input_size(_SqueezeExcite(), (1, 16, 16))  # it downsamples 2x, not 128x
+    with pytest.raises(ConfigError, match="downsamples 2x"):
+        check_input_size(_SqueezeExcite(), (1, 1, 1))
