@@ -43,7 +43,8 @@ def add_model_data_args(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--data``, ``--checkpoint``, ``--seed``: the dense starting point."""
     parser.add_argument("--model", default="vgg11",
                         help="zoo name (resnet20, resnet56, resnet18, mobilenet_v2, vgg, vgg11), "
-                        "package.module:function or file.py:function (default: vgg11)")
+                        "torchvision.models:NAME, timm:NAME, package.module:function or file.py:function "
+                        "(default: vgg11)")
     parser.add_argument("--data", default="digits",
                         help="digits (built in), fashion-mnist (the OS package dataset-fashion-mnist), a folder "
                         "of IDX files (MNIST, KMNIST, EMNIST), a .npz with x and y, an image folder, or "
