@@ -261,10 +261,9 @@ class _Runner:
     def __init__(self, model: nn.Module, x: torch.Tensor, atol: float) -> None:
         self.model, self.x, self.atol = model, x, atol
         self.prunes = self.exports = 0
-        self.dense_export_error: str | None = None
         with torch.no_grad():
             self.out_shape = tuple(first_tensor(model.eval()(x)).shape)
-        self.dense_export_error = self._dense_export()
+        self.dense_export_error: str | None = self._dense_export()
 
     def _dense_export(self) -> str | None:
         """Why the dense model itself does not export faithfully, or None: tested once, before any plan, so
@@ -312,9 +311,9 @@ class _Runner:
             picked = dict(chosen)
             return PruningPlan(tuple((n, picked.get(n, dense[n])) for n, _ in plan.groups), plan.settings)
 
-        def failing(chosen: list[tuple[str, GroupPlan]], export: bool, known: str | None = None) -> dict[str, str]:
+        def failing(chosen: list[tuple[str, GroupPlan]], export: bool) -> dict[str, str]:
             """The entries of ``chosen`` that fail alone, by bisection: a half that passes holds none."""
-            why = known if known is not None else self.fails(only(chosen), export=export)
+            why = self.fails(only(chosen), export=export)
             if why is None:
                 return {}
             if len(chosen) == 1:

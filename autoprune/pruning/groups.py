@@ -252,7 +252,7 @@ def build_index(model: nn.Module, example_input: torch.Tensor) -> GroupIndex:
         if isinstance(g, tuple):
             root, why = g
             lone[root] = why
-            entries.append((root, None, [root]))
+            entries.append((root, None, [root], None))
             continue
         root = g[0].dep.target.module
         members = []
@@ -267,16 +267,15 @@ def build_index(model: nn.Module, example_input: torch.Tensor) -> GroupIndex:
         if root not in members:
             members.insert(0, root)
         members.sort(key=lambda m: order[m])
-        entries.append((root, g[0].dep.handler, members))
+        entries.append((root, g[0].dep.handler, members, g))
     entries.sort(key=lambda e: order[e[2][0]])
     groups, roots, handlers, modules, unsafe = [], {}, {}, {}, {}
     taken: dict[str, int] = {}
-    for root, handler, members in entries:
+    for root, handler, members, tp_group in entries:
         name = _unique_name(names[members[0]], names[root], taken)
         if root in lone:
             units: list[list[int]] | str = lone[root]
-        else:
-            tp_group = dg.get_pruning_group(root, handler, list(range(dg.get_out_channels(root))))
+        else:  # the group _all_groups built: over all of the root's channels, with its out-channel handler
             units = channel_units(dg, tp_group, names)
             fault = faults.reason_for(tp_group)
             if fault and not isinstance(units, str):
