@@ -144,6 +144,24 @@ def _raise_interrupt(signum, frame):
     raise _InterruptedError(signal.Signals(signum).name)
 
 
+@contextmanager
+def _deferred_stops() -> Iterator[None]:
+    """A stop signal inside the block is raised only once the block has finished.
+
+    Masking the signals (``pthread_sigmask``) is not enough: the mask is the main thread's, and a process
+    signal is then delivered to another thread (a heartbeat, OpenMP's workers); CPython still runs the
+    handler in the main thread at its next bytecode, inside the block. So the handler only records it.
+    """
+    pending: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        _restore(old)
+    if pending:
+        raise _InterruptedError(signal.Signals(pending[0]).name)
+
+
 def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[float]], *,
                timeout_s: float | None = None, progress: bool = True, on_trial=None,
                max_consecutive_failures: int = 10, enqueued_only: bool = False) -> dict[str, int]:
@@ -202,11 +220,8 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[floa
             if enqueued_only and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
                 break
             # No stop between the trial's row being created and ``trial`` being set: it would be left RUNNING.
-            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
-            try:
+            with _deferred_stops():
                 trial = study.ask()
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             if _is_surplus(study, trial, config.trials):
                 book.surplus(trial, "surplus: the budget was taken by other workers")
                 continue

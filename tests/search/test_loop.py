@@ -74,3 +74,29 @@ def test_a_stop_inside_a_librarys_except_exception_still_stops_cleanly():
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert "interrupted" in trials[0].user_attrs["fail_reason"] and trials[1].user_attrs["retry_of"] == 0
+
+
+def test_a_stop_delivered_to_another_thread_while_a_trial_is_asked_leaves_nothing_running():
+    """The signal reaches the process while ``study.ask()`` is creating the trial's row, through a thread that
+    does not mask it (a heartbeat, OpenMP's workers): CPython runs the handler in the main thread, inside
+    ``ask``. The trial it created must still be failed and enqueued again, not left RUNNING."""
+    import threading
+    import time
+
+    study = _study()
+    ask = study.ask
+
+    def ask_then_signalled(*args, **kwargs):
+        trial = ask(*args, **kwargs)
+        sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT))
+        sender.start()
+        sender.join()
+        time.sleep(0.2)  # the handler runs here, before ``ask`` has returned
+        return trial
+
+    study.ask = ask_then_signalled
+    with pytest.raises(KeyboardInterrupt):
+        run_trials(study, SearchConfig(trials=3), _objective, progress=False)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert "interrupted" in trials[0].user_attrs["fail_reason"]
