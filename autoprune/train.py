@@ -5,8 +5,7 @@ A checkpoint is keyed by model, data set, seed and recipe, so ``search`` reuses 
 (:attr:`~autoprune.data.DataSplits.key`), so data replaced at the same path is trained on anew; the recipe
 by what differs from :class:`TrainConfig`'s defaults, so ``train --epochs 3`` never loads a 15-epoch model.
 A caller that names no recipe (``search``) takes the cached one (:func:`checkpoint_path`). Training runs on the
-:class:`~autoprune.compute.Compute` it is given; the checkpoint holds CPU tensors and
-loads anywhere.
+:class:`~autoprune.compute.Compute` it is given; the checkpoint holds CPU tensors and loads anywhere.
 
 The model is traced for its prunable groups before any training (:func:`check_model_traces`); a trained or
 loaded model has its BatchNorm statistics re-estimated where that evaluates better (:func:`reestimate_batchnorm`),
@@ -274,13 +273,14 @@ def ensure_dense(model_ref: str, data: DataSplits, seed: int = 0, *, checkpoint:
     model = build_model(model_ref, num_classes=data.num_classes, in_channels=data.input_shape[0],
                         input_size=int(data.input_shape[-1]))
     check_model_fits(model, data)
-    check_model_traces(model, model_ref, data)
+    if not (cached := checkpoint is None and not retrain and _cached(checkpoint_path(model_ref, data, seed, config))):
+        check_model_traces(model, model_ref, data)  # a cache entry was traced before it was trained
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
         rec = _dense_record(model, data, compute, path=str(checkpoint), model=model_ref, data=data.key, seed=seed,
                             train_seconds=0.0)
-    elif _cached(path := checkpoint_path(model_ref, data, seed, config)) and not retrain:
-        rec = _load_cached(model, data, path, compute)
+    elif cached:
+        rec = _load_cached(model, data, checkpoint_path(model_ref, data, seed, config), compute)
     else:
         config = config or TrainConfig(seed=seed)
         path = checkpoint_path(model_ref, data, seed, config)
