@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         data = load_data_for(w["model"], "digits", input_size=w["size"], seed=0)
         print(f"\n== {name}: {w['model']} on digits at {data.input_shape[-1]} px ==", flush=True)
         t0 = time.perf_counter()
-        _, rec = ensure_dense(w["model"], data, 0, config=TrainConfig(epochs=dense_epochs), progress=False, strict=False,
-                              compute=fastest)
+        _, rec = ensure_dense(w["model"], data, 0, config=TrainConfig(epochs=dense_epochs), progress=False,
+                              strict=False, compute=fastest)
         print(f"dense checkpoint: val accuracy {rec.val_accuracy:.4f} ({dense_epochs} epochs on "
               f"{rec.trained_on or 'an earlier run'}, {time.perf_counter() - t0:.0f} s)", flush=True)
         res: dict = {"dense": {"val_accuracy": rec.val_accuracy, "epochs": dense_epochs}}

@@ -70,6 +70,7 @@ def survey_one(ref: str, plans: int, side: int | None, fixed_side: bool = False)
     from autoprune.models.external import build_external, required_input_size
     from autoprune.pruning import check_groups, discover_groups, export_onnx, prune_model
     from autoprune.pruning.check import check_options
+    from autoprune.pruning.faults import depthwise_names, layer_faults
     from autoprune.search.space import SearchSpace, plan_from_params
 
     torch.manual_seed(0)
@@ -127,8 +128,7 @@ def survey_one(ref: str, plans: int, side: int | None, fixed_side: bool = False)
                test_prunes=result.test_prunes, exports=result.exports)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     failures, tried = [], 0
-    depthwise = {n for n, m in model.named_modules()
-                 if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels}
+    depthwise = depthwise_names(model)
     import tempfile
 
     gen = torch.Generator().manual_seed(3)
@@ -144,13 +144,8 @@ def survey_one(ref: str, plans: int, side: int | None, fixed_side: bool = False)
             tried += 1
             try:
                 module = prune_model(model, plan, x, calib_loader=calib).make_permanent()
-                for n, m in module.named_modules():
-                    if isinstance(m, (nn.Conv2d, nn.Linear)) and 0 in m.weight.shape:
-                        raise RuntimeError(f"{n}: zero-width weight")
-                    if isinstance(m, nn.Conv2d) and (m.in_channels % m.groups or m.out_channels % m.groups):
-                        raise RuntimeError(f"{n}: channels not divisible by groups")
-                    if n in depthwise and not m.groups == m.in_channels == m.out_channels:
-                        raise RuntimeError(f"{n}: no longer depthwise")
+                if faults := layer_faults(module, depthwise):
+                    raise RuntimeError(faults[0])
                 with tempfile.TemporaryDirectory() as tmp:
                     export_onnx(module, Path(tmp) / "m.onnx", x)
             except Exception as exc:  # noqa: BLE001

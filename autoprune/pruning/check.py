@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from autoprune.pruning.apply import prune_model, safe_deepcopy
+from autoprune.pruning.faults import layer_faults
 from autoprune.pruning.groups import PrunableGroup, build_index
 from autoprune.pruning.plan import STRUCTURES, GroupPlan, PlanSettings, PruningPlan, kept_count, parse_nm
 from autoprune.pruning.probe import first_tensor, mapping_faults
@@ -286,9 +287,9 @@ class _Runner:
         self.prunes += 1
         try:
             module = prune_model(self.model, plan, self.x).make_permanent()
-            bad = _bad_layer(module)
+            bad = layer_faults(module)
             if bad:
-                return bad
+                return f"layer {bad[0]}"
             with torch.no_grad():
                 out = first_tensor(module(self.x))
             if tuple(out.shape) != self.out_shape:
@@ -341,18 +342,6 @@ class _Runner:
 def _reason(gp: GroupPlan, why: str) -> str:
     at = f" {gp.nm}" if gp.structure == "nm" else f" at ratio {gp.ratio:g}"
     return f"pruning it{at} fails: {why}"
-
-
-def _bad_layer(module: nn.Module) -> str | None:
-    """A layer with a zero-width weight, or a grouped conv whose channels do not split into its groups."""
-    for name, m in module.named_modules():
-        w = getattr(m, "weight", None)
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(w, torch.Tensor) and 0 in w.shape:
-            return f"layer {name} would have a zero-width weight {tuple(w.shape)}"
-        if isinstance(m, nn.modules.conv._ConvNd) and (m.in_channels % m.groups or m.out_channels % m.groups):
-            return (f"conv {name} would have {m.in_channels}->{m.out_channels} channels, "
-                    f"not divisible by groups={m.groups}")
-    return None
 
 
 def check_options(space: Any, max_ratio: float | None) -> dict[str, Any]:

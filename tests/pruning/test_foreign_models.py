@@ -31,6 +31,7 @@ from autoprune.pruning import (
     prune_model,
     snap_plan,
 )
+from autoprune.pruning.faults import depthwise_names, layer_faults
 from autoprune.search.space import SearchSpace, plan_from_params
 from tests.models_foreign import FOREIGN_MODELS, ResNeXtShuffleNet
 
@@ -53,23 +54,6 @@ def checked():
     return get
 
 
-def _depthwise_names(model: nn.Module) -> set[str]:
-    return {n for n, m in model.named_modules()
-            if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels}
-
-
-def _layer_faults(module: nn.Module, depthwise: set[str]) -> list[str]:
-    faults = []
-    for name, m in module.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)) and 0 in m.weight.shape:
-            faults.append(f"{name}: zero-width weight {tuple(m.weight.shape)}")
-        if isinstance(m, nn.Conv2d) and (m.in_channels % m.groups or m.out_channels % m.groups):
-            faults.append(f"{name}: {m.in_channels}->{m.out_channels} not divisible by groups={m.groups}")
-        if name in depthwise and not m.groups == m.in_channels == m.out_channels:
-            faults.append(f"{name}: no longer depthwise ({m.in_channels}->{m.out_channels}, groups={m.groups})")
-    return faults
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("space_name", SPACES)
 @pytest.mark.parametrize("name", sorted(FOREIGN_MODELS))
@@ -78,7 +62,7 @@ def test_random_plans_never_break(name, space_name, checked, tmp_path):
     space = SearchSpace.load(space_name)
     gen = torch.Generator().manual_seed(3)
     calib = [(torch.randn((4, *x.shape[1:]), generator=gen), torch.randint(0, 10, (4,), generator=gen))]
-    depthwise = _depthwise_names(model)
+    depthwise = depthwise_names(model)
     dense_params = sum(p.numel() for p in model.parameters())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=11))
@@ -97,7 +81,7 @@ def test_random_plans_never_break(name, space_name, checked, tmp_path):
                     failures.append(f"plan {i}: {g.name} keeps {pruned.kept_channels[g.name]} channels, "
                                     f"not a multiple of {g.channel_multiple}")
             module = pruned.make_permanent()
-            failures += [f"plan {i}: {f}" for f in _layer_faults(module, depthwise)]
+            failures += [f"plan {i}: {f}" for f in layer_faults(module, depthwise)]
             with torch.no_grad():
                 assert module(x).shape == (1, 10)
             res = export_onnx(module, tmp_path / "m.onnx", x)
@@ -307,11 +291,11 @@ def test_grouped_conv_pruning_is_faithful(checked):
 @pytest.mark.parametrize("name", ["mobilenetv3", "densenet_sep"])
 def test_depthwise_stays_depthwise(name, checked):
     model, x, groups, _ = checked(name)
-    depthwise = _depthwise_names(model)
+    depthwise = depthwise_names(model)
     assert depthwise
     plan = snap_plan(PruningPlan.uniform(groups, "channel", 0.5), groups)
     pruned = prune_model(model, plan, x).make_permanent()
-    assert not _layer_faults(pruned, depthwise)
+    assert not layer_faults(pruned, depthwise)
     if name == "mobilenetv3":  # (densenet_sep's depthwise convs all feed its groups=4 conv: kept whole)
         convs = dict(pruned.named_modules())
         assert any(convs[n].out_channels < dict(model.named_modules())[n].out_channels for n in depthwise)

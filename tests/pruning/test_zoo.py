@@ -20,11 +20,11 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from torch import nn
 
 from autoprune.errors import ConfigError
 from autoprune.pruning import check_groups, discover_groups, export_onnx, prune_model
 from autoprune.pruning.check import check_options
+from autoprune.pruning.faults import depthwise_names, layer_faults
 from autoprune.search.space import SearchSpace, plan_from_params
 from benchmarks.zoo_survey import TIMM_SAMPLE, TV_FAMILIES
 
@@ -49,18 +49,6 @@ TIMM_CI = ("cspresnet50", "ghostnet_100", "lcnet_050")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not TV_NAMES, reason="torchvision is not installed")]
 
 
-def _faults(module: nn.Module, depthwise: set[str]) -> list[str]:
-    out = []
-    for name, m in module.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)) and 0 in m.weight.shape:
-            out.append(f"{name}: zero-width weight {tuple(m.weight.shape)}")
-        if isinstance(m, nn.Conv2d) and (m.in_channels % m.groups or m.out_channels % m.groups):
-            out.append(f"{name}: {m.in_channels}->{m.out_channels} not divisible by groups={m.groups}")
-        if name in depthwise and not m.groups == m.in_channels == m.out_channels:
-            out.append(f"{name}: no longer depthwise")
-    return out
-
-
 def run_zoo_model(ref: str, side: int) -> dict:
     """Discover, check, and prune/run/export one plan per space; returns what was found (asserting nothing)."""
     torch.manual_seed(0)
@@ -73,8 +61,7 @@ def run_zoo_model(ref: str, side: int) -> dict:
     checked = list(result.groups)
     gen = torch.Generator().manual_seed(3)
     calib = [(torch.randn((2, 3, side, side), generator=gen), torch.randint(0, 10, (2,), generator=gen))]
-    depthwise = {n for n, m in model.named_modules()
-                 if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels}
+    depthwise = depthwise_names(model)
     failures, pruned = [], 0
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for space_name in ("default", "sparse"):
@@ -85,7 +72,7 @@ def run_zoo_model(ref: str, side: int) -> dict:
         pruned += any(gp.structure != "keep" for _, gp in plan.groups)
         try:
             module = prune_model(model, plan, x, calib_loader=calib).make_permanent()
-            failures += [f"{space_name}: {f}" for f in _faults(module, depthwise)]
+            failures += [f"{space_name}: {f}" for f in layer_faults(module, depthwise)]
             with torch.no_grad():
                 assert module(x).shape == (1, 10)
             if result.dense_export_error is None:
