@@ -21,6 +21,7 @@ from torch.nn.utils import prune as torch_prune
 from autoprune.compute import Compute
 from autoprune.errors import PlanError
 from autoprune.pruning.criteria import Criterion, get_criterion
+from autoprune.pruning.faults import emptying_line
 from autoprune.pruning.groups import GroupIndex, PrunableGroup, build_index
 from autoprune.pruning.plan import PruningPlan, kept_count, parse_nm
 
@@ -232,10 +233,9 @@ class _Engine:
                 continue
             tp_group = self.index.tp_group(g.name, idxs)
             if not self.index.dg.check_pruning_group(tp_group):
-                raise PlanError(
-                    f"group {g.name!r}: removing {len(idxs)} of {current[g.name]} channels would empty "
-                    "a layer that sees only some of them; lower its ratio or keep it"
-                )
+                raise PlanError(emptying_line(
+                    lambda ix, n=g.name: self.index.dg.check_pruning_group(self.index.tp_group(n, ix)), g.name,
+                    order[: n_remove // len(group_units[0])], group_units, self.dense[g.name], current[g.name]))
             tp_group.prune()
 
     def _global_channel_targets(self, groups, scores, current, ratio):

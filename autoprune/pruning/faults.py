@@ -1,10 +1,13 @@
 """Structural faults of a pruned model: what no plan may leave, checked the same way everywhere.
 
 :func:`~autoprune.pruning.check_groups` refuses a test plan with one, and the zoo's tests and survey
-(``tests/pruning/test_zoo.py``, ``benchmarks/zoo_survey.py``) look for them in every random plan.
+(``tests/pruning/test_zoo.py``, ``benchmarks/zoo_survey.py``) look for them in every random plan;
+:func:`emptying_line` says how much of a group can go where removing more would empty a layer.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -43,3 +46,35 @@ def layer_faults(module: nn.Module, depthwise: frozenset[str] | set[str] = froze
 
 
 __all__ = ["depthwise_names", "layer_faults"]
+
+
+def emptying_line(accepts: Callable[[list[int]], bool], name: str, order: Sequence[int],
+                  units: Sequence[Sequence[int]], dense: int, current: int) -> str:
+    """The one line for a removal that would empty a layer that sees only some of a group's channels.
+
+    It says how many channels can go: the most units, taken in the same ``order``, that ``accepts`` (Torch-Pruning's
+    ``check_pruning_group`` of the group on those channel indices) allows, found by bisection (a longer prefix of
+    ``order`` removes a superset, so acceptance only turns off once); or that none can, so the group must be kept.
+
+    Args:
+        accepts: Whether removing these channel indices leaves every layer non-empty.
+        name: The group's name.
+        order: The units in removal order (lowest score first); the refused removal was ``order[:len(order)]``'s
+            prefix of the asked length.
+        units: Each unit's channel indices (a grouped layer's unit holds one channel per group).
+        dense: The group's channels in the dense model.
+        current: Its channels now.
+    """
+    per = len(units[0])
+    lo, hi = 0, len(order)  # accepts(nothing); the asked prefix was refused
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if accepts(sorted(i for u in order[:mid] for i in units[u])):
+            lo = mid
+        else:
+            hi = mid
+    can = lo * per
+    head = f"group {name!r}: removing {len(order) * per} of {current} channels would empty a layer that sees only some"
+    if not can and current == dense:
+        return f"{head} of them; none can go: keep it whole (structure 'keep')"
+    return f"{head} of them; at most {can} can go, so lower its ratio to {(dense - current + can) / dense:.2f} or less"

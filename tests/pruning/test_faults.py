@@ -28,3 +28,73 @@ def test_each_fault_is_one_line_naming_the_layer():
                       "2: 5->4 channels, not divisible by groups=2",
                       "4: zero-width weight (2, 0)"]
     assert layer_faults(model) == faults[1:]  # without the dense model's names, depthwise is not checked
+
+
+def test_the_emptying_line_says_how_many_channels_can_go_found_by_bisection():
+    from autoprune.pruning.faults import emptying_line
+
+    units = [[i] for i in range(10)]
+    order = [3, 1, 4, 0, 9, 2, 6, 8]  # the refused removal: 8 of 10
+    tried: list[int] = []
+
+    def accepts(idxs: list[int]) -> bool:  # channel 9 is a slice's only input: it must stay
+        tried.append(len(idxs))
+        return 9 not in idxs
+
+    line = emptying_line(accepts, "conv1", order, units, dense=10, current=10)
+    assert line == ("group 'conv1': removing 8 of 10 channels would empty a layer that sees only some of them; "
+                    "at most 4 can go, so lower its ratio to 0.40 or less")
+    assert len(tried) <= 3  # bisection over 8 prefixes, not one try each
+    assert emptying_line(lambda ix: False, "c", [0, 1], units, 10, 10).endswith(
+        "none can go: keep it whole (structure 'keep')")
+
+
+class _SplitNet(nn.Module):
+    """A foreign model whose first conv feeds a 4 / 12 channel split: the 4-channel slice empties first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.a, self.b = nn.Conv2d(4, 8, 1), nn.Conv2d(12, 8, 1)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        import torch
+
+        a, b = torch.split(self.conv1(x), [4, 12], dim=1)
+        return self.head(torch.cat([self.a(a), self.b(b)], 1).mean((2, 3)))
+
+
+def test_a_plan_that_would_empty_a_slice_is_refused_with_how_much_can_go():
+    import pytest
+    import torch
+
+    from autoprune.errors import PlanError
+    from autoprune.pruning import PruningPlan, discover_groups, prune_model
+
+    model = _SplitNet().eval()
+    with torch.no_grad():
+        model.conv1.weight[:4] *= 1e-3  # the slice's channels score lowest under L1: they go first
+    x = torch.randn(1, 3, 8, 8)
+    groups = discover_groups(model, x)
+    conv1 = next(g for g in groups if g.name == "conv1")
+    plan = PruningPlan.uniform([conv1], "channel", 0.5)
+    plan = PruningPlan(tuple(plan.groups) + tuple((g.name, PruningPlan.dense([g]).groups[0][1]) for g in groups
+                                                  if g.name != "conv1"), plan.settings)
+    try:
+        pruned = prune_model(model, plan, x)
+    except PlanError as exc:
+        msg = str(exc)
+        assert msg.startswith("group 'conv1': removing 8 of 16 channels would empty a layer")
+        import re
+
+        can, ratio = re.search(r"at most (\d+) can go, so lower its ratio to ([\d.]+) or less", msg).groups()
+        assert 0 < int(can) < 8 and float(ratio) == pytest.approx(int(can) / 16, abs=0.005)
+        # what it says can go does go, and empties no layer (the forward's literal split sizes then fail to
+        # run, which check_groups' run of each test plan catches: that is not this line's business)
+        ok = PruningPlan(tuple((n, gp if n != "conv1" else type(gp)("channel", int(can) / 16, "l1", gp.nm))
+                               for n, gp in plan.groups), plan.settings)
+        done = prune_model(model, ok, x).module
+        assert done.conv1.out_channels == 16 - int(can) and done.a.in_channels >= 1 and not layer_faults(done)
+    else:  # Torch-Pruning maps the split so no slice empties: nothing to refuse
+        pytest.skip(f"conv1 pruned to {pruned.module.conv1.out_channels} channels without emptying the slice")
