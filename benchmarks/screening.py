@@ -209,7 +209,7 @@ def run_seed(args, root: Path, seed: int) -> dict[str, Any]:
     slices = state.setdefault("slices", {m: [] for m in METHODS})
     sweeps = state.setdefault("sweep_rows", {m: [] for m in METHODS if m not in ("autoprune", "tpe")})
     for k in range(args.slices):
-        for method in METHODS:
+        for method in args.methods:
             used = sum(b - a for a, b, _ in slices[method])
             if len(slices[method]) > k or used >= args.budget_s:
                 continue
@@ -222,7 +222,7 @@ def run_seed(args, root: Path, seed: int) -> dict[str, Any]:
                 sweep_slice(args, seed, method, left, pipe, sweeps[method])
             slices[method].append((t0, time.time(), os.getloadavg()[0]))
             write_json(path, state, checksum=True)
-    for method in METHODS:
+    for method in args.methods:
         got = collect_study(root, seed, method, pipe) if method in ("autoprune", "tpe") else {
             "method": method, "rows": sweeps[method], "stopped": [], "rounds": []}
         sl = slices[method]
@@ -393,8 +393,13 @@ def main() -> int:
     p.add_argument("--budget-s", type=float, default=600.0, help="wall time per method (s)")
     p.add_argument("--seeds", default="0")
     p.add_argument("--slices", type=int, default=3, help="interleaved slices per method (default 3)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
+    args.methods = [m for m in args.methods.split(",") if m]
+    bad = [m for m in args.methods if m not in METHODS]
+    if bad or not args.methods:
+        p.error(f"--methods: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(METHODS)}")
     import torch
 
     torch.set_num_threads(int(os.environ.get("AUTOPRUNE_BENCH_THREADS", "2")))

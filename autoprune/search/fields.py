@@ -165,6 +165,9 @@ class ScreeningSpec:
     ``refine_sigma`` in ratio) of the best ``refine_parents`` of each of ``bands`` latency bands. The best
     ``rung1_per_band`` of each band are fine-tuned for ``rung1_fraction`` of a full fine-tune (rung 1; 0 skips
     it), and the best ``promote_per_band`` of each band become the study's next fully fine-tuned trials.
+    Screening takes at most ``budget_share`` of a round's wall time (:func:`~autoprune.search.promotion.
+    round_budget`: it scores as many plans as that buys, and with a time limit the round promotes only as
+    many as the rest of it can fine-tune); 0 lifts the limit.
     """
 
     random: int = 24
@@ -177,6 +180,7 @@ class ScreeningSpec:
     promote_per_band: int = 2
     val_samples: int = 512
     bn_batches: int = 4
+    budget_share: float = 0.3
 
     @classmethod
     def from_dict(cls, raw: Any, where: str) -> ScreeningSpec | None:
@@ -194,4 +198,12 @@ class ScreeningSpec:
                           "promote_per_band", "val_samples", "bn_batches")}
         return cls(**ints, refine_sigma=_unit(raw.get("refine_sigma", d.refine_sigma), "screening.refine_sigma", where),
                    rung1_fraction=_unit(raw.get("rung1_fraction", d.rung1_fraction), "screening.rung1_fraction",
-                                        where))
+                                        where),
+                   budget_share=_share(raw.get("budget_share", d.budget_share), where))
+
+
+def _share(value: Any, where: str) -> float:
+    v = _number(value, "screening.budget_share", where)
+    if not 0 <= v <= 0.9:
+        raise ConfigError(f"{where}: 'screening.budget_share' must be in [0, 0.9] (0: no limit), got {value!r}")
+    return v

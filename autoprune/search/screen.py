@@ -47,7 +47,8 @@ from autoprune.search.candidates import (
 )
 from autoprune.search.config import ACCURACY, OBJECTIVES, SearchConfig
 from autoprune.search.objective import CANDIDATE_ERRORS, candidate_plan, failure_reason
-from autoprune.search.promotion import Scored, band_edges, band_of, plan_digest, promote
+from autoprune.search.promotion import RoundBudget, Scored, band_edges, band_of, plan_digest, promote
+from autoprune.search.screen_budget import EXPLORE_SHARE, explore_order, size_round
 from autoprune.search.space import SearchSpace, run_params
 
 #: Study user attribute of round N: ``f"{ROUND_ATTR}{N}"``.
@@ -74,6 +75,8 @@ class ScreenRound:
         rung0, rung1: Candidate index → its record at that rung.
         promoted: The indices enqueued as trials (``None`` while the round is unfinished).
         seconds: Wall time per phase of the round.
+        budget: What the round may spend (:class:`~autoprune.search.promotion.RoundBudget`'s fields and the
+            estimate it was sized with), fixed when the round starts so a resume keeps it.
     """
 
     def __init__(self, study, number: int) -> None:
@@ -85,6 +88,7 @@ class ScreenRound:
         self.rung1: dict[int, dict[str, Any]] = {int(r["i"]): r for r in raw.get("rung1", [])}
         self.promoted: list[int] | None = raw.get("promoted")
         self.seconds: dict[str, float] = dict(raw.get("seconds", {}))
+        self.budget: dict[str, Any] | None = raw.get("budget")
 
     def save(self) -> None:
         """Write the round to the study (the whole record: one attribute per round)."""
@@ -93,6 +97,7 @@ class ScreenRound:
             "rung0": [self.rung0[i] for i in sorted(self.rung0)],
             "rung1": [self.rung1[i] for i in sorted(self.rung1)],
             "promoted": self.promoted, "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "budget": self.budget,
         })
 
     def scored(self, rung: int) -> list[Scored]:
@@ -185,15 +190,18 @@ def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, n
             f"{len(rnd.rung1)} at rung 1; resuming the study continues the round")
         return []
 
-    def score(cands: Sequence[Candidate], rung: int, steps: int, what: str) -> None:
+    def score(cands: Sequence[Candidate], rung: int, steps: int, what: str, box_s: float | None = None,
+              also: Sequence[str] = ()) -> None:
+        """Score ``cands`` at ``rung`` until the time limit, or until this phase (and ``also``'s) took ``box_s``."""
         store = rnd.rung0 if rung == 0 else rnd.rung1
         todo = [c for c in cands if c.index not in store]
         t0 = time.perf_counter()
+        before = sum(rnd.seconds.get(k, 0.0) for k in (f"rung{rung}_{what}", *also))
         bar = tqdm(total=len(cands), initial=len(cands) - len(todo), desc=f"screen r{number} {what}",
                    unit="plan", disable=not progress, leave=False)
         try:
             for k, c in enumerate(todo):
-                if over():
+                if over() or (box_s is not None and before + time.perf_counter() - t0 > box_s):
                     break
                 rec: dict[str, Any] = {"i": c.index}
                 if rung == 0:
@@ -220,7 +228,15 @@ def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, n
     # Rung 0: the first candidates, then the bands, then refinements of each band's best.
     first = (sweep_candidates(space, groups) + random_candidates(space, groups, rng, spec.random, len(SWEEP_RATIOS) * 2)
              if number == 0 else random_candidates(space, groups, rng, max(1, spec.random // 4)))
-    score(first, 0, 0, "explore")
+    order = explore_order(first)
+    score(order[:1], 0, 0, "explore")  # the first plan, then the round's budget (which may time it), then the rest
+    if rnd.budget is None and not over():
+        earlier = [ScreenRound(study, n) for n in rounds_of(study) if n < number]
+        rnd.budget = size_round(study, pipeline, space, config, rnd, earlier, order[0], slots, deadline)
+        rnd.save()
+    budget = RoundBudget(**{k: (rnd.budget or {}).get(k) for k in ("rung0_s", "rung1_plans", "finetune_s")},
+                         slots=int((rnd.budget or {}).get("slots", max(0, slots))))
+    score(order, 0, 0, "explore", None if budget.rung0_s is None else EXPLORE_SHARE * budget.rung0_s)
     if over():
         return unfinished()
     if rnd.edges is None:
@@ -245,21 +261,22 @@ def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, n
     for name, params in parents:
         children += refine_candidates(space, groups, params, rng, spec.refine_children, spec.refine_sigma,
                                       f"refine:{name}", start=len(first) + len(children))
-    score(children, 0, 0, "refine")
+    score(children, 0, 0, "refine", budget.rung0_s, also=("rung0_explore",))
     by_index = {c.index: c for c in (*first, *children)}
 
-    # Rung 1: a short fine-tune of each band's best, then promotion.
+    # Rung 1: a short fine-tune of each band's best (as many as the budget buys), then promotion.
     scored0 = rnd.scored(0)
-    if spec.rung1_fraction > 0:
+    if spec.rung1_fraction > 0 and budget.rung1_plans != 0:
         steps = max(1, round(spec.rung1_fraction * pipeline.full_steps()))
-        picks = promote(scored0, edges, spec.rung1_per_band, skip_plans=sorted(taken))
+        picks = promote(scored0, edges, spec.rung1_per_band, skip_plans=sorted(taken), limit=budget.rung1_plans)
         score([by_index[i] for i in picks], 1, steps, "short-finetune")
-        ranked = rnd.scored(1) or scored0  # every short fine-tune failed: rank by rung 0
-    else:
-        ranked = scored0
     if over():
         return unfinished()
-    promoted = promote(ranked, edges, spec.promote_per_band, skip_plans=sorted(taken), limit=max(0, slots))
+    limit = max(0, min(slots, budget.slots))
+    promoted = promote(rnd.scored(1), edges, spec.promote_per_band, skip_plans=sorted(taken), limit=limit)
+    if len(promoted) < limit:  # fewer short fine-tunes than slots (none, or failed): the rest by rung 0
+        seen = taken | {rnd.rung0[i].get("plan_key", "") for i in rnd.rung1}
+        promoted += promote(scored0, edges, spec.promote_per_band, skip_plans=sorted(seen), limit=limit - len(promoted))
     for i in promoted:
         c, r0 = by_index[i], rnd.rung0[i]
         history = {"screen_round": number, "screen_index": i, "screen_band": band_of(r0["predicted_ms"], edges),
@@ -271,8 +288,10 @@ def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, n
     rnd.promoted = promoted
     rnd.save()
     secs = " + ".join(f"{k} {v:.0f} s" for k, v in rnd.seconds.items())
+    sized = (f"; sized for a {budget.finetune_s:.0f} s full fine-tune, {spec.budget_share:.0%} screening"
+             if budget.rung0_s is not None and budget.finetune_s else "")
     log(f"screening round {number}: {len(rnd.rung0)} plans at rung 0, {len(rnd.rung1)} at rung 1, "
-        f"{len(promoted)} promoted to a full fine-tune ({secs})")
+        f"{len(promoted)} promoted to a full fine-tune ({secs}{sized})")
     return promoted
 
 

@@ -13,14 +13,25 @@ import yaml
 from optuna.trial import TrialState
 
 from autoprune.search.config import SearchConfig
-from autoprune.search.promotion import Scored, band_edges, band_of, plan_digest, promote, rank
+from autoprune.search.promotion import (
+    RoundBudget,
+    Scored,
+    band_edges,
+    band_of,
+    plan_digest,
+    promote,
+    rank,
+    round_budget,
+    spread,
+)
 from autoprune.search.runner import run_search
 from autoprune.search.screen import HISTORY_KEYS, ROUND_ATTR, ScreenRound, rounds_of, screen_round
 from autoprune.search.space import SearchSpace
 from tests.conftest import TINY_REF
 
 SCREENING = {"random": 6, "bands": 3, "refine_parents": 1, "refine_children": 2, "rung1_fraction": 0.5,
-             "rung1_per_band": 2, "promote_per_band": 1, "val_samples": 128, "bn_batches": 2}
+             "rung1_per_band": 2, "promote_per_band": 1, "val_samples": 128, "bn_batches": 2,
+             "budget_share": 0}  # no time box: these tests count every rung's candidates
 
 
 # -- pure logic --------------------------------------------------------------------------------------
@@ -45,6 +56,47 @@ def test_promotion_takes_each_bands_best_round_robin_and_is_deterministic():
     assert promote(list(reversed(s)), edges, 2) == picks  # the input order does not matter
     # a plan already promoted or run is never promoted again, and the limit cuts the round-robin
     assert promote(s, edges, 2, skip_plans=["a", "e"], limit=4) == [1, 3, 2, 5]
+
+
+def test_a_limit_shorter_than_the_bands_takes_both_ends_of_the_speed_range_not_the_fastest_only():
+    edges = band_edges(0.5, 8.0, 4)  # 0.5, 1, 2, 4, 8
+    s = [Scored(i, 0.9 - 0.1 * i, lat) for i, lat in enumerate((0.6, 1.5, 3.0, 6.0))]
+    assert promote(s, edges, 1, limit=2) == [0, 3] and promote(s, edges, 1, limit=3) == [0, 2, 3]
+    assert promote(s, edges, 1, limit=1) == [1] and promote(s, edges, 1) == [0, 1, 2, 3]
+    assert spread(5, 3) == [0, 2, 4] and spread(2, 5) == [0, 1]
+
+
+def test_a_rounds_screening_is_a_share_of_its_fine_tuning_time_and_a_time_limit_caps_its_promotions():
+    # no estimate, or no share: no box (the round promotes what it may, as before budgets)
+    assert round_budget(slots_left=50, per_round=10, share=0.3, finetune_s=None, rung1_plan_s=5.0) == RoundBudget(10)
+    assert round_budget(slots_left=3, per_round=10, share=0.0, finetune_s=80.0, rung1_plan_s=20.0).rung0_s is None
+    # 10 slots of 80 s: screening may take 0.3 / 0.7 of 800 s; 40 % of that buys 6 short fine-tunes of 25 s
+    b = round_budget(slots_left=50, per_round=10, share=0.3, finetune_s=80.0, rung1_plan_s=25.0)
+    assert b.slots == 10 and b.rung1_plans == 0  # 137 s / 25 s = 5 short fine-tunes cannot pick 10 of 10
+    b = round_budget(slots_left=50, per_round=10, share=0.3, finetune_s=80.0, rung1_plan_s=10.0)
+    assert b.rung1_plans == 13 and b.rung0_s == pytest.approx(0.3 / 0.7 * 800 - 130)
+    # a 480 s limit with 85 s fine-tunes: 0.7 x 480 s holds 3 of them, and the screening is sized for 3
+    b = round_budget(slots_left=50, per_round=10, share=0.3, finetune_s=85.0, rung1_plan_s=20.0, time_left_s=480)
+    assert b.slots == 3 and b.rung1_plans == 0 and b.rung0_s == pytest.approx(0.3 / 0.7 * 3 * 85)
+    # at least one promotion however short the rest, never more than the study needs
+    assert round_budget(slots_left=50, per_round=10, share=0.3, finetune_s=85.0, rung1_plan_s=20.0,
+                        time_left_s=10).slots == 1
+    assert round_budget(slots_left=2, per_round=10, share=0.3, finetune_s=85.0, rung1_plan_s=20.0).slots == 2
+
+
+def test_a_round_scores_the_coarse_sweeps_first_then_alternates_random_plans_and_finer_sweeps():
+    from autoprune.search.candidates import Candidate
+    from autoprune.search.screen_budget import explore_order
+
+    cands = [Candidate(i, f"{b}-l1-{r:g}", {}) for i, (r, b) in enumerate(
+        (r, b) for r in (0.1, 0.3, 0.5, 0.7, 0.9) for b in ("uniform", "global"))]
+    cands += [Candidate(10 + i, "random", {}) for i in range(3)]
+    order = [c.source for c in explore_order(cands)]
+    assert order[:6] == ["uniform-l1-0.5", "global-l1-0.5", "uniform-l1-0.3", "global-l1-0.3", "uniform-l1-0.7",
+                         "global-l1-0.7"]
+    assert order[6:] == ["random", "uniform-l1-0.1", "random", "global-l1-0.1", "random", "uniform-l1-0.9",
+                         "global-l1-0.9"]
+    assert sorted(c.index for c in explore_order(cands)) == list(range(13))
 
 
 def test_the_uniform_l1_sweep_runs_l1_in_a_space_whose_only_criterion_is_another(tiny_dense):
@@ -187,3 +239,25 @@ def test_a_resumed_round_continues_without_rescoring_what_it_scored(results_root
         reloaded.tell(trial, state=TrialState.FAIL)
         trial = reloaded.ask()
     assert set(HISTORY_KEYS) <= set(retry_attrs(trial))
+
+
+def test_a_budgeted_round_times_a_fine_tune_keeps_screening_within_its_box_and_later_rounds_use_real_trials(
+        results_root, tiny_dense, tmp_path):
+    raw, _ = SearchSpace.read("default")
+    raw = {**raw, "screening": {**SCREENING, "budget_share": 0.2}, "finetune": {**raw["finetune"], "steps": 8}}
+    path = tmp_path / "budgeted.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    url = f"sqlite:///{results_root / 'screen-b.db'}"
+    study = run_search(_config(str(path), 5), study_name="screen-b", storage=url, given={}, progress=False).study
+    r0 = ScreenRound(study, 0)
+    b = r0.budget
+    assert b["estimated_from"].startswith("timed: 2 fine-tuning steps") and b["finetune_s"] > 0
+    assert b["rung0_s"] == pytest.approx(0.2 / 0.8 * b["slots"] * b["finetune_s"] - b["rung1_plans"]
+                                         * b["rung1_plan_s"], rel=1e-6)
+    # rung 0 stops within one plan of its box (the box is checked before each plan)
+    per_plan = max(float(r["seconds"]) for r in r0.rung0.values() if "seconds" in r)
+    assert r0.seconds["rung0_explore"] + r0.seconds.get("rung0_refine", 0.0) <= b["rung0_s"] + 2 * per_plan + 0.5
+    assert len(r0.promoted) <= b["slots"] and r0.promoted
+    rounds = rounds_of(study)
+    if len(rounds) > 1:  # the next round is sized from the study's own promoted trials
+        assert ScreenRound(study, rounds[1]).budget["estimated_from"].endswith("promoted trials")
