@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from autoprune.deploy.speed import local_runtimes, measure_speedup
+from autoprune.deploy.speed import local_runtimes, measure_speedup, reanchored_ms
 from autoprune.errors import ConfigError
 from autoprune.search.config import SearchConfig
 from autoprune.search.context import StudyContext
@@ -131,12 +131,11 @@ def measure_front(study: Any, config: SearchConfig | StudyContext, *, progress: 
 
 def _measurement(trial: int, predicted_ms: float, predicted_dense_ms: float, m: Any) -> FrontMeasurement:
     """The figures of one interleaved run, with the prediction's errors (plain and re-anchored to now)."""
-    share = predicted_ms / predicted_dense_ms if predicted_dense_ms > 0 else float("nan")
     return FrontMeasurement(
         trial=trial, predicted_ms=predicted_ms, predicted_dense_ms=predicted_dense_ms, pruned_ms=m.pruned_ms,
         dense_ms=m.dense_ms, speedup=m.speedup,
         predicted_speedup=predicted_dense_ms / predicted_ms if predicted_ms > 0 else float("nan"),
         error_pct=100.0 * (predicted_ms / m.pruned_ms - 1.0),
-        reanchored_error_pct=100.0 * (share * m.dense_ms / m.pruned_ms - 1.0),
+        reanchored_error_pct=100.0 * (reanchored_ms(predicted_ms, predicted_dense_ms, m.dense_ms) / m.pruned_ms - 1.0),
         runtime=m.runtime, threads=m.threads, host=m.host,
         measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), noisy=m.noisy)

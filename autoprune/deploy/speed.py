@@ -287,12 +287,18 @@ def measure_local(out_dir: Path, profile: Any, provenance: Mapping[str, Any], pr
     # The calibration's milliseconds are the host's speed while it ran; the dense model timed in this run
     # gives the scale now (the relative cost still comes from the calibration).
     scale = rec.dense_ms / (predicted_speedup * predicted_ms) if rec.dense_ms and predicted_ms > 0 else None
-    again = predicted_ms * scale if scale is not None else None
+    again = reanchored_ms(predicted_ms, predicted_speedup * predicted_ms, rec.dense_ms) if scale is not None else None
     return replace(measured, latency_ms=rec.pruned_ms, runtime=f"{rec.runtime} on {rec.host}",
                    compared_runtime=name, prediction_error_pct=100.0 * (predicted_ms / rec.pruned_ms - 1.0),
                    speedup_prediction_error_pct=100.0 * (predicted_speedup / rec.speedup - 1.0),
                    host_scale=scale, reanchored_ms=again,
                    reanchored_error_pct=100.0 * (again / rec.pruned_ms - 1.0) if again is not None else None)
+
+
+def reanchored_ms(predicted_ms: float, predicted_dense_ms: float, measured_dense_ms: float) -> float:
+    """A prediction re-anchored to the host's speed now: its share of the predicted dense time, times the dense
+    model's time measured in the same run (the calibration's relative cost, this run's scale)."""
+    return predicted_ms / predicted_dense_ms * measured_dense_ms if predicted_dense_ms > 0 else float("nan")
 
 
 def _timed(name: str, runtime: Any, model: Path, dense: Path, input_shape: tuple[int, ...],
