@@ -12,8 +12,9 @@ own index mapping, which of a group's channels sit at the same offset of every b
 of such a layer: those channels form one *unit* and are removed together, so every
 block keeps the same channels at the same offsets (what Torch-Pruning's grouped-conv
 pruning functions assume) and the kept count is a multiple of the unit size
-(``PrunableGroup.channel_multiple``). A group whose channels cover only part of such a
-layer's blocks cannot be channel-pruned at all.
+(``PrunableGroup.channel_multiple``); channels that Torch-Pruning removes together (GhostNet's
+cheap copies) are one unit too. A group covering only part of such a layer's blocks cannot be
+channel-pruned.
 """
 
 from __future__ import annotations
@@ -122,14 +123,7 @@ def channel_units(dg: tp.DependencyGraph, tp_group, names: dict | None = None) -
     """
     names = names or {}
     n = len(tp_group[0].idxs)
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    links: list[tuple[int, int]] = []
     for item in tp_group:
         dep, mod = item.dep, item.dep.target.module
         label = names.get(mod, type(mod).__name__)
@@ -152,19 +146,33 @@ def channel_units(dg: tp.DependencyGraph, tp_group, names: dict | None = None) -
             if any(q not in pos2root for q in orbit):
                 return (f"its channels fill only part of the {blocks} groups of {label}; "
                         "removing some would leave that layer's groups unequal")
-            first = find(roots[0])
-            for q in orbit:
-                for r in pos2root[q]:
-                    parent[find(r)] = first
-    units: dict[int, list[int]] = {}
-    for i in range(n):
-        units.setdefault(find(i), []).append(i)
-    out = sorted(units.values(), key=lambda u: u[0])
+            links += [(roots[0], r) for q in orbit for r in pos2root[q]]
+    out = _components(n, links)
     if len({len(u) for u in out}) > 1:
         return "its grouped layers split the channels into units of unequal sizes"
     if len(out) == 1 and n > 1:
         return f"its {n} channels form one indivisible unit of a grouped layer (e.g. a GroupNorm of 1-channel groups)"
     return out
+
+
+def _components(n: int, links) -> list[list[int]]:
+    """The sets ``0 .. n-1`` fall into when each ``(a, b)`` of ``links`` joins a and b (union-find), each sorted,
+    ordered by their first member."""
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in links:
+        if 0 <= a < n and 0 <= b < n:
+            parent[find(b)] = find(a)
+    sets: dict[int, list[int]] = {}
+    for i in range(n):
+        sets.setdefault(find(i), []).append(i)
+    return sorted(sets.values(), key=lambda u: u[0])
 
 
 def _output_layers(dg: tp.DependencyGraph) -> set[nn.Module]:
@@ -205,8 +213,40 @@ class GroupIndex:
     unsafe: dict[str, str] = field(default_factory=dict)  # group name -> why it cannot be channel-pruned
 
     def units(self, name: str) -> list[list[int]] | str:
-        """The current channel units of group ``name`` (see :func:`channel_units`)."""
-        return channel_units(self.dg, self.tp_group(name), self.dg._module2name)
+        """Group ``name``'s current channel units (:func:`channel_units`, then :meth:`_linked`)."""
+        out = channel_units(self.dg, self.tp_group(name), self.dg._module2name)
+        return out if isinstance(out, str) else self._linked(name, out)
+
+    def _linked(self, name: str, units: list[list[int]]) -> list[list[int]] | str:
+        """Merge units Torch-Pruning removes together (GhostNet's root concatenates a primary conv's channels
+        and their depthwise copies: removing channel ``i`` removes ``i + n`` too, so 25 % asked removed 50 %)."""
+        root = self.roots[name]
+
+        def taken(unit: list[int]) -> set[int]:
+            for item in self.tp_group(name, unit):
+                if item.dep.target.module is root and "out" in getattr(item.dep.handler, "__name__", ""):
+                    return {int(i) for i in item.idxs}
+            return set(unit)
+
+        first = taken(units[0])
+        if len(units) < 2 or (first == set(units[0]) and taken(units[-1]) == set(units[-1])):
+            return units
+        n = sum(len(u) for u in units)
+
+        def merge(linked) -> list[list[int]]:  # linked(unit) -> the channels it takes along
+            return _components(n, [(u[0], c) for u in units for c in (*u, *linked(u))])
+
+        # the first unit's links as offsets for every unit, checked on three (each unit tried only if wrong)
+        offsets = {c - units[0][0] for c in first}
+        out = merge(lambda u: {c + d for c in u for d in offsets})
+        by_channel = {c: set(u) for u in out for c in u}
+        if any(taken(units[k]) | set(units[k]) != by_channel[units[k][0]] for k in (0, len(units) // 2, -1)):
+            out = merge(taken)
+        if len({len(u) for u in out}) > 1:
+            return "Torch-Pruning removes its channels in linked sets of unequal sizes"
+        if len(out) == 1 and len(units) > 1:
+            return "Torch-Pruning removes all of its channels together (one linked set)"
+        return out
 
     def tp_group(self, name: str, idxs=None):
         """A Torch-Pruning group of ``name`` over ``idxs`` (all current channels if None)."""

@@ -333,3 +333,35 @@ def test_pipeline_checks_groups_and_records_the_snapped_plan(monkeypatch):
     assert recorded.get("block1.reduce.0") == GroupPlan("channel", 0.25)
     assert recorded.get("block1.grouped.0").structure == "keep"
     assert recorded == snap_plan(asked, pipe.groups)
+
+
+class _GhostNet(nn.Module):
+    """A GhostNet-style module (not the zoo's): half the channels come from a conv, the other half are their
+    depthwise "cheap" copies, concatenated; removing one primary channel removes its copy too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.primary = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.cheap = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU())
+        self.mix = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        p = self.primary(x)
+        return self.head(self.mix(torch.cat([p, self.cheap(p)], 1)).mean((2, 3)))
+
+
+def test_linked_channels_are_one_unit_so_the_ratio_asked_is_the_ratio_removed():
+    model = _GhostNet().eval()
+    x = torch.randn(1, 3, 8, 8)
+    groups = discover_groups(model, x)
+    linked = [g for g in groups if "primary.0" in g.members and "channel" in g.allowed]
+    assert linked, [(g.name, g.members, g.allowed) for g in groups]
+    g = linked[0]
+    plan = PruningPlan(tuple((h.name, GroupPlan("channel", 0.25) if h.name == g.name else GroupPlan("keep"))
+                             for h in groups))
+    pruned = prune_model(model, plan, x)
+    dense, kept = pruned.dense_channels[g.name], pruned.kept_channels[g.name]
+    assert dense == 16 and kept == 12  # a quarter removed: 2 primary channels and their 2 copies, not 4 and 4
+    assert pruned.module.primary[0].out_channels == 6 and pruned.module.cheap[0].out_channels == 6
+    assert not layer_faults(pruned.module, depthwise_names(model)) and pruned.module(x).shape == (1, 3)
