@@ -108,7 +108,8 @@ def test_sigterm_stops_cleanly(tiny_dense, results_root):
     url = storage_url(results_root, "term.db")
     cmd = [sys.executable, "-m", "autoprune", "search", *FAST, "--finetune-epochs", "3", "--trials", "50",
            "--study", "t", "--storage", url]
-    proc = subprocess.Popen(cmd, env=cli_env(results_root), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env={**cli_env(results_root), "PYTHONFAULTHANDLER": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while time.time() < deadline:
         time.sleep(0.5)
@@ -120,7 +121,13 @@ def test_sigterm_stops_cleanly(tiny_dense, results_root):
                 any(t.state == optuna.trial.TrialState.RUNNING for t in trials):
             break
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:  # a hang: SIGABRT makes faulthandler print every thread's stack
+        proc.send_signal(signal.SIGABRT)
+        proc.wait(timeout=30)
+        pytest.fail("the search did not stop within 60 s of SIGTERM; its threads:\n"
+                    + proc.stderr.read().decode()[-6000:])
     err = proc.stderr.read().decode()
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
     trials = trials_of(url, "t")
