@@ -45,8 +45,6 @@ def layer_faults(module: nn.Module, depthwise: frozenset[str] | set[str] = froze
     return faults
 
 
-__all__ = ["depthwise_names", "layer_faults"]
-
 
 def emptying_line(accepts: Callable[[list[int]], bool], name: str, order: Sequence[int],
                   units: Sequence[Sequence[int]], dense: int, current: int) -> str:
@@ -78,3 +76,6 @@ def emptying_line(accepts: Callable[[list[int]], bool], name: str, order: Sequen
     if not can and current == dense:
         return f"{head} of them; none can go: keep it whole (structure 'keep')"
     return f"{head} of them; at most {can} can go, so lower its ratio to {(dense - current + can) / dense:.2f} or less"
+
+
+__all__ = ["depthwise_names", "emptying_line", "layer_faults"]

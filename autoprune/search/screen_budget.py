@@ -122,4 +122,5 @@ def _estimate(study, pipeline, space: SearchSpace, config: SearchConfig, rnd, ea
             "step_s": round(step_s, 4), "finetune_s": round(one + (full - 1) * step_s, 3),
             "rung1_plan_s": round(one + (steps1 - 1) * step_s, 3)}
 
+
 __all__ = ["COARSE_FIRST", "EXPLORE_SHARE", "PROBE_STEPS", "explore_order", "size_round"]
