@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from autoprune.errors import AutopruneError, StorageError
+from autoprune.search import stops
 from autoprune.search.config import SearchConfig, accuracy_floor, objective_values
 from autoprune.search.objective import CANDIDATE_ERRORS, Heartbeat, failure_reason
 from autoprune.search.pareto import pareto_mask
@@ -109,59 +110,6 @@ class TrialBook:
             self.study.tell(trial, values, state=state)
 
 
-class _InterruptedError(KeyboardInterrupt):
-    """SIGINT/SIGTERM inside the loop. A KeyboardInterrupt, not an Exception: a signal that lands inside a
-    library's ``except Exception`` (SQLAlchemy wraps it as a StatementError, a pipeline guard as a failed
-    candidate) must still reach the loop's clean stop, not be recorded as a storage error or a failure."""
-
-
-#: The signals that stop a search cleanly.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _catch_stops() -> dict[signal.Signals, Any]:
-    """Make :data:`STOP_SIGNALS` raise :class:`_InterruptedError`; return the handlers they had."""
-    return {s: signal.signal(s, _raise_interrupt) for s in STOP_SIGNALS}
-
-
-def _restore(old: Mapping[signal.Signals, Any]) -> None:
-    for s, h in old.items():
-        signal.signal(s, h)
-
-
-@contextmanager
-def stop_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM raise a KeyboardInterrupt inside the block (work outside a trial, e.g. a
-    screening round, stops as Ctrl-C does: what was stored stays, the command says how to resume)."""
-    old = _catch_stops()
-    try:
-        yield
-    finally:
-        _restore(old)
-
-
-def _raise_interrupt(signum, frame):
-    raise _InterruptedError(signal.Signals(signum).name)
-
-
-@contextmanager
-def _deferred_stops() -> Iterator[None]:
-    """A stop signal inside the block is raised only once the block has finished.
-
-    Masking the signals (``pthread_sigmask``) is not enough: the mask is the main thread's, and a process
-    signal is then delivered to another thread (a heartbeat, OpenMP's workers); CPython still runs the
-    handler in the main thread at its next bytecode, inside the block. So the handler only records it.
-    """
-    pending: list[int] = []
-    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        _restore(old)
-    if pending:
-        raise _InterruptedError(signal.Signals(pending[0]).name)
-
-
 def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[float]], *,
                timeout_s: float | None = None, progress: bool = True, on_trial=None,
                max_consecutive_failures: int = 10, enqueued_only: bool = False) -> dict[str, int]:
@@ -195,7 +143,7 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[floa
     done0 = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     bar = tqdm(total=config.trials, initial=min(done0, config.trials), desc="search", unit="trial",
                disable=not progress)
-    old = _catch_stops()
+    old = stops.catch()
     consecutive = 0
     trial = None
     try:
@@ -220,7 +168,7 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[floa
             if enqueued_only and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
                 break
             # No stop between the trial's row being created and ``trial`` being set: it would be left RUNNING.
-            with _deferred_stops():
+            with stops.deferred():
                 trial = study.ask()
             if _is_surplus(study, trial, config.trials):
                 book.surplus(trial, "surplus: the budget was taken by other workers")
@@ -244,16 +192,16 @@ def run_trials(study, config: SearchConfig, objective: Callable[[Any], list[floa
                 hb.close()
             if on_trial is not None:
                 on_trial(study, study.get_trials(deepcopy=False)[-1])
-    except (_InterruptedError, KeyboardInterrupt) as exc:
+    except KeyboardInterrupt as exc:
         # A stop may land anywhere in the loop, also after the trial was told: record it only if it is
         # still RUNNING, with no further signal interrupting the bookkeeping.
-        for s in STOP_SIGNALS:
+        for s in stops.STOP_SIGNALS:
             signal.signal(s, signal.SIG_IGN)
         if trial is not None and study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
             book.failed(trial, f"interrupted ({exc or 'SIGINT'}); retried on resume", retry=True)
         raise KeyboardInterrupt from None
     finally:
-        _restore(old)
+        stops.restore(old)
         bar.close()
     return book.counts
 

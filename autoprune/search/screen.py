@@ -309,7 +309,8 @@ def run_screened(study, config: SearchConfig, storage, pipeline, space: SearchSp
     """
     from optuna.trial import TrialState
 
-    from autoprune.search.loop import COUNT_KEYS, stop_signals
+    from autoprune.search.loop import COUNT_KEYS
+    from autoprune.search.stops import catching
 
     counts = dict.fromkeys(COUNT_KEYS, 0)
     t0 = time.monotonic()
@@ -326,7 +327,7 @@ def run_screened(study, config: SearchConfig, storage, pipeline, space: SearchSp
             existing = rounds_of(study)
             number = existing[-1] if existing and ScreenRound(study, existing[-1]).promoted is None else (
                 existing[-1] + 1 if existing else 0)
-            with stop_signals():  # SIGTERM too stops a round as Ctrl-C does (it resumes where it stopped)
+            with catching():  # SIGTERM too stops a round as Ctrl-C does (it resumes where it stopped)
                 promoted = screen_round(study, pipeline, space, config, number=number,
                                         slots=config.trials - done - waiting - running, deadline=deadline,
                                         progress=progress, log=log)

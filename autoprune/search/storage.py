@@ -27,6 +27,7 @@ from pathlib import Path
 
 from autoprune.errors import ConfigError, StorageError
 from autoprune.io import results_dir
+from autoprune.search.stops import guard_storage
 
 HEARTBEAT_INTERVAL_S = 10
 GRACE_PERIOD_S = 30
@@ -96,7 +97,7 @@ def make_storage(url: str):
         if url.startswith("journal:") or url.endswith(".log"):
             path = url.split(":///", 1)[1] if url.startswith("journal:") else url
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(path))
+            return guard_storage(JournalStorage(JournalFileBackend(path)))
         engine_kwargs: dict = {}
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +125,7 @@ def make_storage(url: str):
     if db is None:
         retries, backoff_s = retry_policy()
         with_connection_retries(storage, url, retries, backoff_s)
-    return storage
+    return guard_storage(storage)
 
 
 def retry_policy() -> tuple[int, float]:
