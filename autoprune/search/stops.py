@@ -18,19 +18,12 @@ from __future__ import annotations
 import functools
 import signal
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 #: The signals that stop a search cleanly.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-#: Storage methods that touch the database or its lock, besides the public
-#: ``get_/set_/create_/delete_/record_/check_/fail_`` ones (Optuna's RDB and journal storages).
-_PRIVATE_STORAGE_METHODS = ("_create_new_trial", "_get_trials", "_get_stale_trial_ids", "_get_best_trial_id",
-                            "_set_trial_param", "_sync_with_backend", "_write_log")
-_PUBLIC_PREFIXES = ("get_", "set_", "create_", "delete_", "record_", "check_", "fail_")
-
 
 class StopRequested(KeyboardInterrupt):
     """SIGINT/SIGTERM, raised in the main thread. A KeyboardInterrupt, not an Exception: a signal that lands
@@ -97,17 +90,16 @@ def deferred() -> Iterator[None]:
             raise StopRequested(signal.Signals(signum).name)
 
 
-def guard_storage(storage: Any) -> Any:
-    """Put each database call of an Optuna storage inside :func:`deferred`, in place; returns ``storage``.
+def guard_storage(storage: Any, names: Iterable[str]) -> Any:
+    """Put the database calls ``names`` of an Optuna storage inside :func:`deferred`, in place; returns ``storage``.
 
     A stop that arrives during a call is raised when the call has returned, so the call's transaction is
     committed or rolled back and its connection (or the journal's lock) given back first.
+
+    Args:
+        storage: An Optuna storage.
+        names: Its methods that touch the database (:func:`autoprune.search.storage.db_methods`).
     """
-    if getattr(storage, "_autoprune_stops_guarded", False):
-        return storage
-    names = [n for n in dir(type(storage))
-             if (n.startswith(_PUBLIC_PREFIXES) or n in _PRIVATE_STORAGE_METHODS)
-             and callable(getattr(storage, n, None))]
 
     def wrap(method):
         @functools.wraps(method)
@@ -119,7 +111,6 @@ def guard_storage(storage: Any) -> Any:
 
     for name in names:
         setattr(storage, name, wrap(getattr(storage, name)))
-    storage._autoprune_stops_guarded = True
     return storage
 
 

@@ -97,7 +97,8 @@ def make_storage(url: str):
         if url.startswith("journal:") or url.endswith(".log"):
             path = url.split(":///", 1)[1] if url.startswith("journal:") else url
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            return guard_storage(JournalStorage(JournalFileBackend(path)))
+            journal = JournalStorage(JournalFileBackend(path))
+            return guard_storage(journal, db_methods(journal))
         engine_kwargs: dict = {}
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +126,7 @@ def make_storage(url: str):
     if db is None:
         retries, backoff_s = retry_policy()
         with_connection_retries(storage, url, retries, backoff_s)
-    return guard_storage(storage)
+    return guard_storage(storage, db_methods(storage))
 
 
 def retry_policy() -> tuple[int, float]:
@@ -167,6 +168,17 @@ _RETRY_STATE = threading.local()
 _SAY_LOCK = threading.Lock()
 
 
+def db_methods(storage) -> list[str]:
+    """The methods of an Optuna storage that touch its database (or a journal's file and lock).
+
+    The public ``get_/set_/create_/delete_/record_`` ones, and the private ones Optuna's cached storage
+    calls directly (:data:`_PRIVATE_DB_METHODS`); not those that only read settings (:data:`_NO_DB_METHODS`).
+    """
+    return [n for n in dir(type(storage))
+            if (n.startswith(("get_", "set_", "create_", "delete_", "record_")) or n in _PRIVATE_DB_METHODS)
+            and n not in _NO_DB_METHODS and callable(getattr(storage, n, None))]
+
+
 def with_connection_retries(storage, url: str, retries: int, backoff_s: float):
     """Make each database call of an ``RDBStorage`` retry on connection errors, in place.
 
@@ -184,9 +196,7 @@ def with_connection_retries(storage, url: str, retries: int, backoff_s: float):
     Returns:
         ``storage``, whose calls raise :class:`StorageError` when the retries run out.
     """
-    names = [n for n in dir(type(storage))
-             if (n.startswith(("get_", "set_", "create_", "delete_", "record_")) or n in _PRIVATE_DB_METHODS)
-             and n not in _NO_DB_METHODS and callable(getattr(storage, n, None))]
+    names = db_methods(storage)
     window_s = backoff_s * (2 ** retries - 1)
 
     def wrap(method):
