@@ -55,7 +55,7 @@ class DenseCheckpoint:
         path: The state dict (``torch.save`` of tensors only).
         model: Model reference; data: data key; seed: training seed.
         val_accuracy, test_accuracy: Top-1 accuracy of the dense model, in [0, 1].
-        train_seconds: Wall time of training (0 when loaded from cache).
+        train_seconds: Wall time of training now; ``None`` when loaded (a cache entry or a user's checkpoint).
         trained_on: The compute that trained it (e.g. ``cuda:0 (NVIDIA H100, bf16 autocast)``;
             empty for a user's checkpoint or a cache entry from before this was recorded).
         bn_reestimated: Its BatchNorm statistics are the re-estimated ones (:func:`reestimate_batchnorm`).
@@ -69,7 +69,7 @@ class DenseCheckpoint:
     seed: int
     val_accuracy: float
     test_accuracy: float
-    train_seconds: float
+    train_seconds: float | None
     trained_on: str = ""
     bn_reestimated: bool = False
     bn_val_accuracy_before: float | None = None
@@ -278,7 +278,7 @@ def ensure_dense(model_ref: str, data: DataSplits, seed: int = 0, *, checkpoint:
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
         rec = _dense_record(model, data, compute, path=str(checkpoint), model=model_ref, data=data.key, seed=seed,
-                            train_seconds=0.0)
+                            train_seconds=None)
     elif cached:
         rec = _load_cached(model, data, checkpoint_path(model_ref, data, seed, config), compute)
     else:
@@ -291,7 +291,7 @@ def ensure_dense(model_ref: str, data: DataSplits, seed: int = 0, *, checkpoint:
             train_dense(model, data, config, progress, compute)
         finally:
             compute.to_cpu(model)
-        seconds = round(time.perf_counter() - t0, 2)
+        seconds = time.perf_counter() - t0  # not rounded: a tiny model's training can take under 5 ms
         rec = _dense_record(model, data, compute, path=str(path), model=model_ref, data=data.key, seed=seed,
                             train_seconds=seconds, trained_on=compute.describe())
         _save(model, path, {**asdict(rec), "config": asdict(config)})  # with the statistics kept
@@ -314,11 +314,11 @@ def _load_cached(model: nn.Module, data: DataSplits, path: Path, compute: Comput
     model.eval()
     meta = json.loads(path.with_suffix(".json").read_text())
     known = {k: meta[k] for k in DenseCheckpoint.__dataclass_fields__ if k in meta}
-    rec = DenseCheckpoint(**{**known, "train_seconds": 0.0})
+    rec = DenseCheckpoint(**{**known, "train_seconds": None})
     if "bn_reestimated" in meta or rec.val_accuracy >= CHANCE_FACTOR / max(data.num_classes, 1):
         return rec
     rec = _dense_record(model, data, compute, path=rec.path, model=rec.model, data=rec.data, seed=rec.seed,
-                        train_seconds=0.0, trained_on=rec.trained_on)
+                        train_seconds=None, trained_on=rec.trained_on)
     if rec.bn_reestimated:
         with contextlib.suppress(OSError):  # a read-only cache: they are re-estimated on every load instead
             _save(model, path, {**meta, **{k: v for k, v in asdict(rec).items() if k != "train_seconds"}})

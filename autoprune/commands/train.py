@@ -46,7 +46,7 @@ class TrainCommand(Command):
                               retrain=args.retrain, progress=not args.no_progress, compute=compute, strict=False)
         if args.checkpoint is not None:
             how = "loaded from --checkpoint"
-        elif rec.train_seconds:
+        elif rec.train_seconds is not None:
             how = f"trained in {rec.train_seconds:.0f} s on {rec.trained_on}"
         else:
             how = "loaded from cache" + (f", trained on {rec.trained_on}" if rec.trained_on else "")
