@@ -123,10 +123,11 @@ def make_storage(url: str):
             f"cannot open study storage {redact_url(url)}: {first}; check that the database is reachable "
             "and the URL is right"
         ) from None
-    if db is None:
+    guard_storage(storage, db_methods(storage))  # each attempt, not the retries' back-off: a stop while the
+    if db is None:                                # database is unreachable is not held for the whole window
         retries, backoff_s = retry_policy()
         with_connection_retries(storage, url, retries, backoff_s)
-    return guard_storage(storage, db_methods(storage))
+    return storage
 
 
 def retry_policy() -> tuple[int, float]:
