@@ -17,9 +17,14 @@ has ``screening`` (:class:`~autoprune.search.space.ScreeningSpec`):
 4. **Rung 1.** The best of each band (non-dominated in accuracy and latency first, then by accuracy) are
    fine-tuned for a fraction of a full fine-tune and evaluated again: right after pruning, an aggressive
    plan's accuracy says little about its fine-tuned one; a few steps say more.
-5. **Promotion.** The best of each band at rung 1 are enqueued as the study's next trials, which the
-   backend fine-tunes fully (with early stopping) as any trial; round-robin over the bands, so the front
-   covers the whole speed range the way a sweep does.
+5. **Promotion.** The first round (only the dense model fine-tuned yet) enqueues the best of each band at
+   rung 1, one per band, round-robin, so the front covers the whole speed range the way a sweep does and
+   the next rounds have a curve to fit. Once :data:`MIN_FINISHED` trials are fine-tuned, a round promotes by
+   contribution to the front (:mod:`autoprune.search.contribution`): every candidate screened so far, of this
+   round or an earlier one, gets an expected fine-tuned accuracy from the study's own trials, and the
+   candidates whose expected points add the most hypervolume are enqueued (rung 1 is skipped there: the
+   expectation is fitted on rung-0 scores). The backend fine-tunes them fully (with early stopping) as any
+   trial.
 
 Every rung is stored in the study, one user attribute per round (``autoprune.screen.round<N>``: the
 bands, each candidate's parameters, source and rung scores, the promoted indices), written as the round
@@ -46,6 +51,7 @@ from autoprune.search.candidates import (
     sweep_candidates,
 )
 from autoprune.search.config import ACCURACY, OBJECTIVES, SearchConfig
+from autoprune.search.contribution import FRONT_MARGIN, Finished, promote_by_contribution
 from autoprune.search.objective import CANDIDATE_ERRORS, candidate_plan, failure_reason
 from autoprune.search.promotion import RoundBudget, Scored, band_edges, band_of, plan_digest, promote
 from autoprune.search.screen_budget import EXPLORE_SHARE, explore_order, size_round
@@ -55,7 +61,7 @@ from autoprune.search.space import SearchSpace, run_params
 ROUND_ATTR = "autoprune.screen.round"
 #: User attributes of a promoted trial: where it came from and what it scored at each rung.
 HISTORY_KEYS = ("screen_round", "screen_index", "screen_band", "screen_source", "rung0_accuracy",
-                "rung1_accuracy", "screen_latency_ms", "screen_plan_key")
+                "rung1_accuracy", "screen_latency_ms", "screen_plan_key", "screen_promoted_by")
 #: The trial user attributes of the accuracy and latency objectives.
 ACC, LAT = OBJECTIVES[ACCURACY][1], OBJECTIVES["latency"][1]
 #: Screening stops after this many rounds in one run (a guard; a round promotes at least one trial).
@@ -153,6 +159,55 @@ def _best_trials_per_band(study, edges: Sequence[float], per_band: int) -> list[
             scored.append(Scored(t.number, float(a[ACC]), float(a[LAT])))
             params[t.number] = ran
     return [(n, params[n]) for n in promote(scored, edges, per_band)]
+
+
+#: Fine-tuned trials (the dense anchor among them) a study needs before it promotes by contribution to the front.
+MIN_FINISHED = 3
+
+
+def _finished(study) -> tuple[list[Finished], float]:
+    """The study's fine-tuned trials as promotion reads them, and the dense anchor's accuracy (else the best)."""
+    from optuna.trial import TrialState
+
+    out, dense = [], None
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        a = t.user_attrs
+        if ACC in a and LAT in a and float(a[LAT]) > 0:
+            r0 = a.get("rung0_accuracy")
+            out.append(Finished(float(a[ACC]), float(a[LAT]), None if r0 is None else float(r0)))
+            if a.get("anchor") == "dense":
+                dense = float(a[ACC])
+    return out, dense if dense is not None else max((f.accuracy for f in out), default=0.0)
+
+
+def _contributions(study, rnd: ScreenRound, finished: Sequence[Finished], dense_ms: float, reference: float,
+                   limit: int, taken: set[str]) -> list[tuple[int, int]]:
+    """``(round, index)`` of the candidates of this and every earlier round to promote by contribution."""
+    records = {(n, i): r for n in rounds_of(study) if n < rnd.number for i, r in ScreenRound(study, n).rung0.items()}
+    records.update({(rnd.number, i): r for i, r in rnd.rung0.items()})
+    keys = sorted(k for k, r in records.items() if "val_accuracy" in r and "predicted_ms" in r)
+    picks = promote_by_contribution(
+        finished, [(j, float(records[k]["val_accuracy"]), float(records[k]["predicted_ms"]),
+                    records[k].get("plan_key", "")) for j, k in enumerate(keys)],
+        dense_ms, reference, limit, skip_plans=sorted(taken))
+    return [(keys[j][0], keys[j][1]) for j in picks]
+
+
+def _carry(rnd: ScreenRound, by_index: dict[int, Candidate], picks: Sequence[tuple[int, int]]) -> list[int]:
+    """This round's indices of ``picks``: an earlier round's candidate is copied into this round (its rung-0
+    record, marked ``carried_from``), not re-scored."""
+    out = []
+    for n, i in picks:
+        if n == rnd.number:
+            out.append(i)
+            continue
+        rec = ScreenRound(rnd.study, n).rung0[i]
+        j = max((*rnd.rung0, *by_index), default=-1) + 1
+        rnd.rung0[j] = {**rec, "i": j, "carried_from": [n, i]}
+        by_index[j] = Candidate(j, str(rec.get("source", "random")), dict(rec.get("params", {})),
+                                dict(rec.get("fixed", {})))
+        out.append(j)
+    return out
 
 
 def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, number: int, slots: int,
@@ -266,23 +321,35 @@ def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, n
 
     # Rung 1: a short fine-tune of each band's best (as many as the budget buys), then promotion.
     scored0 = rnd.scored(0)
-    if spec.rung1_fraction > 0 and budget.rung1_plans != 0:
+    finished, dense_acc = _finished(study)
+    by_contribution = len(finished) >= MIN_FINISHED
+    if spec.rung1_fraction > 0 and budget.rung1_plans != 0 and not by_contribution:
         steps = max(1, round(spec.rung1_fraction * pipeline.full_steps()))
         picks = promote(scored0, edges, spec.rung1_per_band, skip_plans=sorted(taken), limit=budget.rung1_plans)
         score([by_index[i] for i in picks], 1, steps, "short-finetune")
     if over():
         return unfinished()
     limit = max(0, min(slots, budget.slots))
-    promoted = promote(rnd.scored(1), edges, spec.promote_per_band, skip_plans=sorted(taken), limit=limit)
+    promoted: list[int] = []
+    if by_contribution:  # the study's own fine-tuned trials say where the front gains most
+        ref = config.min_accuracy if config.min_accuracy is not None else dense_acc - FRONT_MARGIN
+        promoted = _carry(rnd, by_index, _contributions(study, rnd, finished, dense_ms, ref, limit, taken))
+    else:  # the first round (only the dense model fine-tuned): one per band, so later rounds can fit a curve
+        limit = min(limit, spec.bands) if number == 0 else limit
+    by_front = set(promoted)
+    seen = taken | {rnd.rung0[i].get("plan_key", "") for i in promoted}
+    promoted += promote(rnd.scored(1), edges, spec.promote_per_band, skip_plans=sorted(seen),
+                        limit=limit - len(promoted))
     if len(promoted) < limit:  # fewer short fine-tunes than slots (none, or failed): the rest by rung 0
-        seen = taken | {rnd.rung0[i].get("plan_key", "") for i in rnd.rung1}
+        seen |= {rnd.rung0[i].get("plan_key", "") for i in (*rnd.rung1, *promoted)}
         promoted += promote(scored0, edges, spec.promote_per_band, skip_plans=sorted(seen), limit=limit - len(promoted))
     for i in promoted:
         c, r0 = by_index[i], rnd.rung0[i]
         history = {"screen_round": number, "screen_index": i, "screen_band": band_of(r0["predicted_ms"], edges),
                    "screen_source": c.source, "rung0_accuracy": r0["val_accuracy"],
                    "rung1_accuracy": rnd.rung1.get(i, {}).get("val_accuracy"), "screen_latency_ms": r0["predicted_ms"],
-                   "screen_plan_key": r0.get("plan_key", "")}
+                   "screen_plan_key": r0.get("plan_key", ""),
+                   "screen_promoted_by": "contribution" if i in by_front else "band"}
         fixed = {"anchor_params": dict(c.fixed)} if c.fixed else {}
         study.enqueue_trial(dict(c.params), user_attrs={**history, **fixed}, skip_if_exists=False)
     rnd.promoted = promoted
@@ -344,5 +411,5 @@ def run_screened(study, config: SearchConfig, storage, pipeline, space: SearchSp
     return counts
 
 
-__all__ = ["HISTORY_KEYS", "MAX_ROUNDS", "ROUND_ATTR", "ScreenRound", "rounds_of", "run_screened", "screen_round",
-           "screening_summary"]
+__all__ = ["HISTORY_KEYS", "MAX_ROUNDS", "MIN_FINISHED", "ROUND_ATTR", "ScreenRound", "rounds_of", "run_screened",
+           "screen_round", "screening_summary"]

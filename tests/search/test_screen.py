@@ -261,3 +261,44 @@ def test_a_budgeted_round_times_a_fine_tune_keeps_screening_within_its_box_and_l
     rounds = rounds_of(study)
     if len(rounds) > 1:  # the next round is sized from the study's own promoted trials
         assert ScreenRound(study, rounds[1]).budget["estimated_from"].endswith("promoted trials")
+
+
+def test_later_rounds_promote_by_contribution_to_the_front_from_every_round_screened_so_far(
+        results_root, tiny_dense, screened_space):
+    from autoprune.search.contribution import FRONT_MARGIN, Finished, promote_by_contribution
+    from autoprune.search.screen import ACC, LAT
+
+    url = f"sqlite:///{results_root / 'screen-c.db'}"
+    study = run_search(_config(screened_space, 7), study_name="screen-c", storage=url, given={},
+                       progress=False).study
+    rounds = rounds_of(study)
+    r0 = ScreenRound(study, 0)
+    assert 0 < len(r0.promoted) <= SCREENING["bands"]  # the first round: one per band, for a curve to fit
+    assert len(rounds) >= 2
+    r1 = ScreenRound(study, rounds[1])
+    assert not r1.rung1  # rung 1 is skipped once promotion reads the study's own trials
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("screen_round") == rounds[1]]
+    assert mine and all(t.user_attrs["screen_promoted_by"] in ("contribution", "band") for t in mine)
+    # the same pick, recomputed from what was stored: the trials fine-tuned before round 1, every rung-0 score
+    before = [t for t in done if t.number < min(t.number for t in mine)]
+    finished = [Finished(t.user_attrs[ACC], t.user_attrs[LAT], t.user_attrs.get("rung0_accuracy")) for t in before]
+    dense = next(t for t in before if t.user_attrs.get("anchor") == "dense")
+    recs = [(0, i, r) for i, r in r0.rung0.items()] + [(rounds[1], i, r) for i, r in r1.rung0.items()
+                                                      if "carried_from" not in r]
+    recs = [x for x in recs if "val_accuracy" in x[2]]
+    dense_ms = dense.user_attrs[LAT]
+    picks = promote_by_contribution(finished, [(j, r["val_accuracy"], r["predicted_ms"], r["plan_key"])
+                                               for j, (_, _, r) in enumerate(recs)],
+                                    dense_ms, dense.user_attrs[ACC] - FRONT_MARGIN, len(r1.promoted),
+                                    skip_plans=[t.user_attrs["screen_plan_key"] for t in before
+                                                if "screen_plan_key" in t.user_attrs])
+    by_front = [t for t in mine if t.user_attrs["screen_promoted_by"] == "contribution"]
+    assert by_front  # the round found plans that add to the front
+    assert [recs[j][2]["plan_key"] for j in picks] == [t.user_attrs["screen_plan_key"] for t in by_front]
+    # a pick from an earlier round is carried into this one with its score, not screened again
+    for i in r1.promoted:
+        rec = r1.rung0[i]
+        if "carried_from" in rec:
+            n, k = rec["carried_from"]
+            assert ScreenRound(study, n).rung0[k]["val_accuracy"] == rec["val_accuracy"]
