@@ -123,11 +123,21 @@ def make_storage(url: str):
             f"cannot open study storage {redact_url(url)}: {first}; check that the database is reachable "
             "and the URL is right"
         ) from None
-    guard_storage(storage, db_methods(storage))  # each attempt, not the retries' back-off: a stop while the
-    if db is None:                                # database is unreachable is not held for the whole window
-        retries, backoff_s = retry_policy()
-        with_connection_retries(storage, url, retries, backoff_s)
-    return storage
+    if db is None:
+        return guard_with_retries(storage, url, *retry_policy())
+    return guard_storage(storage, db_methods(storage))
+
+
+def guard_with_retries(storage, url: str, retries: int, backoff_s: float):
+    """Guard each database attempt against stop signals (:func:`~autoprune.search.stops.guard_storage`), then
+    retry dropped connections around the guarded calls (:func:`with_connection_retries`), in place.
+
+    In this order a stop is deferred only while a call is in the database and lands at once during a
+    retry's back-off sleep; the other way round it was held through the whole back-off window (5 retries
+    from 0.5 s: up to 15.5 s).
+    """
+    guard_storage(storage, db_methods(storage))
+    return with_connection_retries(storage, url, retries, backoff_s)
 
 
 def retry_policy() -> tuple[int, float]:

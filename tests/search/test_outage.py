@@ -102,6 +102,24 @@ def test_connection_gone_past_the_window_stops_with_one_redacted_line(capsys):
     assert PASSWORD not in capsys.readouterr().err
 
 
+def test_a_stop_during_the_retry_back_off_lands_at_once_not_after_the_window():
+    import os
+    import signal
+    import threading
+
+    from autoprune.search import stops
+
+    storage = st.guard_with_retries(FlakyStorage(down=100), URL, retries=5, backoff_s=1.0)  # a 31 s window
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    t0 = time.perf_counter()
+    with stops.catching(), pytest.raises(stops.StopRequested, match="SIGTERM"):
+        timer.start()
+        storage.get_all_trials(1)
+    timer.join()
+    assert time.perf_counter() - t0 < 2.0  # in the first 1 s sleep, not after 31 s of retries
+    assert storage.calls == 1
+
+
 def test_other_errors_are_not_retried():
     storage = st.with_connection_retries(FlakyStorage(down=1, error=ValueError("bad value")), URL, retries=5,
                                          backoff_s=1.0)
