@@ -189,6 +189,20 @@ def anytime(result: dict[str, Any], dense_acc: float, dense_ms: float) -> list[t
     return curve
 
 
+def forget(root: Path, seed: int, state: dict[str, Any], method: str) -> None:
+    """Drop ``method``'s stored results, slices and study (``--fresh``), keeping the other methods'."""
+    import optuna
+
+    state["methods"].pop(method, None)
+    state.get("slices", {})[method] = []
+    if method in state.get("sweep_rows", {}):
+        state["sweep_rows"][method] = []
+    url = f"sqlite:///{root / f'studies-s{seed}.db'}"
+    if (root / f"studies-s{seed}.db").exists() and f"{method}-s{seed}" in optuna.get_all_study_names(url):
+        optuna.delete_study(study_name=f"{method}-s{seed}", storage=url)
+    print(f"== seed {seed}: {method}'s stored results dropped (--fresh); the others' are kept", flush=True)
+
+
 def run_seed(args, root: Path, seed: int) -> dict[str, Any]:
     from autoprune.pruning import PruningPlan
     from autoprune.search.objective import build_pipeline
@@ -196,6 +210,8 @@ def run_seed(args, root: Path, seed: int) -> dict[str, Any]:
 
     path = root / f"seed{seed}.json"
     state = read_json(path, what="benchmark results") if path.exists() else {"methods": {}, "test": {}}
+    for method in args.fresh:  # rerun back to back with the other methods' stored results
+        forget(root, seed, state, method)
     pipe, rec = build_pipeline(config(args, seed, "default"), SearchSpace.load("default"), progress=True,
                                measure=False)
     pipe = pipe.reseeded(seed)
@@ -395,9 +411,12 @@ def main() -> int:
     p.add_argument("--slices", type=int, default=3, help="interleaved slices per method (default 3)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--fresh", default="", help="comma-separated methods whose stored results are dropped and rerun "
+                   "(back to back with the others' stored results)")
     args = p.parse_args()
     args.methods = [m for m in args.methods.split(",") if m]
-    bad = [m for m in args.methods if m not in METHODS]
+    args.fresh = [m for m in args.fresh.split(",") if m]
+    bad = [m for m in args.methods + args.fresh if m not in METHODS]
     if bad or not args.methods:
         p.error(f"--methods: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(METHODS)}")
     import torch

@@ -7,7 +7,8 @@ fine-tuned residuals on screening residuals over the study's own promoted trials
 screen that ranks badly moves nothing). Candidates are promoted greedily by the hypervolume their expected
 point adds to the front of (validation accuracy, predicted speedup), each pick added to the front before
 the next is chosen (:func:`promote_by_contribution`), so the picks fill the front's widest gaps and extend
-its fast end rather than crowd one band.
+its fast end rather than crowd one band. The gain is counted per expected second of fine-tuning (a line
+through the study's timed trials), since the budget a user gives is wall time.
 
 Why hypervolume and not one pick per latency band: on Fashion-MNIST VGG-11 (docs/benchmarks.md, 2026-12-03)
 the front's hypervolume sat almost wholly at 4-7x predicted speedup, where accuracy falls off; four of ten
@@ -39,11 +40,24 @@ class Finished:
         accuracy: Its validation accuracy (a fraction).
         latency_ms: Its PREDICTED latency on the target.
         screen_accuracy: Its rung-0 accuracy when it was screened (``None``: it was not, e.g. the dense anchor).
+        seconds: Its fine-tune's wall time (``None``: unknown, or not fine-tuned, as the dense anchor).
     """
 
     accuracy: float
     latency_ms: float
     screen_accuracy: float | None = None
+    seconds: float | None = None
+
+
+def expected_seconds(finished: Sequence[Finished], latency_ms: Sequence[float]) -> np.ndarray | None:
+    """Each candidate's expected fine-tune seconds: a straight line of seconds on predicted latency through the
+    study's timed trials (a smaller plan fine-tunes faster), at least a tenth of their fastest; ``None`` with
+    fewer than 3 timed trials."""
+    timed = [(f.latency_ms, f.seconds) for f in finished if f.seconds is not None and f.seconds > 0]
+    if len(timed) < 3 or len({x for x, _ in timed}) < 2:
+        return None
+    b, a = np.polyfit([x for x, _ in timed], [y for _, y in timed], 1)
+    return np.maximum(a + b * np.asarray(latency_ms, dtype=float), 0.1 * min(y for _, y in timed))
 
 
 def isotonic_decreasing(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -80,6 +94,27 @@ def _curve(xs: np.ndarray, fitted: np.ndarray, at: np.ndarray, slope: float) -> 
     return out
 
 
+def _fit(u: np.ndarray, acc: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The non-increasing fit of accuracy on log speedup, and the rate it keeps falling at beyond its end."""
+    xs, fit = isotonic_decreasing(u, acc)
+    slope = max(0.0, -float(np.polyfit(u, acc, 1)[0])) if len(xs) > 1 else 0.0
+    return xs, fit, slope
+
+
+def _left_out(u: np.ndarray, acc: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Each point of ``at`` (log speedups of trials among ``u``) predicted by the curve fitted without it:
+    in-sample, a non-increasing fit through a handful of monotone points leaves no residual to learn from."""
+    out = np.empty(len(at))
+    for k, x in enumerate(at):
+        keep = np.flatnonzero(~np.isclose(u, x))
+        if len(keep) == 0:
+            out[k] = float(acc.mean())
+            continue
+        xs, fit, slope = _fit(u[keep], acc[keep])
+        out[k] = _curve(xs, fit, np.array([x]), slope)[0]
+    return out
+
+
 def expected_accuracy(finished: Sequence[Finished], screened: Sequence[tuple[float, float]], dense_ms: float
                       ) -> np.ndarray:
     """Each screened candidate's expected fine-tuned accuracy.
@@ -88,7 +123,8 @@ def expected_accuracy(finished: Sequence[Finished], screened: Sequence[tuple[flo
     over ``finished``; beyond the fastest finished plan it keeps falling at the fit's average rate), plus
     ``beta`` times the candidate's screening residual (its rung-0 accuracy minus the non-increasing fit of
     every rung-0 accuracy at its speed). ``beta`` is the least-squares slope of the finished trials'
-    residuals on their screening residuals, at least 0, times ``n / (n + SHRINK)``; 0 with fewer than 3.
+    residuals (each from the curve fitted without it) on their screening residuals, at least 0, times
+    ``n / (n + SHRINK)``; 0 with fewer than 3.
 
     Args:
         finished: The study's fully fine-tuned trials (the dense anchor among them).
@@ -99,8 +135,7 @@ def expected_accuracy(finished: Sequence[Finished], screened: Sequence[tuple[flo
         raise ValueError("expected_accuracy needs at least one fine-tuned trial")
     u = np.array([math.log(dense_ms / f.latency_ms) for f in finished])
     acc = np.array([f.accuracy for f in finished])
-    xs, fit = isotonic_decreasing(u, acc)
-    slope = max(0.0, -float(np.polyfit(u, acc, 1)[0])) if len(xs) > 1 else 0.0
+    xs, fit, slope = _fit(u, acc)
     cu = np.array([math.log(dense_ms / lat) for _, lat in screened]) if screened else np.zeros(0)
     base = _curve(xs, fit, cu, slope) if len(cu) else np.zeros(0)
     with_screen = [(math.log(dense_ms / f.latency_ms), f.screen_accuracy, a)
@@ -113,7 +148,7 @@ def expected_accuracy(finished: Sequence[Finished], screened: Sequence[tuple[flo
     e_cand = np.asarray([s for s, _ in screened], dtype=float) - np.interp(cu, sx, sfit)
     wu = np.array([w[0] for w in with_screen])
     e = np.array([w[1] for w in with_screen]) - np.interp(wu, sx, sfit)
-    d = np.array([w[2] for w in with_screen]) - _curve(xs, fit, wu, slope)
+    d = np.array([w[2] for w in with_screen]) - _left_out(u, acc, wu)
     ee = float(e @ e)
     beta = max(0.0, float(e @ d) / ee) * len(e) / (len(e) + SHRINK) if ee > 1e-12 else 0.0
     return base + beta * e_cand
@@ -131,7 +166,8 @@ def front_gain(front: Sequence[tuple[float, float]], point: tuple[float, float],
 def promote_by_contribution(finished: Sequence[Finished], candidates: Sequence[tuple[int, float, float, str]],
                             dense_ms: float, reference_accuracy: float, limit: int,
                             skip_plans: Sequence[str] = ()) -> list[int]:
-    """Candidates to fine-tune next, greedily by the hypervolume their expected points add to the front.
+    """Candidates to fine-tune next, greedily by the hypervolume their expected points add to the front, per
+    expected second of fine-tuning where the study has timed trials (:func:`expected_seconds`).
 
     The front is the finished trials' (validation accuracy, predicted speedup); each pick's expected point
     (:func:`expected_accuracy`) joins it before the next pick. Stops at ``limit`` or when no candidate adds
@@ -158,11 +194,13 @@ def promote_by_contribution(finished: Sequence[Finished], candidates: Sequence[t
     points = [(float(a), dense_ms / c[2]) for a, c in zip(expect, pool)]
     front = [(f.accuracy, dense_ms / f.latency_ms) for f in finished]
     ref = (float(reference_accuracy), 1.0)
+    cost = expected_seconds(finished, [c[2] for c in pool])
     out: list[int] = []
     left = list(range(len(pool)))
     while left and len(out) < limit:
         gains = [front_gain(front, points[k], ref) for k in left]
-        best = int(np.argmax(gains))
+        per_s = gains if cost is None else [g / cost[k] for g, k in zip(gains, left)]
+        best = int(np.argmax(per_s))
         if gains[best] <= 1e-12:
             break
         k = left.pop(best)
@@ -171,5 +209,5 @@ def promote_by_contribution(finished: Sequence[Finished], candidates: Sequence[t
     return out
 
 
-__all__ = ["FRONT_MARGIN", "SHRINK", "Finished", "expected_accuracy", "front_gain", "isotonic_decreasing",
-           "promote_by_contribution"]
+__all__ = ["FRONT_MARGIN", "SHRINK", "Finished", "expected_accuracy", "expected_seconds", "front_gain",
+           "isotonic_decreasing", "promote_by_contribution"]

@@ -164,8 +164,8 @@ class ScreeningSpec:
     in later rounds ``random // 4`` draws; then ``refine_children`` per-layer deviations (standard deviation
     ``refine_sigma`` in ratio) of the best ``refine_parents`` of each of ``bands`` latency bands. The best
     ``rung1_per_band`` of each band are fine-tuned for ``rung1_fraction`` of a full fine-tune (rung 1, in the
-    rounds that promote by band; 0 skips it). The first round promotes the best of each band to the study's
-    next fully fine-tuned trials; later rounds promote by contribution to the front
+    rounds that promote by band; 0 skips it). The first round promotes the best of each band but the slowest
+    to the study's next fully fine-tuned trials; later rounds promote by contribution to the front
     (:mod:`autoprune.search.contribution`) and fill what that leaves with the best ``promote_per_band`` of
     each band.
     Screening takes at most ``budget_share`` of a round's wall time (:func:`~autoprune.search.promotion.

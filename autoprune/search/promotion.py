@@ -1,6 +1,6 @@
 """Promotion by latency band: which screened candidates go on to the next rung (pure functions).
 
-The speed range is cut into log-spaced predicted-latency bands (:func:`band_edges`); within a band the
+The speed range is cut into predicted-latency bands evenly spaced in speedup (:func:`band_edges`); within a band the
 candidates are ranked by Pareto layer of (accuracy, latency), then by accuracy (:func:`rank`); the best few of
 every band are promoted, round-robin over the bands (:func:`promote`), so the next rung covers the whole
 speed range the way a sweep does. The same scores always give the same promotion.
@@ -44,11 +44,19 @@ def plan_digest(plan: Mapping[str, Any]) -> str:
 
 # -------------------------------------------------------------------------------------------- pure logic
 def band_edges(fastest_ms: float, dense_ms: float, bands: int) -> tuple[float, ...]:
-    """``bands + 1`` log-spaced edges from ``fastest_ms`` to ``dense_ms`` (one band if they do not differ)."""
+    """``bands + 1`` latency edges from ``fastest_ms`` to ``dense_ms``, evenly spaced in speedup (``dense_ms /
+    latency``), ascending; one band if they do not differ.
+
+    Equal in speedup, each band is an equal share of the width of the front's hypervolume over (accuracy,
+    speedup). Log-spaced bands (before 2026-12-04) gave the two mildest of five bands 1.0-2.1x of a 6.7x range,
+    where a faster plan of the same accuracy covers the area (docs/benchmarks.md, Screening).
+    """
     lo, hi = float(fastest_ms), float(dense_ms)
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 or hi <= lo * 1.0001:
         return (min(lo, hi), max(lo, hi))
-    return tuple(float(x) for x in np.geomspace(lo, hi, bands + 1))
+    edges = [hi / float(x) for x in np.linspace(hi / lo, 1.0, bands + 1)]
+    edges[0], edges[-1] = lo, hi
+    return tuple(edges)
 
 
 def band_of(latency_ms: float, edges: Sequence[float]) -> int:

@@ -12,14 +12,16 @@ has ``screening`` (:class:`~autoprune.search.space.ScreeningSpec`):
 2. **Rung 0.** Each candidate is pruned, its BatchNorm statistics re-estimated (EagleEye), its accuracy
    evaluated on a validation subset, and its latency predicted by the cost model, which knows it before
    any training (:meth:`~autoprune.pipeline.Pipeline.screen`).
-3. **Bands.** The speed range, from the fastest screened plan to the dense model, is cut into log-spaced
-   predicted-latency bands (fixed by the first round, so every round ranks within the same bands).
+3. **Bands.** The speed range, from the fastest screened plan to the dense model, is cut into
+   predicted-latency bands evenly spaced in speedup (fixed by the first round, so every round ranks within
+   the same bands).
 4. **Rung 1.** The best of each band (non-dominated in accuracy and latency first, then by accuracy) are
    fine-tuned for a fraction of a full fine-tune and evaluated again: right after pruning, an aggressive
    plan's accuracy says little about its fine-tuned one; a few steps say more.
 5. **Promotion.** The first round (only the dense model fine-tuned yet) enqueues the best of each band at
-   rung 1, one per band, round-robin, so the front covers the whole speed range the way a sweep does and
-   the next rounds have a curve to fit. Once :data:`MIN_FINISHED` trials are fine-tuned, a round promotes by
+   rung 1, one per band but the slowest (the dense model covers that end of the front), so the front
+   covers the speed range the way a sweep does and the next rounds have a curve to fit. Once
+   :data:`MIN_FINISHED` trials are fine-tuned, a round promotes by
    contribution to the front (:mod:`autoprune.search.contribution`): every candidate screened so far, of this
    round or an earlier one, gets an expected fine-tuned accuracy from the study's own trials, and the
    candidates whose expected points add the most hypervolume are enqueued (rung 1 is skipped there: the
@@ -165,16 +167,19 @@ def _best_trials_per_band(study, edges: Sequence[float], per_band: int) -> list[
 MIN_FINISHED = 3
 
 
-def _finished(study) -> tuple[list[Finished], float]:
-    """The study's fine-tuned trials as promotion reads them, and the dense anchor's accuracy (else the best)."""
+def _finished(study, screen_key: str = "rung0_accuracy") -> tuple[list[Finished], float]:
+    """The study's fine-tuned trials as promotion reads them (their screening score: the user attribute
+    ``screen_key``), and the dense anchor's accuracy (else the best)."""
     from optuna.trial import TrialState
 
     out, dense = [], None
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         a = t.user_attrs
         if ACC in a and LAT in a and float(a[LAT]) > 0:
-            r0 = a.get("rung0_accuracy")
-            out.append(Finished(float(a[ACC]), float(a[LAT]), None if r0 is None else float(r0)))
+            r0 = a.get(screen_key)
+            secs = (t.datetime_complete - t.datetime_start).total_seconds() if (
+                t.datetime_start and t.datetime_complete and a.get("anchor") != "dense") else None
+            out.append(Finished(float(a[ACC]), float(a[LAT]), None if r0 is None else float(r0), secs))
             if a.get("anchor") == "dense":
                 dense = float(a[ACC])
     return out, dense if dense is not None else max((f.accuracy for f in out), default=0.0)
@@ -197,9 +202,10 @@ def _carry(rnd: ScreenRound, by_index: dict[int, Candidate], picks: Sequence[tup
     """This round's indices of ``picks``: an earlier round's candidate is copied into this round (its rung-0
     record, marked ``carried_from``), not re-scored."""
     out = []
+    copies = {tuple(r["carried_from"]): j for j, r in rnd.rung0.items() if r.get("carried_from")}
     for n, i in picks:
-        if n == rnd.number:
-            out.append(i)
+        if n == rnd.number or (n, i) in copies:  # this round's own, or carried before a resume
+            out.append(i if n == rnd.number else copies[(n, i)])
             continue
         rec = ScreenRound(rnd.study, n).rung0[i]
         j = max((*rnd.rung0, *by_index), default=-1) + 1
@@ -320,29 +326,52 @@ def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, n
     by_index = {c.index: c for c in (*first, *children)}
 
     # Rung 1: a short fine-tune of each band's best (as many as the budget buys), then promotion.
-    scored0 = rnd.scored(0)
     finished, dense_acc = _finished(study)
     by_contribution = len(finished) >= MIN_FINISHED
-    if spec.rung1_fraction > 0 and budget.rung1_plans != 0 and not by_contribution:
-        steps = max(1, round(spec.rung1_fraction * pipeline.full_steps()))
+    first_picks = number == 0 and not by_contribution  # only the dense model fine-tuned: one per band but the
+    slowest = edges[-2] if first_picks and len(edges) >= 3 else float("inf")  # slowest, which dense covers
+
+    def eligible(rows: list[Scored]) -> list[Scored]:
+        return [s for s in rows if s.latency_ms < slowest] or rows
+
+    scored0 = eligible(rnd.scored(0))
+    limit = max(0, min(slots, budget.slots))
+    per_band = 1 if first_picks else spec.promote_per_band
+    if first_picks:  # later rounds fit the study's curve to these
+        limit = min(limit, max(1, spec.bands - 1))
+    steps = max(1, round(spec.rung1_fraction * pipeline.full_steps())) if spec.rung1_fraction > 0 else 0
+    if steps and budget.rung1_plans != 0 and not by_contribution:
         picks = promote(scored0, edges, spec.rung1_per_band, skip_plans=sorted(taken), limit=budget.rung1_plans)
+        score([by_index[i] for i in picks], 1, steps, "short-finetune")
+    elif steps and first_picks:  # no room for a wider rung 1: the picks alone, so that later rounds can learn
+        picks = promote(scored0, edges, 1, skip_plans=sorted(taken), limit=limit)  # what a short fine-tune says
         score([by_index[i] for i in picks], 1, steps, "short-finetune")
     if over():
         return unfinished()
-    limit = max(0, min(slots, budget.slots))
     promoted: list[int] = []
     if by_contribution:  # the study's own fine-tuned trials say where the front gains most
         ref = config.min_accuracy if config.min_accuracy is not None else dense_acc - FRONT_MARGIN
-        promoted = _carry(rnd, by_index, _contributions(study, rnd, finished, dense_ms, ref, limit, taken))
-    else:  # the first round (only the dense model fine-tuned): one per band, so later rounds can fit a curve
-        limit = min(limit, spec.bands) if number == 0 else limit
+        shortlist = _carry(rnd, by_index, _contributions(study, rnd, finished, dense_ms, ref,
+                                                         (2 if steps else 1) * limit, taken))
+        if steps:  # a short fine-tune of twice the slots; its accuracy ranks fast plans, which rung 0 cannot
+            score([by_index[i] for i in shortlist], 1, steps, "short-finetune", budget.rung0_s)
+            if over():
+                return unfinished()
+            rung1 = [(i, float(rnd.rung1[i]["val_accuracy"]), float(rnd.rung0[i]["predicted_ms"]),
+                      rnd.rung0[i].get("plan_key", "")) for i in shortlist if "val_accuracy" in rnd.rung1.get(i, {})]
+            promoted = promote_by_contribution(_finished(study, "rung1_accuracy")[0], rung1, dense_ms, ref, limit,
+                                               skip_plans=sorted(taken))
+            promoted += [i for i in shortlist if i not in promoted and i not in rnd.rung1][:limit - len(promoted)]
+        else:
+            promoted = shortlist[:limit]
     by_front = set(promoted)
     seen = taken | {rnd.rung0[i].get("plan_key", "") for i in promoted}
-    promoted += promote(rnd.scored(1), edges, spec.promote_per_band, skip_plans=sorted(seen),
-                        limit=limit - len(promoted))
+    if not by_contribution:
+        promoted += promote(eligible(rnd.scored(1)), edges, per_band, skip_plans=sorted(seen),
+                            limit=limit - len(promoted))
     if len(promoted) < limit:  # fewer short fine-tunes than slots (none, or failed): the rest by rung 0
         seen |= {rnd.rung0[i].get("plan_key", "") for i in (*rnd.rung1, *promoted)}
-        promoted += promote(scored0, edges, spec.promote_per_band, skip_plans=sorted(seen), limit=limit - len(promoted))
+        promoted += promote(scored0, edges, per_band, skip_plans=sorted(seen), limit=limit - len(promoted))
     for i in promoted:
         c, r0 = by_index[i], rnd.rung0[i]
         history = {"screen_round": number, "screen_index": i, "screen_band": band_of(r0["predicted_ms"], edges),

@@ -73,3 +73,20 @@ def test_each_pick_joins_the_front_before_the_next_so_two_picks_do_not_crowd_one
     assert min(alone[:2]) > 10 * alone[2]
     # but once one twin is on the front, the other adds less than the mild plan: it comes second
     assert promote_by_contribution(STUDY, cands, DENSE_MS, 0.80, limit=3) == [0, 2, 1]
+
+
+def test_with_timed_trials_the_gain_counts_per_expected_second_so_a_slow_plan_must_add_more():
+    from autoprune.search.contribution import expected_seconds
+
+    timed = [Finished(0.90, 10.0), Finished(0.86, 6.0, 0.7, 60.0), Finished(0.85, 3.0, 0.3, 30.0),
+             Finished(0.80, 2.0, 0.2, 20.0)]
+    assert list(expected_seconds(timed, [4.0, 1.0])) == pytest.approx([40.0, 10.0])  # 10 s per ms on this study
+    assert expected_seconds(timed[:3], [4.0]) is None  # two timed trials: no line
+    cands = [(0, 0.8, 8.0, "mild"), (1, 0.25, 2.9, "fast")]
+    front = [(f.accuracy, DENSE_MS / f.latency_ms) for f in timed]
+    e = expected_accuracy(timed, [(c[1], c[2]) for c in cands], DENSE_MS)
+    gain = [front_gain(front, (a, DENSE_MS / c[2]), (0.80, 1.0)) for a, c in zip(e, cands)]
+    assert gain[0] > gain[1] and gain[0] / 80 < gain[1] / 29  # more hypervolume, but less per second
+    assert promote_by_contribution(timed, cands, DENSE_MS, 0.80, limit=1) == [1]
+    untimed = [Finished(f.accuracy, f.latency_ms, f.screen_accuracy) for f in timed]
+    assert promote_by_contribution(untimed, cands, DENSE_MS, 0.80, limit=1) == [0]

@@ -35,10 +35,10 @@ SCREENING = {"random": 6, "bands": 3, "refine_parents": 1, "refine_children": 2,
 
 
 # -- pure logic --------------------------------------------------------------------------------------
-def test_bands_are_log_spaced_from_the_fastest_plan_to_dense_and_every_latency_falls_in_one():
-    edges = band_edges(0.5, 4.0, 3)
-    assert edges == pytest.approx((0.5, 1.0, 2.0, 4.0))
-    assert [band_of(x, edges) for x in (0.1, 0.5, 0.99, 1.0, 3.9, 4.0, 9.0)] == [0, 0, 0, 1, 2, 2, 2]
+def test_bands_are_even_in_speedup_from_the_fastest_plan_to_dense_and_every_latency_falls_in_one():
+    edges = band_edges(0.5, 4.0, 3)  # 8x, 5.67x, 3.33x, 1x
+    assert edges == pytest.approx((0.5, 4.0 / (8 - 7 / 3), 4.0 / (8 - 14 / 3), 4.0))
+    assert [band_of(x, edges) for x in (0.1, 0.5, 0.7, 0.71, 1.0, 1.21, 3.9, 4.0, 9.0)] == [0, 0, 0, 1, 1, 2, 2, 2, 2]
     assert band_edges(2.0, 2.0, 5) == (2.0, 2.0) and band_of(7.0, (2.0, 2.0)) == 0  # nothing faster than dense
 
 
@@ -59,7 +59,7 @@ def test_promotion_takes_each_bands_best_round_robin_and_is_deterministic():
 
 
 def test_a_limit_shorter_than_the_bands_takes_both_ends_of_the_speed_range_not_the_fastest_only():
-    edges = band_edges(0.5, 8.0, 4)  # 0.5, 1, 2, 4, 8
+    edges = (0.5, 1.0, 2.0, 4.0, 8.0)
     s = [Scored(i, 0.9 - 0.1 * i, lat) for i, lat in enumerate((0.6, 1.5, 3.0, 6.0))]
     assert promote(s, edges, 1, limit=2) == [0, 3] and promote(s, edges, 1, limit=3) == [0, 2, 3]
     assert promote(s, edges, 1, limit=1) == [1] and promote(s, edges, 1) == [0, 1, 2, 3]
@@ -273,31 +273,45 @@ def test_later_rounds_promote_by_contribution_to_the_front_from_every_round_scre
                        progress=False).study
     rounds = rounds_of(study)
     r0 = ScreenRound(study, 0)
-    assert 0 < len(r0.promoted) <= SCREENING["bands"]  # the first round: one per band, for a curve to fit
+    # the first round: one per band but the slowest (dense covers it), each with a short fine-tune, for the
+    # next rounds to fit the study's curve and learn what a short fine-tune says
+    assert 0 < len(r0.promoted) <= SCREENING["bands"] - 1
+    assert len({band_of(r0.rung0[i]["predicted_ms"], r0.edges) for i in r0.promoted}) == len(r0.promoted)
+    assert all(r0.rung0[i]["predicted_ms"] < r0.edges[-2] for i in r0.promoted)
+    assert set(r0.promoted) <= set(r0.rung1)
     assert len(rounds) >= 2
     r1 = ScreenRound(study, rounds[1])
-    assert not r1.rung1  # rung 1 is skipped once promotion reads the study's own trials
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("screen_round") == rounds[1]]
     assert mine and all(t.user_attrs["screen_promoted_by"] in ("contribution", "band") for t in mine)
-    # the same pick, recomputed from what was stored: the trials fine-tuned before round 1, every rung-0 score
+    # the same picks, recomputed from what was stored: the trials fine-tuned before round 1, every rung-0 score
     before = [t for t in done if t.number < min(t.number for t in mine)]
-    finished = [Finished(t.user_attrs[ACC], t.user_attrs[LAT], t.user_attrs.get("rung0_accuracy")) for t in before]
     dense = next(t for t in before if t.user_attrs.get("anchor") == "dense")
+    dense_ms, ref = dense.user_attrs[LAT], dense.user_attrs[ACC] - FRONT_MARGIN
+
+    def finished(key):
+        return [Finished(t.user_attrs[ACC], t.user_attrs[LAT], t.user_attrs.get(key),
+                         None if t.user_attrs.get("anchor") == "dense" else
+                         (t.datetime_complete - t.datetime_start).total_seconds()) for t in before]
+
+    taken = [t.user_attrs["screen_plan_key"] for t in before if "screen_plan_key" in t.user_attrs]
     recs = [(0, i, r) for i, r in r0.rung0.items()] + [(rounds[1], i, r) for i, r in r1.rung0.items()
                                                       if "carried_from" not in r]
     recs = [x for x in recs if "val_accuracy" in x[2]]
-    dense_ms = dense.user_attrs[LAT]
-    picks = promote_by_contribution(finished, [(j, r["val_accuracy"], r["predicted_ms"], r["plan_key"])
-                                               for j, (_, _, r) in enumerate(recs)],
-                                    dense_ms, dense.user_attrs[ACC] - FRONT_MARGIN, len(r1.promoted),
-                                    skip_plans=[t.user_attrs["screen_plan_key"] for t in before
-                                                if "screen_plan_key" in t.user_attrs])
+    # rung 1 shortlists the plans of any round that add most at rung 0, and gives each a short fine-tune
+    short = promote_by_contribution(finished("rung0_accuracy"), [
+        (j, r["val_accuracy"], r["predicted_ms"], r["plan_key"]) for j, (_, _, r) in enumerate(recs)],
+        dense_ms, ref, len(r1.rung1), skip_plans=taken)
+    assert {recs[j][2]["plan_key"] for j in short} == {r1.rung0[i]["plan_key"] for i in r1.rung1}
+    # and the full fine-tunes go to those whose short fine-tune adds most
     by_front = [t for t in mine if t.user_attrs["screen_promoted_by"] == "contribution"]
     assert by_front  # the round found plans that add to the front
-    assert [recs[j][2]["plan_key"] for j in picks] == [t.user_attrs["screen_plan_key"] for t in by_front]
+    picks = promote_by_contribution(finished("rung1_accuracy"), [
+        (i, r1.rung1[i]["val_accuracy"], r1.rung0[i]["predicted_ms"], r1.rung0[i]["plan_key"]) for i in r1.rung1],
+        dense_ms, ref, len(by_front), skip_plans=taken)
+    assert picks == [t.user_attrs["screen_index"] for t in by_front]
     # a pick from an earlier round is carried into this one with its score, not screened again
-    for i in r1.promoted:
+    for i in r1.rung1:
         rec = r1.rung0[i]
         if "carried_from" in rec:
             n, k = rec["carried_from"]
