@@ -131,7 +131,7 @@ def run_search(config: SearchConfig | None, *, study_name: str, storage: str | S
             return SearchSummary(**base)
         t_trials = time.perf_counter()
         if space.screening is not None:  # screen many candidates, fully fine-tune the promoted ones
-            from autoprune.search.screen import run_screened
+            from autoprune.search.screen_loop import run_screened
 
             counts = run_screened(study, config, storage, pipeline, space, runner, timeout_s=timeout_s,
                                   progress=progress, exclusive=exclusive)
