@@ -366,7 +366,9 @@ def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, n
             promoted = shortlist[:limit]
     by_front = set(promoted)
     seen = taken | {rnd.rung0[i].get("plan_key", "") for i in promoted}
-    if not by_contribution:
+    if by_contribution:  # what adds nothing is left for the next round, with a curve that knows more
+        limit = max(len(promoted), 1) if limit else 0  # (but one: a round promoting none ends the search)
+    else:
         promoted += promote(eligible(rnd.scored(1)), edges, per_band, skip_plans=sorted(seen),
                             limit=limit - len(promoted))
     if len(promoted) < limit:  # fewer short fine-tunes than slots (none, or failed): the rest by rung 0
