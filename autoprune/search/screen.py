@@ -339,6 +339,8 @@ def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, n
     per_band = 1 if first_picks else spec.promote_per_band
     if first_picks:  # later rounds fit the study's curve to these
         limit = min(limit, max(1, spec.bands - 1))
+    elif by_contribution:  # a few at a time, so that the next round's curve knows what these gave
+        limit = min(limit, spec.bands)
     steps = max(1, round(spec.rung1_fraction * pipeline.full_steps())) if spec.rung1_fraction > 0 else 0
     if steps and budget.rung1_plans != 0 and not by_contribution:
         picks = promote(scored0, edges, spec.rung1_per_band, skip_plans=sorted(taken), limit=budget.rung1_plans)
@@ -360,7 +362,7 @@ def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, n
             rung1 = [(i, float(rnd.rung1[i]["val_accuracy"]), float(rnd.rung0[i]["predicted_ms"]),
                       rnd.rung0[i].get("plan_key", "")) for i in shortlist if "val_accuracy" in rnd.rung1.get(i, {})]
             promoted = promote_by_contribution(_finished(study, "rung1_accuracy")[0], rung1, dense_ms, ref, limit,
-                                               skip_plans=sorted(taken))
+                                               skip_plans=sorted(taken), cap_gain=True)
             promoted += [i for i in shortlist if i not in promoted and i not in rnd.rung1][:limit - len(promoted)]
         else:
             promoted = shortlist[:limit]

@@ -99,8 +99,10 @@ def test_no_candidate_is_expected_to_gain_more_from_its_score_than_any_trial_did
     study = [Finished(0.90, 10.0), Finished(0.894, 5.0, 0.898), Finished(0.8875, 3.0, 0.879),
              Finished(0.8795, 1.8, 0.752)]
     fast_but_broken, fast_and_fine = (0.33, 1.5), (0.87, 1.5)
-    e = expected_accuracy(study, [fast_but_broken, fast_and_fine], DENSE_MS)
+    e = expected_accuracy(study, [fast_but_broken, fast_and_fine], DENSE_MS, cap_gain=True)
     assert e[0] <= 0.33 + (0.8795 - 0.752) + GAIN_SLACK + 1e-9 < e[1]
     # so it is not promoted: its expected point lies below the reference
-    assert promote_by_contribution(study, [(0, *fast_but_broken, "broken"), (1, *fast_and_fine, "fine")],
-                                   DENSE_MS, 0.80, limit=2) == [1]
+    cands = [(0, *fast_but_broken, "broken"), (1, *fast_and_fine, "fine")]
+    assert promote_by_contribution(study, cands, DENSE_MS, 0.80, limit=2, cap_gain=True) == [1]
+    # a score right after pruning bounds nothing (at chance for every aggressive plan): no cap by default
+    assert expected_accuracy(study, [fast_but_broken], DENSE_MS)[0] > e[0]

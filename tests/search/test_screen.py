@@ -308,7 +308,7 @@ def test_later_rounds_promote_by_contribution_to_the_front_from_every_round_scre
     assert by_front  # the round found plans that add to the front
     picks = promote_by_contribution(finished("rung1_accuracy"), [
         (i, r1.rung1[i]["val_accuracy"], r1.rung0[i]["predicted_ms"], r1.rung0[i]["plan_key"]) for i in r1.rung1],
-        dense_ms, ref, len(by_front), skip_plans=taken)
+        dense_ms, ref, len(by_front), skip_plans=taken, cap_gain=True)
     assert picks == [t.user_attrs["screen_index"] for t in by_front]
     # a pick from an earlier round is carried into this one with its score, not screened again
     for i in r1.rung1:
