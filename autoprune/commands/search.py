@@ -118,7 +118,7 @@ class SearchCommand(Command):
               f"{c['failed']} failed, {c.get('stale_retried', 0)} stale retried, in {trial_min:.1f} min "
               f"({c['completed'] / max(trial_min, 1e-9):.1f} trials/min); {minutes:.1f} min in all with set-up "
               "(dense training when not cached, calibration loading)")
-        from autoprune.search.screen import screening_summary
+        from autoprune.search.screen_loop import screening_summary
 
         screened = screening_summary(out.study)
         if screened:

@@ -115,21 +115,6 @@ class ScreenRound:
                 for i, r in sorted(rows.items()) if "val_accuracy" in r and "predicted_ms" in first.get(i, {})]
 
 
-def screening_summary(study) -> str | None:
-    """One line on what the study's screening did (None for a study that does not screen)."""
-    rounds = [ScreenRound(study, n) for n in rounds_of(study)]
-    if not rounds:
-        return None
-    r0 = sum(len(r.rung0) for r in rounds)
-    r1 = sum(len(r.rung1) for r in rounds)
-    steps = max((int(x.get("steps", 0)) for r in rounds for x in r.rung1.values()), default=0)
-    promoted = sum(len(r.promoted or []) for r in rounds)
-    secs = sum(sum(r.seconds.values()) for r in rounds)
-    return (f"screening: {r0} plans scored at rung 0 (pruned, BatchNorm re-estimated), {r1} at rung 1 "
-            f"({steps} fine-tuning steps), {promoted} promoted to a full fine-tune, in {len(rounds)} round(s) "
-            f"and {secs / 60:.1f} min (study attributes {ROUND_ATTR}0..{rounds[-1].number})")
-
-
 def rounds_of(study) -> list[int]:
     """The numbers of the study's screening rounds so far, ascending."""
     return sorted(int(k[len(ROUND_ATTR):]) for k in study.user_attrs if k.startswith(ROUND_ATTR)
@@ -200,19 +185,40 @@ def _contributions(study, rnd: ScreenRound, finished: Sequence[Finished], dense_
 
 def _carry(rnd: ScreenRound, by_index: dict[int, Candidate], picks: Sequence[tuple[int, int]]) -> list[int]:
     """This round's indices of ``picks``: an earlier round's candidate is copied into this round (its rung-0
-    record, marked ``carried_from``), not re-scored."""
+    record, marked ``carried_from``, and its rung-1 record if it has one), not re-scored; a plan this round
+    already holds (its own, or carried before a resume) is not copied again."""
     out = []
-    copies = {tuple(r["carried_from"]): j for j, r in rnd.rung0.items() if r.get("carried_from")}
+    held = {r.get("plan_key"): j for j, r in sorted(rnd.rung0.items(), reverse=True) if r.get("plan_key")}
     for n, i in picks:
-        if n == rnd.number or (n, i) in copies:  # this round's own, or carried before a resume
-            out.append(i if n == rnd.number else copies[(n, i)])
+        if n == rnd.number:
+            out.append(i)
             continue
-        rec = ScreenRound(rnd.study, n).rung0[i]
+        old = ScreenRound(rnd.study, n)
+        rec = old.rung0[i]
+        if rec.get("plan_key") in held:
+            out.append(held[rec["plan_key"]])
+            continue
         j = max((*rnd.rung0, *by_index), default=-1) + 1
         rnd.rung0[j] = {**rec, "i": j, "carried_from": [n, i]}
+        if "val_accuracy" in old.rung1.get(i, {}):
+            rnd.rung1[j] = {**old.rung1[i], "i": j, "carried_from": [n, i]}
         by_index[j] = Candidate(j, str(rec.get("source", "random")), dict(rec.get("params", {})),
                                 dict(rec.get("fixed", {})))
+        held[rec.get("plan_key")] = j
         out.append(j)
+    return out
+
+
+def _rung1_pool(study, rnd: ScreenRound) -> dict[str, tuple[tuple[int, int], float, float]]:
+    """Plan digest -> ``((round, index), rung-1 accuracy, predicted ms)`` of every plan given a short fine-tune
+    in this round or an earlier one (its first record): successive halving keeps what rung 1 learned."""
+    out: dict[str, tuple[tuple[int, int], float, float]] = {}
+    for n in [*(m for m in rounds_of(study) if m < rnd.number), rnd.number]:
+        r = rnd if n == rnd.number else ScreenRound(study, n)
+        for i, x in sorted(r.rung1.items()):
+            key = r.rung0.get(i, {}).get("plan_key", "")
+            if key and key not in out and "val_accuracy" in x and "predicted_ms" in r.rung0[i]:
+                out[key] = ((n, i), float(x["val_accuracy"]), float(r.rung0[i]["predicted_ms"]))
     return out
 
 
@@ -353,16 +359,18 @@ def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, n
     promoted: list[int] = []
     if by_contribution:  # the study's own fine-tuned trials say where the front gains most
         ref = config.min_accuracy if config.min_accuracy is not None else dense_acc - FRONT_MARGIN
+        judged = set(_rung1_pool(study, rnd))  # plans a short fine-tune already scored are ranked by that score
         shortlist = _carry(rnd, by_index, _contributions(study, rnd, finished, dense_ms, ref,
-                                                         (2 if steps else 1) * limit, taken))
+                                                         (2 if steps else 1) * limit, taken | judged))
         if steps:  # a short fine-tune of twice the slots; its accuracy ranks fast plans, which rung 0 cannot
             score([by_index[i] for i in shortlist], 1, steps, "short-finetune", budget.rung0_s)
             if over():
                 return unfinished()
-            rung1 = [(i, float(rnd.rung1[i]["val_accuracy"]), float(rnd.rung0[i]["predicted_ms"]),
-                      rnd.rung0[i].get("plan_key", "")) for i in shortlist if "val_accuracy" in rnd.rung1.get(i, {})]
-            promoted = promote_by_contribution(_finished(study, "rung1_accuracy")[0], rung1, dense_ms, ref, limit,
-                                               skip_plans=sorted(taken), cap_gain=True)
+            pool = sorted(_rung1_pool(study, rnd).items(), key=lambda kv: kv[1][0])
+            picks = promote_by_contribution(_finished(study, "rung1_accuracy")[0],
+                                            [(j, acc, ms, key) for j, (key, (_, acc, ms)) in enumerate(pool)],
+                                            dense_ms, ref, limit, skip_plans=sorted(taken), cap_gain=True)
+            promoted = _carry(rnd, by_index, [pool[j][1][0] for j in picks])
             promoted += [i for i in shortlist if i not in promoted and i not in rnd.rung1][:limit - len(promoted)]
         else:
             promoted = shortlist[:limit]
@@ -395,5 +403,4 @@ def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, n
     return promoted
 
 
-__all__ = ["HISTORY_KEYS", "MAX_ROUNDS", "MIN_FINISHED", "ROUND_ATTR", "ScreenRound", "rounds_of", "screen_round",
-           "screening_summary"]
+__all__ = ["HISTORY_KEYS", "MAX_ROUNDS", "MIN_FINISHED", "ROUND_ATTR", "ScreenRound", "rounds_of", "screen_round"]

@@ -1,5 +1,5 @@
 """The screened search's loop: screening rounds (:mod:`autoprune.search.screen`) alternating with the backend's
-full fine-tunes of what each round promoted."""
+full fine-tunes of what each round promoted, and its one-line summary."""
 
 from __future__ import annotations
 
@@ -8,8 +8,23 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from autoprune.search.config import SearchConfig
-from autoprune.search.screen import MAX_ROUNDS, ScreenRound, rounds_of, screen_round
+from autoprune.search.screen import MAX_ROUNDS, ROUND_ATTR, ScreenRound, rounds_of, screen_round
 from autoprune.search.space import SearchSpace
+
+
+def screening_summary(study) -> str | None:
+    """One line on what the study's screening did (None for a study that does not screen)."""
+    rounds = [ScreenRound(study, n) for n in rounds_of(study)]
+    if not rounds:
+        return None
+    r0 = sum(len(r.rung0) for r in rounds)
+    r1 = sum(len(r.rung1) for r in rounds)
+    steps = max((int(x.get("steps", 0)) for r in rounds for x in r.rung1.values()), default=0)
+    promoted = sum(len(r.promoted or []) for r in rounds)
+    secs = sum(sum(r.seconds.values()) for r in rounds)
+    return (f"screening: {r0} plans scored at rung 0 (pruned, BatchNorm re-estimated), {r1} at rung 1 "
+            f"({steps} fine-tuning steps), {promoted} promoted to a full fine-tune, in {len(rounds)} round(s) "
+            f"and {secs / 60:.1f} min (study attributes {ROUND_ATTR}0..{rounds[-1].number})")
 
 
 def run_screened(study, config: SearchConfig, storage, pipeline, space: SearchSpace, runner, *,
@@ -61,4 +76,4 @@ def run_screened(study, config: SearchConfig, storage, pipeline, space: SearchSp
     return counts
 
 
-__all__ = ["run_screened"]
+__all__ = ["run_screened", "screening_summary"]

@@ -310,6 +310,14 @@ def test_later_rounds_promote_by_contribution_to_the_front_from_every_round_scre
         (i, r1.rung1[i]["val_accuracy"], r1.rung0[i]["predicted_ms"], r1.rung0[i]["plan_key"]) for i in r1.rung1],
         dense_ms, ref, len(by_front), skip_plans=taken, cap_gain=True)
     assert picks == [t.user_attrs["screen_index"] for t in by_front]
+    # a plan is short-fine-tuned once: a later round that carries it copies its rung-1 score
+    first: dict[str, float] = {}
+    for n in rounds:
+        r = ScreenRound(study, n)
+        for i, x in r.rung1.items():
+            key = r.rung0[i]["plan_key"]
+            assert key not in first or ("carried_from" in x and first[key] == x["val_accuracy"])
+            first.setdefault(key, x["val_accuracy"])
     # a pick from an earlier round is carried into this one with its score, not screened again
     for i in r1.rung1:
         rec = r1.rung0[i]
