@@ -30,8 +30,6 @@ from autoprune.search.pareto import hypervolume
 FRONT_MARGIN = 0.10
 #: Promoted trials a screening residual needs before it moves an expected accuracy (the shrinkage's prior).
 SHRINK = 4
-#: Accuracy added to the largest gain from a screening score seen (as the early stopper's slack).
-GAIN_SLACK = 0.005
 
 
 @dataclass(frozen=True)
@@ -117,8 +115,8 @@ def _left_out(u: np.ndarray, acc: np.ndarray, at: np.ndarray) -> np.ndarray:
     return out
 
 
-def expected_accuracy(finished: Sequence[Finished], screened: Sequence[tuple[float, float]], dense_ms: float,
-                      cap_gain: bool = False) -> np.ndarray:
+def expected_accuracy(finished: Sequence[Finished], screened: Sequence[tuple[float, float]], dense_ms: float
+                      ) -> np.ndarray:
     """Each screened candidate's expected fine-tuned accuracy.
 
     The study's fine-tuned accuracy as a non-increasing function of log speedup (:func:`isotonic_decreasing`
@@ -126,13 +124,13 @@ def expected_accuracy(finished: Sequence[Finished], screened: Sequence[tuple[flo
     ``beta`` times the candidate's screening residual (its rung-0 accuracy minus the non-increasing fit of
     every rung-0 accuracy at its speed). ``beta`` is the least-squares slope of the finished trials'
     residuals (each from the curve fitted without it) on their screening residuals, at least 0, times
-    ``n / (n + SHRINK)``; 0 with fewer than 3. With ``cap_gain`` and 2 or more screened trials, no candidate
-    is expected to gain more from its score than the most any of them gained, plus :data:`GAIN_SLACK` (the
-    early stopper's rule, :mod:`autoprune.search.stopping`, applied before the fine-tune): after a short
-    fine-tune, a plan at 0.33 whose trials gained at most 0.13 from theirs is not expected above 0.47, however
-    fast. Not for a score right after pruning: it is at chance for every aggressive plan (Fashion-MNIST VGG-11:
-    0.09-0.30 above 5x, fine-tuned 0.58-0.85), so the gains seen bound nothing (global-L1 at 90 % gained
-    0.75, more than any trial before it).
+    ``n / (n + SHRINK)``; 0 with fewer than 3.
+
+    No cap at the score plus the largest gain seen (the early stopper's rule): tried on Fashion-MNIST VGG-11
+    (docs/benchmarks.md, 2026-12-04), it rejected the plan that decides the front's fast end. Global L1 at 90 %
+    scored 0.094 right after pruning and 0.494 after a short fine-tune, and fine-tuned to 0.848: a gain of 0.35
+    where the milder plans before it had gained at most 0.13. The early stopper, inside the fine-tune, is what
+    ends a broken plan (at 0-50 % of its steps there).
 
     Args:
         finished: The study's fully fine-tuned trials (the dense anchor among them).
@@ -148,12 +146,6 @@ def expected_accuracy(finished: Sequence[Finished], screened: Sequence[tuple[flo
     base = _curve(xs, fit, cu, slope) if len(cu) else np.zeros(0)
     with_screen = [(math.log(dense_ms / f.latency_ms), f.screen_accuracy, a)
                    for f, a in zip(finished, acc) if f.screen_accuracy is not None]
-    if cap_gain and len(with_screen) >= 2 and len(cu):  # gains no more than the most any trial gained
-        most = max(a - s for _, s, a in with_screen) + GAIN_SLACK
-        cap = np.asarray([s for s, _ in screened], dtype=float) + most
-        base = np.minimum(base, cap)
-    else:
-        cap = None
     pool_u = np.concatenate([cu, [w[0] for w in with_screen]])
     pool_s = np.concatenate([[s for s, _ in screened], [w[1] for w in with_screen]])
     if len(with_screen) < 3 or len(pool_u) < 2:
@@ -165,8 +157,7 @@ def expected_accuracy(finished: Sequence[Finished], screened: Sequence[tuple[flo
     d = np.array([w[2] for w in with_screen]) - _left_out(u, acc, wu)
     ee = float(e @ e)
     beta = max(0.0, float(e @ d) / ee) * len(e) / (len(e) + SHRINK) if ee > 1e-12 else 0.0
-    out = base + beta * e_cand
-    return out if cap is None else np.minimum(out, cap)
+    return base + beta * e_cand
 
 
 def front_gain(front: Sequence[tuple[float, float]], point: tuple[float, float], reference: tuple[float, float]
@@ -180,7 +171,7 @@ def front_gain(front: Sequence[tuple[float, float]], point: tuple[float, float],
 
 def promote_by_contribution(finished: Sequence[Finished], candidates: Sequence[tuple[int, float, float, str]],
                             dense_ms: float, reference_accuracy: float, limit: int,
-                            skip_plans: Sequence[str] = (), cap_gain: bool = False) -> list[int]:
+                            skip_plans: Sequence[str] = ()) -> list[int]:
     """Candidates to fine-tune next, greedily by the hypervolume their expected points add to the front, per
     expected second of fine-tuning where the study has timed trials (:func:`expected_seconds`).
 
@@ -195,8 +186,6 @@ def promote_by_contribution(finished: Sequence[Finished], candidates: Sequence[t
         reference_accuracy: The accuracy at which the hypervolume starts counting.
         limit: At most this many.
         skip_plans: Plan digests never promoted (already promoted, or already a trial).
-        cap_gain: Cap each expectation at the score plus the largest gain seen (:func:`expected_accuracy`):
-            for scores after a short fine-tune.
     """
     seen = set(skip_plans)
     pool, keys = [], set()
@@ -207,7 +196,7 @@ def promote_by_contribution(finished: Sequence[Finished], candidates: Sequence[t
         pool.append(c)
     if not pool or limit <= 0:
         return []
-    expect = expected_accuracy(finished, [(c[1], c[2]) for c in pool], dense_ms, cap_gain)
+    expect = expected_accuracy(finished, [(c[1], c[2]) for c in pool], dense_ms)
     points = [(float(a), dense_ms / c[2]) for a, c in zip(expect, pool)]
     front = [(f.accuracy, dense_ms / f.latency_ms) for f in finished]
     ref = (float(reference_accuracy), 1.0)
@@ -226,5 +215,5 @@ def promote_by_contribution(finished: Sequence[Finished], candidates: Sequence[t
     return out
 
 
-__all__ = ["FRONT_MARGIN", "GAIN_SLACK", "SHRINK", "Finished", "expected_accuracy", "expected_seconds", "front_gain",
+__all__ = ["FRONT_MARGIN", "SHRINK", "Finished", "expected_accuracy", "expected_seconds", "front_gain",
            "isotonic_decreasing", "promote_by_contribution"]

@@ -369,7 +369,7 @@ def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, n
             pool = sorted(_rung1_pool(study, rnd).items(), key=lambda kv: kv[1][0])
             picks = promote_by_contribution(_finished(study, "rung1_accuracy")[0],
                                             [(j, acc, ms, key) for j, (key, (_, acc, ms)) in enumerate(pool)],
-                                            dense_ms, ref, limit, skip_plans=sorted(taken), cap_gain=True)
+                                            dense_ms, ref, limit, skip_plans=sorted(taken))
             promoted = _carry(rnd, by_index, [pool[j][1][0] for j in picks])
             promoted += [i for i in shortlist if i not in promoted and i not in rnd.rung1][:limit - len(promoted)]
         else:

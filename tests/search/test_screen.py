@@ -308,7 +308,7 @@ def test_later_rounds_promote_by_contribution_to_the_front_from_every_round_scre
     assert by_front  # the round found plans that add to the front
     picks = promote_by_contribution(finished("rung1_accuracy"), [
         (i, r1.rung1[i]["val_accuracy"], r1.rung0[i]["predicted_ms"], r1.rung0[i]["plan_key"]) for i in r1.rung1],
-        dense_ms, ref, len(by_front), skip_plans=taken, cap_gain=True)
+        dense_ms, ref, len(by_front), skip_plans=taken)
     assert picks == [t.user_attrs["screen_index"] for t in by_front]
     # a plan is short-fine-tuned once: a later round that carries it copies its rung-1 score
     first: dict[str, float] = {}
