@@ -15,18 +15,19 @@ has ``screening`` (:class:`~autoprune.search.space.ScreeningSpec`):
 3. **Bands.** The speed range, from the fastest screened plan to the dense model, is cut into
    predicted-latency bands evenly spaced in speedup (fixed by the first round, so every round ranks within
    the same bands).
-4. **Rung 1.** The best of each band (non-dominated in accuracy and latency first, then by accuracy) are
-   fine-tuned for a fraction of a full fine-tune and evaluated again: right after pruning, an aggressive
-   plan's accuracy says little about its fine-tuned one; a few steps say more.
+4. **Rung 1.** A shortlist is fine-tuned for a fraction of a full fine-tune and evaluated again: right
+   after pruning, an aggressive plan's accuracy says little about its fine-tuned one; a few steps say more.
+   The first round shortlists the best of each band (non-dominated in accuracy and latency first, then by
+   accuracy); later rounds twice their slots, by contribution (below). A plan is short-fine-tuned once.
 5. **Promotion.** The first round (only the dense model fine-tuned yet) enqueues the best of each band at
    rung 1, one per band but the slowest (the dense model covers that end of the front), so the front
    covers the speed range the way a sweep does and the next rounds have a curve to fit. Once
    :data:`MIN_FINISHED` trials are fine-tuned, a round promotes by
    contribution to the front (:mod:`autoprune.search.contribution`): every candidate screened so far, of this
-   round or an earlier one, gets an expected fine-tuned accuracy from the study's own trials, and the
-   candidates whose expected points add the most hypervolume are enqueued (rung 1 is skipped there: the
-   expectation is fitted on rung-0 scores). The backend fine-tunes them fully (with early stopping) as any
-   trial.
+   round or an earlier one, gets an expected fine-tuned accuracy from the study's own trials and its rung-0
+   score; those whose expected points add the most hypervolume are shortlisted for rung 1, and those whose
+   rung-1 scores add the most (over every plan rung 1 has scored) are enqueued. The backend fine-tunes them
+   fully (with early stopping) as any trial.
 
 Every rung is stored in the study, one user attribute per round (``autoprune.screen.round<N>``: the
 bands, each candidate's parameters, source and rung scores, the promoted indices), written as the round
@@ -152,22 +153,25 @@ def _best_trials_per_band(study, edges: Sequence[float], per_band: int) -> list[
 MIN_FINISHED = 3
 
 
-def _finished(study, screen_key: str = "rung0_accuracy") -> tuple[list[Finished], float]:
-    """The study's fine-tuned trials as promotion reads them (their screening score: the user attribute
-    ``screen_key``), and the dense anchor's accuracy (else the best)."""
+def _finished(study) -> tuple[dict[str, list[Finished]], float]:
+    """The study's fine-tuned trials as promotion reads them, with their rung-0 and with their rung-1 score
+    (``{"rung0_accuracy": [...], "rung1_accuracy": [...]}``), and the dense anchor's accuracy (else the best)."""
     from optuna.trial import TrialState
 
-    out, dense = [], None
+    out: dict[str, list[Finished]] = {"rung0_accuracy": [], "rung1_accuracy": []}
+    dense = None
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         a = t.user_attrs
         if ACC in a and LAT in a and float(a[LAT]) > 0:
-            r0 = a.get(screen_key)
             secs = (t.datetime_complete - t.datetime_start).total_seconds() if (
                 t.datetime_start and t.datetime_complete and a.get("anchor") != "dense") else None
-            out.append(Finished(float(a[ACC]), float(a[LAT]), None if r0 is None else float(r0), secs))
+            for key, rows in out.items():
+                score = a.get(key)
+                rows.append(Finished(float(a[ACC]), float(a[LAT]), None if score is None else float(score), secs))
             if a.get("anchor") == "dense":
                 dense = float(a[ACC])
-    return out, dense if dense is not None else max((f.accuracy for f in out), default=0.0)
+    rows = out["rung0_accuracy"]
+    return out, dense if dense is not None else max((f.accuracy for f in rows), default=0.0)
 
 
 def _contributions(study, rnd: ScreenRound, finished: Sequence[Finished], dense_ms: float, reference: float,
@@ -332,7 +336,8 @@ def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, n
     by_index = {c.index: c for c in (*first, *children)}
 
     # Rung 1: a short fine-tune of each band's best (as many as the budget buys), then promotion.
-    finished, dense_acc = _finished(study)
+    by_rung, dense_acc = _finished(study)
+    finished = by_rung["rung0_accuracy"]
     by_contribution = len(finished) >= MIN_FINISHED
     first_picks = number == 0 and not by_contribution  # only the dense model fine-tuned: one per band but the
     slowest = edges[-2] if first_picks and len(edges) >= 3 else float("inf")  # slowest, which dense covers
@@ -367,7 +372,7 @@ def screen_round(study, pipeline, space: SearchSpace, config: SearchConfig, *, n
             if over():
                 return unfinished()
             pool = sorted(_rung1_pool(study, rnd).items(), key=lambda kv: kv[1][0])
-            picks = promote_by_contribution(_finished(study, "rung1_accuracy")[0],
+            picks = promote_by_contribution(by_rung["rung1_accuracy"],
                                             [(j, acc, ms, key) for j, (key, (_, acc, ms)) in enumerate(pool)],
                                             dense_ms, ref, limit, skip_plans=sorted(taken))
             promoted = _carry(rnd, by_index, [pool[j][1][0] for j in picks])
