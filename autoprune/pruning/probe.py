@@ -12,7 +12,10 @@ input and permute its output; a bare parameter is permuted in place), and the mo
 output is compared with the unpermuted one. Correctly mapped channels leave the output
 bit-identical (up to rounding) whatever the operations between the layers do with them;
 a wrong mapping changes it. Channels are only permuted among those every coupled layer
-holds alike (a slice that sees only some of them keeps its own).
+holds alike (a slice that sees only some of them keeps its own), and as the units pruning removes
+together: GhostNet's concatenation links a primary conv's channel to its depthwise copy, and
+Torch-Pruning gives the two different root indices, so moving one without the other would flag a
+mapping that prunes correctly.
 """
 
 from __future__ import annotations
@@ -126,19 +129,23 @@ class _PermutationSpec:
             entries.append((target, role, dim, pos))
         if not entries:
             return None
-        # Permute only among channels that every layer holds alike (same number of positions).
-        classes: dict[tuple[int, ...], list[int]] = {}
-        for c in range(n):
-            classes.setdefault(tuple(len(e[3].get(c, ())) for e in entries), []).append(c)
+        # Permute whole units (the root channels pruning removes together), and only among units that every
+        # layer holds alike (same number of positions per member).
+        units = index.units(name)
+        if isinstance(units, str) or sum(len(u) for u in units) != n:
+            units = [[c] for c in range(n)]
+        classes: dict[tuple, list[list[int]]] = {}
+        for u in units:
+            classes.setdefault(tuple(tuple(len(e[3].get(c, ())) for e in entries) for c in u), []).append(u)
         perm = torch.arange(n)
         gen = torch.Generator().manual_seed(seed)
         for members in classes.values():
             if len(members) > 1:
-                idx = torch.tensor(members)
-                shuffled = idx[torch.randperm(len(members), generator=gen)]
-                if torch.equal(shuffled, idx):
-                    shuffled = idx.roll(1)
-                perm[idx] = shuffled
+                order = torch.randperm(len(members), generator=gen)
+                if torch.equal(order, torch.arange(len(members))):
+                    order = order.roll(1)
+                for k, j in enumerate(order.tolist()):
+                    perm[torch.tensor(members[k])] = torch.tensor(members[j])
         if torch.equal(perm, torch.arange(n)):
             return None
         return cls(entries, perm, list(dict.fromkeys(ops)))

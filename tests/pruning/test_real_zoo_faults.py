@@ -2,11 +2,14 @@
 
 CSP's split-then-concat (two groups rooted at one layer), a channel shuffle through a 5-D view (Torch-Pruning's
 reshape mapping divides by zero), a ``LayerNorm2d`` on NCHW tensors (the probe read it as channels-last), a
-zero-initialised classifier (the checks compared zeros), outputs of 1e8 (an absolute parity tolerance rejects a
+zero-initialised classifier (the checks compared zeros), a ghost module before a depthwise conv (the probe
+flagged a mapping that prunes correctly), outputs of 1e8 (an absolute parity tolerance rejects a
 faithful export), and an adaptive pool to 7x7 from 2x2 (no candidate can export: refused before the study).
 """
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -77,6 +80,52 @@ class ConvNeXtish(nn.Module):
         x = self.norm(self.stem(x))
         x = x + self.pw(self.dw(x))
         return self.head(x.mean((2, 3)))
+
+
+class GhostDW(nn.Module):
+    """timm's GhostBottleneck at stride 2, in small: a primary conv and its depthwise "cheap" copies concatenated,
+    then a depthwise conv over the concatenation (Torch-Pruning gives a primary channel and its copy's position
+    different root indices, and links them only as a unit)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.primary = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU())
+        self.cheap = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU())
+        self.conv_dw = nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16)
+        self.bn_dw = nn.BatchNorm2d(16)
+        self.pw = nn.Conv2d(16, 12, 1)
+        self.head = nn.Linear(12, 10)
+
+    def forward(self, x):
+        p = self.primary(x)
+        x = torch.cat([p, self.cheap(p)], dim=1)[:, :16]
+        return self.head(self.pw(self.bn_dw(self.conv_dw(x))).mean((2, 3)))
+
+
+def test_a_ghost_module_before_a_depthwise_conv_is_pruned_and_computes_the_silenced_model():
+    from autoprune.pruning import GroupPlan, PruningPlan, prune_model
+
+    torch.manual_seed(0)
+    model, x = GhostDW().eval(), torch.randn(2, 3, 16, 16)
+    for bn in (model.primary[1], model.cheap[1], model.bn_dw):
+        bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+    result = check_groups(model, x, max_ratio=0.9)
+    primary = {g.name: g for g in result.groups}["primary.0"]
+    assert "channel" in primary.allowed, result.excluded.get("primary.0")
+    plan = PruningPlan(tuple((g.name, GroupPlan("channel", 0.25) if g.name == "primary.0" else GroupPlan("keep"))
+                             for g in result.groups))
+    pruned = prune_model(model, plan, x)
+    assert pruned.module.primary[0].out_channels == 6 and pruned.module.conv_dw.out_channels == 12
+    # which primary channels went: the pruned primary conv holds the others' filters
+    w, w0 = pruned.module.primary[0].weight.detach(), model.primary[0].weight.detach()
+    kept = [next(k for k in range(8) if torch.equal(w[i], w0[k])) for i in range(6)]
+    gone = [c for c in range(8) if c not in kept]
+    silenced = copy.deepcopy(model)
+    with torch.no_grad():  # the dense model with those channels and their copies cut off before the head
+        for c in (*gone, *(8 + g for g in gone)):
+            silenced.pw.weight[:, c] = 0
+    with torch.no_grad():
+        assert torch.allclose(pruned.module(x), silenced(x), atol=1e-5)
 
 
 def test_a_layer_rooting_two_groups_gives_two_unique_names():
