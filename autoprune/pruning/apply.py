@@ -24,6 +24,7 @@ from autoprune.pruning.criteria import Criterion, get_criterion
 from autoprune.pruning.faults import emptying_line
 from autoprune.pruning.groups import GroupIndex, PrunableGroup, build_index
 from autoprune.pruning.plan import PruningPlan, kept_count, parse_nm
+from autoprune.pruning.widths import stored_widths, sync_widths
 
 NM_ATTR = "_autoprune_nm"  # module attribute: member name -> "N:M" of its mask
 
@@ -55,10 +56,7 @@ class PrunedModel:
     steps_run: int = 1
 
     def make_permanent(self) -> nn.Module:
-        """Bake the masks into the weights (in place) and return the module.
-
-        Afterwards the zeros are plain weight values; ``masks`` still records them.
-        """
+        """Bake the masks into the weights (in place; ``masks`` still records the zeros) and return the module."""
         _remove_masks(self.module)
         return self.module
 
@@ -78,9 +76,8 @@ def _masked_modules(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
 def refresh_masked_weights(model: nn.Module) -> None:
     """Recompute every masked ``weight`` (= ``weight_orig * weight_mask``) without autograd history.
 
-    ``torch.nn.utils.prune`` leaves the last computed ``weight`` as a non-leaf tensor
-    after a forward pass with gradients, which ``copy.deepcopy`` refuses. The
-    value is unchanged; the next forward recomputes it anyway.
+    ``torch.nn.utils.prune`` leaves the last computed ``weight`` as a non-leaf tensor after a forward pass with
+    gradients, which ``copy.deepcopy`` refuses. The value is unchanged; the next forward recomputes it anyway.
     """
     with torch.no_grad():
         for _, m in _masked_modules(model):
@@ -148,6 +145,7 @@ class _Engine:
         self.dense = {g.name: g.channels for g in self.index.groups}
         self.batches = self._take_batches(calib_loader)
         self.nm_members: dict[str, str] = {}
+        self.widths = stored_widths(model)  # e.g. torchvision ViT's hidden_dim, kept in step with conv_proj
 
     def _take_batches(self, loader):
         needs = any(
@@ -237,6 +235,7 @@ class _Engine:
                     lambda ix, n=g.name: self.index.dg.check_pruning_group(self.index.tp_group(n, ix)), g.name,
                     order[: n_remove // len(group_units[0])], group_units, self.dense[g.name], current[g.name]))
             tp_group.prune()
+            sync_widths(self.widths)
 
     def _global_channel_targets(self, groups, scores, current, ratio):
         s = self.settings

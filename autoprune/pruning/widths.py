@@ -1,0 +1,62 @@
+"""Widths a model stores beside its layers, kept in step when Torch-Pruning narrows those layers.
+
+Torch-Pruning resizes the layers' parameters (and a ``nn.MultiheadAttention``'s own ``embed_dim`` /
+``head_dim``), but a model's forward may also read a width it stored at construction. torchvision's
+``VisionTransformer`` reshapes its patch embedding with ``self.hidden_dim``
+(``x.reshape(n, self.hidden_dim, n_h * n_w)``), so pruning the residual stream made every plan fail with
+``shape '[1, 768, 196]' is invalid`` and the stream, with every attention projection in it, was kept whole
+(Torch-Pruning's own ViT benchmark patches ``hidden_dim`` by hand after pruning).
+
+:func:`stored_widths` finds, once on the dense model, an integer attribute of a module that equals the width
+of exactly one of its direct conv/linear children; :func:`sync_widths` rewrites it to that child's width after
+each prune. An attribute matching two children, or none, is left alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+#: Attribute names that models use for a stored channel width.
+WIDTH_ATTRS = ("hidden_dim", "embed_dim", "num_features", "out_chs", "out_channels", "dim", "width", "channels")
+_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+@dataclass(frozen=True)
+class StoredWidth:
+    """``owner.attr`` mirrors ``layer``'s output width."""
+
+    owner: nn.Module
+    attr: str
+    layer: nn.Module
+
+
+def _width(layer: nn.Module) -> int:
+    return int(layer.out_channels if isinstance(layer, nn.modules.conv._ConvNd) else layer.out_features)
+
+
+def stored_widths(model: nn.Module) -> tuple[StoredWidth, ...]:
+    """Every stored width of ``model`` (see the module docstring), on the dense model."""
+    found = []
+    for owner in model.modules():
+        if isinstance(owner, (*_LAYERS, nn.MultiheadAttention)):  # their widths are Torch-Pruning's to update
+            continue
+        children = [c for c in owner.children() if isinstance(c, _LAYERS)]
+        for attr in WIDTH_ATTRS:
+            value = owner.__dict__.get(attr)
+            if not isinstance(value, int) or isinstance(value, bool):
+                continue
+            match = [c for c in children if _width(c) == value]
+            if len(match) == 1:
+                found.append(StoredWidth(owner, attr, match[0]))
+    return tuple(found)
+
+
+def sync_widths(widths: tuple[StoredWidth, ...]) -> None:
+    """Set each stored width to its layer's current width."""
+    for w in widths:
+        setattr(w.owner, w.attr, _width(w.layer))
+
+
+__all__ = ["WIDTH_ATTRS", "StoredWidth", "stored_widths", "sync_widths"]
