@@ -3,8 +3,10 @@
 CSP's split-then-concat (two groups rooted at one layer), a channel shuffle through a 5-D view (Torch-Pruning's
 reshape mapping divides by zero), a ``LayerNorm2d`` on NCHW tensors (the probe read it as channels-last), a
 zero-initialised classifier (the checks compared zeros), a ghost module before a depthwise conv (the probe
-flagged a mapping that prunes correctly), outputs of 1e8 (an absolute parity tolerance rejects a
-faithful export), and an adaptive pool to 7x7 from 2x2 (no candidate can export: refused before the study).
+flagged a mapping that prunes correctly), a split into convs of different kernel sizes (Torch-Pruning mapped a
+chunk onto the wrong conv, and the model's stored split sizes went stale), outputs of 1e8 (an absolute parity
+tolerance rejects a faithful export), and an adaptive pool to 7x7 from 2x2 (no candidate can export: refused
+before the study).
 """
 
 from __future__ import annotations
@@ -126,6 +128,53 @@ def test_a_ghost_module_before_a_depthwise_conv_is_pruned_and_computes_the_silen
             silenced.pw.weight[:, c] = 0
     with torch.no_grad():
         assert torch.allclose(pruned.module(x), silenced(x), atol=1e-5)
+
+
+class MixedConv(nn.ModuleDict):
+    """timm's MixedConv2d in small: its input split into chunks of stored sizes, each chunk through a depthwise
+    conv of its own kernel size, concatenated."""
+
+    def __init__(self, chunks: list[int], kernels: tuple[int, ...]) -> None:
+        super().__init__({str(i): nn.Conv2d(c, c, k, padding=k // 2, groups=c, bias=False)
+                          for i, (c, k) in enumerate(zip(chunks, kernels))})
+        self.splits = list(chunks)
+
+    def forward(self, x):
+        return torch.cat([conv(c) for conv, c in zip(self.values(), torch.split(x, self.splits, 1))], 1)
+
+
+class MixedSplit(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.pw = nn.Conv2d(8, 24, 1, bias=False)
+        self.dw = MixedConv([12, 12], (3, 5))
+        self.pwl = nn.Conv2d(24, 8, 1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.dw(torch.relu(self.pw(torch.relu(self.stem(x)))))
+        return self.head(self.pwl(x).mean((2, 3)))
+
+
+def test_a_split_into_different_kernels_prunes_each_chunk_in_its_own_conv():
+    from autoprune.pruning import GroupPlan, PruningPlan, prune_model
+
+    torch.manual_seed(0)
+    model, x = MixedSplit().eval(), torch.randn(2, 3, 12, 12)
+    result = check_groups(model, x, max_ratio=0.9)
+    assert "channel" in {g.name: g for g in result.groups}["pw"].allowed, result.excluded.get("pw")
+    plan = PruningPlan(tuple((g.name, GroupPlan("channel", 0.5) if g.name == "pw" else GroupPlan("keep"))
+                             for g in result.groups))
+    pruned = prune_model(model, plan, x).module
+    assert pruned.dw.splits == [6, 12] == [c.in_channels for c in pruned.dw.values()]  # the group is chunk 0
+    w, w0 = pruned.pw.weight.detach(), model.pw.weight.detach()
+    kept = [next(k for k in range(24) if torch.equal(w[i], w0[k])) for i in range(18)]
+    silenced = copy.deepcopy(model)
+    with torch.no_grad():  # the dense model with the removed channels producing zeros
+        for c in set(range(24)) - set(kept):
+            silenced.pw.weight[c] = 0
+        assert torch.allclose(pruned(x), silenced(x), atol=1e-5)
 
 
 def test_a_layer_rooting_two_groups_gives_two_unique_names():
