@@ -21,7 +21,7 @@ from torch.nn.utils import prune as torch_prune
 from autoprune.compute import Compute
 from autoprune.errors import PlanError
 from autoprune.pruning.criteria import Criterion, get_criterion
-from autoprune.pruning.faults import emptying_line
+from autoprune.pruning.faults import emptying_line, partial_layers, spare_units
 from autoprune.pruning.groups import GroupIndex, PrunableGroup, build_index
 from autoprune.pruning.plan import PruningPlan, kept_count, parse_nm
 from autoprune.pruning.widths import stored_widths, sync_widths
@@ -62,8 +62,7 @@ class PrunedModel:
 
     def weight_sparsity(self) -> float:
         """Fraction of zeros over the masked members' weights (0.0 without masks)."""
-        total = sum(m.numel() for m in self.masks.values())
-        kept = sum(int(m.sum()) for m in self.masks.values())
+        total, kept = sum(m.numel() for m in self.masks.values()), sum(int(m.sum()) for m in self.masks.values())
         return 0.0 if total == 0 else 1.0 - kept / total
 
 
@@ -98,9 +97,8 @@ def _remove_masks(model: nn.Module) -> None:
 def _nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Keep the top-``n`` of every ``m`` consecutive weights along the input-channel dim.
 
-    Where channel pruning upstream left the input channels short of a multiple of ``m``,
-    the dimension is padded (as N:M kernels pad it) and the last block keeps its top ``n``
-    real weights.
+    Where channel pruning upstream left the input channels short of a multiple of ``m``, the dimension is padded
+    (as N:M kernels pad it) and the last block keeps its top ``n`` real weights.
     """
     w = scores.movedim(1, -1)  # [O, *k, I]
     width = w.shape[-1]
@@ -226,7 +224,9 @@ class _Engine:
             # Whole units go: a grouped layer keeps the same channels in each of its groups.
             unit_scores = torch.stack([scores[g.name][u].mean() for u in group_units])
             order = torch.argsort(unit_scores, stable=True).tolist()
-            idxs = sorted(i for k in order[: n_remove // len(group_units[0])] for i in group_units[k])
+            partial = partial_layers(self.index.dg, self.index.tp_group(g.name))
+            idxs = sorted(i for k in spare_units(order, group_units, n_remove // len(group_units[0]), partial)
+                          for i in group_units[k])
             if not idxs:
                 continue
             tp_group = self.index.tp_group(g.name, idxs)

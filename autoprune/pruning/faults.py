@@ -2,7 +2,8 @@
 
 :func:`~autoprune.pruning.check_groups` refuses a test plan with one, and the zoo's tests and survey
 (``tests/pruning/test_zoo.py``, ``benchmarks/zoo_survey.py``) look for them in every random plan;
-:func:`emptying_line` says how much of a group can go where removing more would empty a layer.
+:func:`emptying_line` says how much of a group can go where removing more would empty a layer, and
+:func:`partial_layers` / :func:`spare_units` choose the channels to remove so that none is emptied.
 """
 
 from __future__ import annotations
@@ -79,3 +80,46 @@ def emptying_line(accepts: Callable[[list[int]], bool], name: str, order: Sequen
 
 
 __all__ = ["depthwise_names", "emptying_line", "layer_faults"]
+
+
+def partial_layers(dg, tp_group) -> list[frozenset[int]]:
+    """The root channels of each layer that holds only some of a group's channels and nothing else.
+
+    Removing all of one such set empties that layer (Torch-Pruning refuses it): timm's MixNet concatenates a
+    group's channels into a split whose chunks each go to their own conv, and removing the 8 lowest-scored of a
+    12-channel group emptied a 6-channel chunk.
+
+    Args:
+        dg: The live Torch-Pruning dependency graph.
+        tp_group: A Torch-Pruning group over all current channels of its root.
+    """
+    n = len(tp_group[0].idxs)
+    out = set()
+    for item in tp_group:
+        module, handler = item.dep.target.module, item.dep.handler
+        if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) or item.root_idxs is None:
+            continue
+        roots = frozenset(int(r) for r in item.root_idxs if r is not None)
+        width = dg.get_out_channels(module) if dg.is_out_channel_pruning_fn(handler) else dg.get_in_channels(module)
+        if roots and len(roots) < n and width is not None and len(set(item.idxs)) >= int(width):
+            out.add(roots)
+    return sorted(out, key=min)
+
+
+def spare_units(order: Sequence[int], units: Sequence[Sequence[int]], count: int,
+                partial: Sequence[frozenset[int]]) -> list[int]:
+    """The first ``count`` units of ``order`` (lowest score first) whose removal leaves a channel in every
+    :func:`partial_layers` set, skipping a unit that would take a set's last one (fewer when no more can go)."""
+    left = [len(s) for s in partial]
+    picked = []
+    for k in order:
+        if len(picked) >= count:
+            break
+        unit = set(units[k])
+        hits = [(j, len(unit & s)) for j, s in enumerate(partial) if unit & s]
+        if any(left[j] - h < 1 for j, h in hits):
+            continue
+        for j, h in hits:
+            left[j] -= h
+        picked.append(k)
+    return picked

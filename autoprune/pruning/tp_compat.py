@@ -10,8 +10,10 @@ from the traced graph. On some real models that inference returns ``None`` or 0,
 It also maps a ``torch.split``'s chunks to its consumers in the order it found the consumers while tracing, not
 in the order of the chunks they read: on timm's MixNet (a split into convs of different kernel sizes, then a
 concatenation) a channel of the first chunk was mapped onto the second chunk's conv, and the probe kept 23 of
-39 groups whole. :func:`_split_in_order` sorts a split's consumers by the chunk each reads (its autograd
-``output_nr``) before the mapping runs.
+39 groups whole. And its split pruner writes the new chunk offsets onto itself (``self.offsets``), not onto the
+split, so after one group was pruned the next was mapped through the old chunk boundaries and refused as
+emptying a layer. :func:`_split_in_order` sorts a split's consumers by the chunk each reads (its autograd
+``output_nr``) and re-derives the offsets from the split's current sizes before the mapping runs.
 
 :func:`install` guards each node's mapping: a node whose mapping
 crashes keeps Torch-Pruning's default (identity) mapping and is recorded, and every group whose channels pass
@@ -171,11 +173,15 @@ def _chunk_read(consumer, split_grad_fn) -> int | None:
 
 
 def _split_in_order(fn):
-    """Run Torch-Pruning's split mapping with the split's consumers in the order of the chunks they read
-    (see the module docstring); left as traced when any consumer's chunk cannot be told."""
+    """Run Torch-Pruning's split mapping with offsets from the split's current sizes and the split's consumers in
+    the order of the chunks they read (see the module docstring; left as traced when a consumer's chunk cannot
+    be told)."""
 
     @functools.wraps(fn)
     def wrapper(graph, node, *args, **kwargs):
+        sizes = getattr(getattr(node, "module", None), "split_sizes", None)
+        if sizes is not None and None not in sizes:
+            node.module.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
         outputs = getattr(node, "outputs", None)
         grad_fn = getattr(node, "grad_fn", None)
         if outputs and grad_fn is not None and len(outputs) > 1:

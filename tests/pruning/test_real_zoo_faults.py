@@ -157,19 +157,23 @@ class MixedSplit(nn.Module):
         return self.head(self.pwl(x).mean((2, 3)))
 
 
-def test_a_split_into_different_kernels_prunes_each_chunk_in_its_own_conv():
+@pytest.mark.parametrize("chunks", [("pw",), ("pw", "dw.1")])
+def test_a_split_into_different_kernels_prunes_each_chunk_in_its_own_conv(chunks):
+    """Each chunk is a group; both pruned in one plan, the second is mapped through the first's new sizes."""
     from autoprune.pruning import GroupPlan, PruningPlan, prune_model
 
     torch.manual_seed(0)
     model, x = MixedSplit().eval(), torch.randn(2, 3, 12, 12)
     result = check_groups(model, x, max_ratio=0.9)
-    assert "channel" in {g.name: g for g in result.groups}["pw"].allowed, result.excluded.get("pw")
-    plan = PruningPlan(tuple((g.name, GroupPlan("channel", 0.5) if g.name == "pw" else GroupPlan("keep"))
+    by_name = {g.name: g for g in result.groups}
+    assert all("channel" in by_name[c].allowed for c in chunks), result.excluded
+    plan = PruningPlan(tuple((g.name, GroupPlan("channel", 0.5) if g.name in chunks else GroupPlan("keep"))
                              for g in result.groups))
     pruned = prune_model(model, plan, x).module
-    assert pruned.dw.splits == [6, 12] == [c.in_channels for c in pruned.dw.values()]  # the group is chunk 0
+    sizes = [6, 6] if len(chunks) == 2 else [6, 12]
+    assert pruned.dw.splits == sizes == [c.in_channels for c in pruned.dw.values()]
     w, w0 = pruned.pw.weight.detach(), model.pw.weight.detach()
-    kept = [next(k for k in range(24) if torch.equal(w[i], w0[k])) for i in range(18)]
+    kept = [next(k for k in range(24) if torch.equal(w[i], w0[k])) for i in range(sum(sizes))]
     silenced = copy.deepcopy(model)
     with torch.no_grad():  # the dense model with the removed channels producing zeros
         for c in set(range(24)) - set(kept):
