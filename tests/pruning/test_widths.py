@@ -59,3 +59,42 @@ def test_the_residual_stream_of_a_vit_with_a_stored_width_is_pruned_and_exports(
     assert model.hidden_dim == 16  # the user's model is untouched
     assert pruned(x).shape == (1, 10)
     assert export_onnx(pruned, tmp_path / "vit.onnx", x).max_abs_diff < 1e-4  # parity with PyTorch
+
+
+class Scale(nn.Module):
+    """timm's MetaFormer ``Scale`` (PoolFormer): a per-channel scale viewed with a stored broadcast shape."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.shape = (dim, 1, 1)
+        self.scale = nn.Parameter(torch.rand(dim) + 0.5)
+
+    def forward(self, x):
+        return x * self.scale.view(self.shape)
+
+
+class PoolFormerish(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.mlp = nn.Sequential(nn.Conv2d(16, 32, 1), nn.GELU(), nn.Conv2d(32, 16, 1))
+        self.layer_scale = Scale(16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.layer_scale(self.mlp(x))
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_broadcast_shape_beside_a_per_channel_scale_follows_it():
+    torch.manual_seed(0)
+    model, x = PoolFormerish().eval(), torch.randn(1, 3, 8, 8)
+    found = [(w.attr, w.param, w.at) for w in stored_widths(model)]
+    assert ("shape", "scale", 0) in found
+    result = check_groups(model, x, max_ratio=0.9)
+    assert "channel" in {g.name: g for g in result.groups}["stem"].allowed, result.excluded.get("stem")
+    plan = PruningPlan(tuple((g.name, GroupPlan("channel", 0.5) if g.name == "stem" else GroupPlan("keep"))
+                             for g in result.groups))
+    pruned = prune_model(model, plan, x).module
+    assert pruned.layer_scale.shape == (8, 1, 1) and pruned(x).shape == (1, 10)
