@@ -97,10 +97,11 @@ def partial_layers(dg, tp_group) -> list[frozenset[int]]:
     out = set()
     for item in tp_group:
         module, handler = item.dep.target.module, item.dep.handler
-        if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) or item.root_idxs is None:
+        if not isinstance(module, nn.Module) or item.root_idxs is None:
             continue
         roots = frozenset(int(r) for r in item.root_idxs if r is not None)
-        width = dg.get_out_channels(module) if dg.is_out_channel_pruning_fn(handler) else dg.get_in_channels(module)
+        width = (dg.get_out_channels(module) if dg.is_out_channel_pruning_fn(handler)
+                 else dg.get_in_channels(module) if dg.is_in_channel_pruning_fn(handler) else None)
         if roots and len(roots) < n and width is not None and len(set(item.idxs)) >= int(width):
             out.add(roots)
     return sorted(out, key=min)
