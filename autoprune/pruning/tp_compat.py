@@ -19,7 +19,9 @@ On timm's ReXNet (an in-place add into a slice of each block's output) Torch-Pru
 never converges: every path re-maps the channels to another index list, each kept as a new entry, past 20,000
 entries in 40 s (the largest group of ResNet-50 has 33, of DenseNet-121 102), and discovery ran for hours.
 :data:`MAX_GROUP_ENTRIES` bounds a group's search: past it the group raises :class:`RunawayGroupError`, and
-discovery keeps that root whole with the reason.
+discovery keeps that root whole with the reason. On timm's LeViT at 64 px the search instead multiplies one
+entry's index list at every flatten it maps (past 10 GB), and comparing those lists takes the time:
+:data:`MAX_MAPPED_INDICES` bounds one mapping's list and :data:`MAX_GROUP_INDICES` the group's lists together.
 
 :func:`install` guards each node's mapping: a node whose mapping
 crashes keeps Torch-Pruning's default (identity) mapping and is recorded, and every group whose channels pass
@@ -57,6 +59,10 @@ class MappingFaults:
 _INSTALLED: list[bool] = []
 #: Entries a Torch-Pruning group may reach before its search is called runaway (see the module docstring).
 MAX_GROUP_ENTRIES = 2000
+#: Channel indices one flatten mapping may produce (a flatten before a classifier: VGG's 512 x 7 x 7 = 25,088).
+MAX_MAPPED_INDICES = 1_000_000
+#: Channel indices a group's entries may hold together (DenseNet-121's largest group: about 10^5).
+MAX_GROUP_INDICES = 2_000_000
 
 
 class RunawayGroupError(RuntimeError):
@@ -101,6 +107,8 @@ def install() -> None:
 
     if not getattr(Group.add_dep, "__autoprune_guard__", False):
         Group.add_dep = _bounded_add(Group.add_dep)
+    if not getattr(im._FlattenIndexMapping.__call__, "__autoprune_guard__", False):
+        im._FlattenIndexMapping.__call__ = _bounded_flatten(im._FlattenIndexMapping.__call__)
     _INSTALLED.append(True)
 
 
@@ -182,13 +190,31 @@ def _with_view_sizes(fn):
 
 
 def _bounded_add(fn):
-    """``Group.add_dep`` that raises :class:`RunawayGroupError` past :data:`MAX_GROUP_ENTRIES` entries."""
+    """``Group.add_dep`` that raises :class:`RunawayGroupError` past :data:`MAX_GROUP_ENTRIES` entries or
+    :data:`MAX_GROUP_INDICES` indices."""
 
     @functools.wraps(fn)
-    def wrapper(group, *args, **kwargs):
+    def wrapper(group, dep, idxs, *args, **kwargs):
         if len(group._group) >= MAX_GROUP_ENTRIES:
             raise RunawayGroupError(f"search passed {MAX_GROUP_ENTRIES} entries without converging")
-        return fn(group, *args, **kwargs)
+        group._autoprune_indices = getattr(group, "_autoprune_indices", 0) + len(idxs)
+        if group._autoprune_indices > MAX_GROUP_INDICES:
+            raise RunawayGroupError(f"search passed {MAX_GROUP_INDICES:,} channel indices without converging")
+        return fn(group, dep, idxs, *args, **kwargs)
+
+    wrapper.__autoprune_guard__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _bounded_flatten(fn):
+    """A flatten mapping that raises :class:`RunawayGroupError` past :data:`MAX_MAPPED_INDICES` indices."""
+
+    @functools.wraps(fn)
+    def wrapper(mapping, idxs):
+        out = fn(mapping, idxs)
+        if len(out) > MAX_MAPPED_INDICES:
+            raise RunawayGroupError(f"a flatten mapped its channels to over {MAX_MAPPED_INDICES:,} indices")
+        return out
 
     wrapper.__autoprune_guard__ = True  # type: ignore[attr-defined]
     return wrapper
@@ -231,4 +257,5 @@ def faults_of(graph) -> MappingFaults:
     return faults
 
 
-__all__ = ["MAX_GROUP_ENTRIES", "MappingFaults", "RunawayGroupError", "faults_of", "install"]
+__all__ = ["MAX_GROUP_ENTRIES", "MAX_GROUP_INDICES", "MAX_MAPPED_INDICES", "MappingFaults", "RunawayGroupError",
+           "faults_of", "install"]
