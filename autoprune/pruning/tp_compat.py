@@ -18,7 +18,9 @@ emptying a layer. :func:`_split_in_order` sorts a split's consumers by the chunk
 On timm's ReXNet (an in-place add into a slice of each block's output) Torch-Pruning's search for one group
 never converges: every path re-maps the channels to another index list, each kept as a new entry, past 20,000
 entries in 40 s (the largest group of ResNet-50 has 33, of DenseNet-121 102), and discovery ran for hours.
-:data:`MAX_GROUP_ENTRIES` bounds a group's search: past it the group raises :class:`RunawayGroupError`, and
+The larger of :data:`MAX_GROUP_ENTRIES` and :data:`ENTRIES_PER_NODE` per graph node bounds a group's search
+(Swin's streams legitimately pass 2,147 and 4,493 entries before Torch-Pruning merges them, in about a second):
+past it the group raises :class:`RunawayGroupError`, and
 discovery keeps that root whole with the reason. On timm's LeViT at 64 px the search instead multiplies one
 entry's index list at every flatten it maps (past 10 GB), and comparing those lists takes the time:
 :data:`MAX_MAPPED_INDICES` bounds one mapping's list and :data:`MAX_GROUP_INDICES` the group's lists together.
@@ -59,6 +61,9 @@ class MappingFaults:
 _INSTALLED: list[bool] = []
 #: Entries a Torch-Pruning group may reach before its search is called runaway (see the module docstring).
 MAX_GROUP_ENTRIES = 2000
+#: ... or this many per node of the model's graph, whichever is larger (swin_v2_t: 1,070 nodes).
+ENTRIES_PER_NODE = 8
+_ENTRY_LIMIT = [MAX_GROUP_ENTRIES]  # the current graph's bound, set by the get_pruning_group wrapper
 #: Channel indices one flatten mapping may produce (a flatten before a classifier: VGG's 512 x 7 x 7 = 25,088).
 MAX_MAPPED_INDICES = 1_000_000
 #: Channel indices a group's entries may hold together (DenseNet-121's largest group: about 10^5).
@@ -107,6 +112,10 @@ def install() -> None:
 
     if not getattr(Group.add_dep, "__autoprune_guard__", False):
         Group.add_dep = _bounded_add(Group.add_dep)
+    from torch_pruning.dependency.graph import DependencyGraph
+
+    if not getattr(DependencyGraph.get_pruning_group, "__autoprune_guard__", False):
+        DependencyGraph.get_pruning_group = _sized_search(DependencyGraph.get_pruning_group)
     if not getattr(im._FlattenIndexMapping.__call__, "__autoprune_guard__", False):
         im._FlattenIndexMapping.__call__ = _bounded_flatten(im._FlattenIndexMapping.__call__)
     _INSTALLED.append(True)
@@ -195,12 +204,24 @@ def _bounded_add(fn):
 
     @functools.wraps(fn)
     def wrapper(group, dep, idxs, *args, **kwargs):
-        if len(group._group) >= MAX_GROUP_ENTRIES:
-            raise RunawayGroupError(f"search passed {MAX_GROUP_ENTRIES} entries without converging")
+        if len(group._group) >= _ENTRY_LIMIT[0]:
+            raise RunawayGroupError(f"search passed {_ENTRY_LIMIT[0]} entries without converging")
         group._autoprune_indices = getattr(group, "_autoprune_indices", 0) + len(idxs)
         if group._autoprune_indices > MAX_GROUP_INDICES:
             raise RunawayGroupError(f"search passed {MAX_GROUP_INDICES:,} channel indices without converging")
         return fn(group, dep, idxs, *args, **kwargs)
+
+    wrapper.__autoprune_guard__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _sized_search(fn):
+    """``DependencyGraph.get_pruning_group`` with the entry bound sized to this graph."""
+
+    @functools.wraps(fn)
+    def wrapper(graph, *args, **kwargs):
+        _ENTRY_LIMIT[0] = max(MAX_GROUP_ENTRIES, ENTRIES_PER_NODE * len(getattr(graph, "module2node", ())))
+        return fn(graph, *args, **kwargs)
 
     wrapper.__autoprune_guard__ = True  # type: ignore[attr-defined]
     return wrapper
@@ -257,5 +278,5 @@ def faults_of(graph) -> MappingFaults:
     return faults
 
 
-__all__ = ["MAX_GROUP_ENTRIES", "MAX_GROUP_INDICES", "MAX_MAPPED_INDICES", "MappingFaults", "RunawayGroupError",
-           "faults_of", "install"]
+__all__ = ["ENTRIES_PER_NODE", "MAX_GROUP_ENTRIES", "MAX_GROUP_INDICES", "MAX_MAPPED_INDICES", "MappingFaults",
+           "RunawayGroupError", "faults_of", "install"]
