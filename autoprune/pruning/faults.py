@@ -79,9 +79,6 @@ def emptying_line(accepts: Callable[[list[int]], bool], name: str, order: Sequen
     return f"{head} of them; at most {can} can go, so lower its ratio to {(dense - current + can) / dense:.2f} or less"
 
 
-__all__ = ["depthwise_names", "emptying_line", "layer_faults"]
-
-
 def partial_layers(dg, tp_group) -> list[frozenset[int]]:
     """The root channels of each layer that holds only some of a group's channels and nothing else.
 
@@ -124,3 +121,6 @@ def spare_units(order: Sequence[int], units: Sequence[Sequence[int]], count: int
             left[j] -= h
         picked.append(k)
     return picked
+
+
+__all__ = ["depthwise_names", "emptying_line", "layer_faults", "partial_layers", "spare_units"]
