@@ -6,6 +6,7 @@ untrained tiny CNN at 16x16 on digits; tests/search/test_deploy.py runs verify o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -210,3 +211,24 @@ def test_a_tvm_module_of_another_architecture_is_skipped_not_failed(tmp_path, ca
     code, out, _ = _run(capsys, tmp_path / "e", "--quiet")
     assert code == 0, out
     assert "model_tvm.so is sparc64 code" in out
+
+
+@pytest.mark.parametrize(("timed", "code"), [((2.0, 4.5), 0), ((2.0, 3.0), 1)])
+def test_a_speedup_below_the_bound_is_timed_once_more_and_the_better_kept(tmp_path, capsys, monkeypatch, timed, code):
+    """The journey's export measured 5.46x and its verify 4.16x, 4.6x and 4.31x within minutes (bound 4.37x): one
+    miss on a drifting host is not a regression; two are."""
+    import autoprune.deploy.verify as verify
+
+    real, calls = verify.measure_speedup, []
+
+    def fake(*args, **kwargs):
+        m = real(*args, **kwargs)
+        calls.append(m)
+        return dataclasses.replace(m, speedup=timed[len(calls) - 1])
+
+    monkeypatch.setattr(verify, "measure_speedup", fake)
+    make_export(tmp_path / "e", target="local", measured=_measured(5.0))  # bound 0.8 x 5.0 = 4.0x
+    got, out, _ = _run(capsys, tmp_path / "e", "--quiet")
+    assert len(calls) == 2 and got == code, out
+    line = next(ln for ln in out.splitlines() if ln.startswith("speedup vs dense, onnxruntime"))
+    assert "timed twice, first 2.00x" in line and ("4.50x" in line if code == 0 else "3.00x" in line)
